@@ -1,0 +1,239 @@
+"""CPU XNOR-popcount GEMM and baseline float GEMM (ORIGINALS.md §4.1-4.3, ENVIRONMENT.md "CPU XNOR-popcount GEMM").
+
+The C source `xnor_cpu.c` next to this file is compiled with the system C compiler on first use into
+`~/.cache/binarynet-archive/kernels/` (override with BINARYNET_KERNEL_CACHE), keyed by a hash of the source,
+the flags and the compiler version, and loaded with ctypes.
+
+Encoding (§4.1, 64-bit words): bit j of word w of a packed row is [x[64w + j] >= 0] (zero counts as +1).
+Rows of A and columns of B are both packed along the inner dimension n, so that
+    C[i, j] = n - 2 * popcount(Ap[i] xor Bp[j])       (the dot product of the two sign vectors).
+Padding bits past n are 0 in both operands and never count as mismatches.
+"""
+import ctypes
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+
+import numpy as np
+
+__all__ = ["KernelError", "pack_rows", "pack_cols", "xnor_gemm_packed", "xnor_gemm", "baseline_gemm",
+           "cpu_features", "available_paths", "library_path", "PATHS"]
+
+SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "xnor_cpu.c")
+CFLAGS = ["-O3", "-shared", "-fPIC", "-pthread", "-fvisibility=hidden", "-std=gnu11"]
+PATHS = {"auto": 0, "avx512": 1, "portable": 2}
+_ERRORS = {1: "the 'avx512' path needs AVX-512F and AVX-512 VPOPCNTDQ, which this CPU lacks; use path='auto' "
+              "or 'portable'",
+           2: "unknown path code", 3: "bad thread count"}
+
+_lib = None
+
+
+class KernelError(Exception):
+    """Bad input to a CPU kernel, or the kernel library could not be built."""
+
+
+# -------------------------------------------------------------------------------------------------------------
+# Building and loading the shared library.
+
+def _compiler():
+    cc = os.environ.get("CC", "gcc")
+    path = shutil.which(cc)
+    if path is None:
+        raise KernelError("no C compiler '{}' found: install gcc (apt-get install gcc) or set CC".format(cc))
+    return path
+
+
+def _cache_dir():
+    return os.environ.get("BINARYNET_KERNEL_CACHE",
+                          os.path.expanduser("~/.cache/binarynet-archive/kernels"))
+
+
+def library_path():
+    """Where the compiled library for the current source, flags and compiler lives (built if missing)."""
+    cc = _compiler()
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout.splitlines()[:1]
+    with open(SOURCE, "rb") as f:
+        source = f.read()
+    key = hashlib.sha256(source + repr((cc, version, CFLAGS)).encode()).hexdigest()[:16]
+    target = os.path.join(_cache_dir(), "xnor_cpu-{}.so".format(key))
+    if not os.path.exists(target):
+        _build(cc, target)
+    return target
+
+
+def _build(cc, target):
+    """Compile into a temporary file in the cache directory, then rename atomically over `target`."""
+    directory = os.path.dirname(target)
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so.tmp", dir=directory)
+    os.close(fd)
+    try:
+        result = subprocess.run([cc] + CFLAGS + ["-o", tmp, SOURCE], capture_output=True, text=True)
+        if result.returncode != 0:
+            first = (result.stderr.strip().splitlines() or ["(no output)"])[0]
+            raise KernelError("compiling {} failed: {}".format(SOURCE, first))
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _load():
+    global _lib
+    if _lib is not None:
+        return _lib
+    lib = ctypes.CDLL(library_path())
+    i64, i32, ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
+    signatures = {
+        "xnor_has_avx512_vpopcntdq": [],
+        "xnor_has_popcnt": [],
+        "xnor_pack_rows": [ptr, i64, i64, ptr, i32, i32],
+        "xnor_pack_cols": [ptr, i64, i64, ptr, i32, i32],
+        "xnor_gemm_packed": [ptr, ptr, i64, i64, i64, ptr, i32, i32],
+        "baseline_gemm_f32": [ptr, ptr, ptr, i64, i64, i64, i32],
+    }
+    for name, args in signatures.items():
+        fn = getattr(lib, name)
+        fn.argtypes, fn.restype = args, ctypes.c_int
+    _lib = lib
+    return lib
+
+
+# -------------------------------------------------------------------------------------------------------------
+# Argument checks.
+
+def _threads(threads):
+    if threads is None:
+        return 0  # the C side uses every online CPU
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
+        raise KernelError("threads must be a positive integer or None (all cores), got {!r}".format(threads))
+    return int(threads)
+
+
+def _path(path):
+    if path not in PATHS:
+        raise KernelError("path must be one of {}, got {!r}".format(sorted(PATHS), path))
+    return PATHS[path]
+
+
+def _matrix(x, dtype, name):
+    if not isinstance(x, np.ndarray):
+        raise KernelError("{} must be a NumPy array, got {}".format(name, type(x).__name__))
+    if x.dtype != dtype:
+        raise KernelError("{} must have dtype {}, got {} (convert with .astype(np.{}))".format(
+            name, np.dtype(dtype).name, x.dtype, np.dtype(dtype).name))
+    if x.ndim != 2:
+        raise KernelError("{} must be 2-D, got shape {}".format(name, x.shape))
+    return np.ascontiguousarray(x)
+
+
+def _check(code):
+    if code != 0:
+        raise KernelError(_ERRORS.get(code, "kernel returned error code {}".format(code)))
+
+
+def _ptr(x):
+    return x.ctypes.data_as(ctypes.c_void_p)
+
+
+# -------------------------------------------------------------------------------------------------------------
+# Public API.
+
+def words_for(n):
+    """Number of uint64 words holding n bits: ceil(n / 64)."""
+    return (int(n) + 63) // 64
+
+
+def pack_rows(A, threads=None, path="auto"):
+    """Pack the signs of float32 A (m, n) row by row: uint64 (m, ceil(n/64)), bit j of word w = [A[r, 64w+j] >= 0]."""
+    A = _matrix(A, np.float32, "A")
+    out = np.empty((A.shape[0], words_for(A.shape[1])), dtype=np.uint64)
+    _check(_load().xnor_pack_rows(_ptr(A), A.shape[0], A.shape[1], _ptr(out), _threads(threads), _path(path)))
+    return out
+
+
+def pack_cols(B, threads=None, path="auto"):
+    """Pack the signs of float32 B (n, k) column by column, i.e. pack_rows(B.T): uint64 (k, ceil(n/64))."""
+    B = _matrix(B, np.float32, "B")
+    out = np.empty((B.shape[1], words_for(B.shape[0])), dtype=np.uint64)
+    _check(_load().xnor_pack_cols(_ptr(B), B.shape[0], B.shape[1], _ptr(out), _threads(threads), _path(path)))
+    return out
+
+
+def xnor_gemm_packed(Ap, Bp, n, threads=None, path="auto"):
+    """C (m, k) float32 with C[i, j] = n - 2 popcount(Ap[i] xor Bp[j]); Ap = pack_rows(A), Bp = pack_cols(B)."""
+    Ap, Bp = _matrix(Ap, np.uint64, "Ap"), _matrix(Bp, np.uint64, "Bp")
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise KernelError("n (the inner dimension in bits) must be a positive integer, got {!r}".format(n))
+    words = words_for(n)
+    if Ap.shape[1] != words or Bp.shape[1] != words:
+        raise KernelError("packed operands must have ceil(n/64) = {} words per row for n = {}, got Ap {} and "
+                          "Bp {}".format(words, n, Ap.shape, Bp.shape))
+    if n % 64:
+        pad = np.uint64(~((1 << (n % 64)) - 1) & 0xFFFFFFFFFFFFFFFF)
+        if (Ap[:, -1] & pad).any() or (Bp[:, -1] & pad).any():
+            raise KernelError("padding bits past n = {} must be 0 in the last word (pack with pack_rows/pack_cols)"
+                              .format(n))
+    C = np.empty((Ap.shape[0], Bp.shape[0]), dtype=np.float32)
+    _check(_load().xnor_gemm_packed(_ptr(Ap), _ptr(Bp), Ap.shape[0], Bp.shape[0], int(n), _ptr(C),
+                                    _threads(threads), _path(path)))
+    return C
+
+
+def _check_product(A, B):
+    A, B = _matrix(A, np.float32, "A"), _matrix(B, np.float32, "B")
+    if A.shape[1] != B.shape[0]:
+        raise KernelError("shapes do not match for A @ B: A {} and B {} (A's columns must equal B's rows)".format(
+            A.shape, B.shape))
+    if A.shape[1] == 0:
+        raise KernelError("the inner dimension is 0: A {} and B {}".format(A.shape, B.shape))
+    return A, B
+
+
+def xnor_gemm(A, B, threads=None, path="auto"):
+    """sign(A) @ sign(B) as float32, sign(0) = +1, by packing both and running the XNOR-popcount GEMM (§4.3)."""
+    A, B = _check_product(A, B)
+    return xnor_gemm_packed(pack_rows(A, threads, path), pack_cols(B, threads, path), A.shape[1], threads, path)
+
+
+def baseline_gemm(A, B, threads=None):
+    """A @ B in float32 with the naive 16x16-tiled scalar C kernel (the paper's "unoptimized baseline", §4.3)."""
+    A, B = _check_product(A, B)
+    C = np.empty((A.shape[0], B.shape[1]), dtype=np.float32)
+    _check(_load().baseline_gemm_f32(_ptr(A), _ptr(B), _ptr(C), A.shape[0], A.shape[1], B.shape[1],
+                                     _threads(threads)))
+    return C
+
+
+def _proc_cpuinfo():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def cpu_features():
+    """CPU facts: model, logical CPUs usable by this process, and the instruction-set flags the kernels use."""
+    lib = _load()
+    info = _proc_cpuinfo()
+    model = re.search(r"^model name\s*:\s*(.*)$", info, re.M)
+    flags = re.search(r"^flags\s*:\s*(.*)$", info, re.M)
+    flags = set(flags.group(1).split()) if flags else set()
+    return {
+        "model": model.group(1).strip() if model else "unknown",
+        "cpus": len(os.sched_getaffinity(0)),
+        "has_vpopcntdq": bool(lib.xnor_has_avx512_vpopcntdq()),
+        "has_popcnt": bool(lib.xnor_has_popcnt()),
+        "cpuinfo_avx512_vpopcntdq": "avx512_vpopcntdq" in flags,
+        "cpuinfo_flags": sorted(f for f in flags if f.startswith(("avx", "popcnt", "fma"))),
+    }
+
+
+def available_paths():
+    """Code paths that run on this CPU, fastest first ('auto' picks the first)."""
+    return (["avx512"] if _load().xnor_has_avx512_vpopcntdq() else []) + ["portable"]
