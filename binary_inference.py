@@ -1,0 +1,492 @@
+"""Run a trained BinaryNet MNIST MLP at run time, and export it as a bit-packed model.
+
+Two ways to run the network of ORIGINALS.md §4.5 (deterministic inference, whole test set in one batch):
+
+* `evaluate` / `run`: Lasagne layers (`kernels.theano_ops.DenseLayer` + `compat.BatchNormLayer` + a sign
+  nonlinearity), the product chosen per run: 'blas' (T.dot, MKL), 'baseline' (naive C float GEMM) or 'xnor'
+  (XNOR-popcount GEMM); on a GPU host the `kernels.gpu.GpuKernels` products.
+* `export_packed` / `run_packed`: one file with the binary weights as bits and every hidden layer's batch norm
+  + sign folded into an integer threshold; run with NumPy + `kernels.cpu` only (no Theano).
+
+Network (§2.2, §4.5), with L dense blocks and per block [W, b, beta, gamma, mean, inv_std] (§2.5):
+    x_1 = X · sign(W_1)                         (real inputs: always the float product)
+    a_k = sign(BN_k(x_k + b_k)),  x_{k+1} = a_k · sign(W_{k+1})     for hidden blocks k < L
+    out = BN_L(x_L + b_L),  prediction = argmax(out)
+where sign(v) = +1 if v >= 0 else -1 (§4.1, §7.3: zero maps to +1) and, in deterministic mode (§1.7.2),
+    BN(v) = (v - mean) * (gamma * inv_std) + beta,  evaluated in float32 in exactly this order.
+
+Command line: python binary_inference.py --model M.npz [--data-dir DIR] [--kernels blas,baseline,xnor]
+              [--device cpu|gpu|auto] [--export PACKED.npz] [--batch-size 10000]
+"""
+import argparse
+import os
+import sys
+import time
+import zipfile
+
+import numpy as np
+
+KERNELS = ("blas", "baseline", "xnor")
+DEVICES = ("cpu", "gpu", "auto")
+PACKED_FORMAT = "binarynet-packed"
+PACKED_VERSION = 1
+ARRAYS_PER_BLOCK = 6  # W, b, beta, gamma, mean, inv_std (ORIGINALS.md §2.5)
+
+
+class InferenceError(Exception):
+    """A problem the user can fix (bad model file, bad option, kernels that disagree): one line, no traceback."""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Loading the original parameter file (§2.5)
+# ----------------------------------------------------------------------------------------------------------
+
+class Block:
+    """One dense block: real-valued W (fan_in, units) and float32 vectors b, beta, gamma, mean, inv_std."""
+
+    def __init__(self, W, b, beta, gamma, mean, inv_std):
+        self.W, self.b, self.beta, self.gamma, self.mean, self.inv_std = W, b, beta, gamma, mean, inv_std
+
+    @property
+    def scale(self):
+        """gamma * inv_std in float32, the factor Lasagne's BatchNormLayer multiplies by (§1.7.2)."""
+        return (self.gamma * self.inv_std).astype(np.float32)
+
+    def arrays(self):
+        return [self.W, self.b, self.beta, self.gamma, self.mean, self.inv_std]
+
+
+def load_blocks(npz_path):
+    """Read a BinaryNet MNIST parameter file (arr_0 ... arr_{6L-1}, §2.5) into a list of L `Block`s."""
+    arrays = _read_npz(npz_path)
+    names = ["arr_%d" % i for i in range(len(arrays))]
+    if sorted(arrays) != sorted(names) or not arrays or len(arrays) % ARRAYS_PER_BLOCK:
+        raise InferenceError("%s is not a BinaryNet parameter file: expected arr_0 ... arr_N with 6 arrays per "
+                             "dense block (W, b, beta, gamma, mean, inv_std), found keys %s; save the trained "
+                             "network with numpy.savez(path, *lasagne.layers.get_all_param_values(net))"
+                             % (npz_path, ",".join(sorted(arrays))[:80]))
+    blocks = []
+    for k in range(len(arrays) // ARRAYS_PER_BLOCK):
+        group = [arrays["arr_%d" % (ARRAYS_PER_BLOCK * k + j)] for j in range(ARRAYS_PER_BLOCK)]
+        blocks.append(_check_block(npz_path, k, group, blocks[-1].W.shape[1] if blocks else None))
+    if len(blocks) < 2:
+        raise InferenceError("%s holds %d dense block; a BinaryNet MLP needs at least 2 (input layer and output "
+                             "layer)" % (npz_path, len(blocks)))
+    return blocks
+
+
+def _read_npz(path):
+    if not os.path.isfile(path):
+        raise InferenceError("model file %s does not exist; pass the .npz saved by mnist.py" % path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {key: data[key] for key in data.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as err:
+        raise InferenceError("%s is not a readable .npz file (%s); pass the .npz saved by mnist.py"
+                             % (path, str(err).splitlines()[0] if str(err) else type(err).__name__))
+
+
+def _check_block(path, k, group, fan_in_expected):
+    W = group[0]
+    where = "%s, dense block %d" % (path, k + 1)
+    if W.ndim != 2 or (fan_in_expected is not None and W.shape[0] != fan_in_expected):
+        raise InferenceError("%s: W has shape %s, expected (%s, units); the file is not a chain of dense blocks"
+                             % (where, W.shape, fan_in_expected if fan_in_expected is not None else "fan_in"))
+    units = W.shape[1]
+    for name, vector in zip(("b", "beta", "gamma", "mean", "inv_std"), group[1:]):
+        if vector.shape != (units,):
+            raise InferenceError("%s: %s has shape %s, expected (%d,) (per block: W, b, beta, gamma, mean, "
+                                 "inv_std)" % (where, name, vector.shape, units))
+    for name, array in zip(("W", "b", "beta", "gamma", "mean", "inv_std"), group):
+        if array.dtype.kind != "f" or not np.all(np.isfinite(array)):
+            raise InferenceError("%s: %s is not a finite floating-point array; retrain or re-save the model"
+                                 % (where, name))
+    return Block(*[np.ascontiguousarray(a, dtype=np.float32) for a in group])
+
+
+def save_blocks(blocks, npz_path):
+    """Write blocks in the original layout (numpy.savez with arr_0 ... arr_{6L-1}, §2.5)."""
+    np.savez(npz_path, *[a for block in blocks for a in block.arrays()])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Shared math
+# ----------------------------------------------------------------------------------------------------------
+
+def sign_numpy(x):
+    """2·[x >= 0] − 1 as float32 (zero maps to +1; §4.4 SignNumpy)."""
+    return np.where(np.asarray(x) >= 0, np.float32(1), np.float32(-1))
+
+
+def batch_norm_float32(x, bias, mean, scale, beta):
+    """BN(x + b) = ((x + b) − mean) · scale + beta in float32, in the order of §1.7.2 (scale = gamma·inv_std)."""
+    x = np.asarray(x, dtype=np.float32)
+    return ((x + bias) - mean) * scale + beta
+
+
+def _flatten(X, fan_in):
+    X = np.asarray(X, dtype=np.float32).reshape(len(X), -1)
+    if X.shape[1] != fan_in:
+        raise InferenceError("inputs have %d features per example but the model's first layer expects %d; "
+                             "use the data set the model was trained on" % (X.shape[1], fan_in))
+    return X
+
+
+def _labels(y):
+    """Class indices from (N, 10) ±1 targets (§3) or from an integer vector."""
+    y = np.asarray(y)
+    return np.argmax(y, axis=1) if y.ndim == 2 else y.astype(np.int64)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Theano / Lasagne inference (§4.5)
+# ----------------------------------------------------------------------------------------------------------
+
+def build_network(blocks, kernel):
+    """Lasagne stack of §4.5 with binarized weights; returns (input variable, predictions variable).
+
+    The first block's product is always T.dot ('blas'): its inputs are real-valued. (The original used its
+    float GPU kernel there; on this CPU the fastest float product is MKL, and using one product for the first
+    layer in every run keeps the predictions of all kernels comparable.)
+    """
+    import compat  # noqa: F401  (Theano flags, Lasagne patches)
+    from compat import T, lasagne, BatchNormLayer
+    from kernels.theano_ops import DenseLayer
+
+    def sign_theano(x):
+        return T.switch(T.ge(x, 0), np.float32(1), np.float32(-1))
+
+    identity = lasagne.nonlinearities.identity
+    input_var = T.matrix("inputs")
+    layer = lasagne.layers.InputLayer((None, blocks[0].W.shape[0]), input_var=input_var)
+    for k, block in enumerate(blocks):
+        layer = DenseLayer(layer, block.W.shape[1], kernel="blas" if k == 0 else kernel,
+                           W=sign_numpy(block.W), b=block.b, nonlinearity=identity)
+        layer = BatchNormLayer(layer)
+        if k < len(blocks) - 1:
+            layer = lasagne.layers.NonlinearityLayer(layer, nonlinearity=sign_theano)
+    values = []
+    for block in blocks:
+        values += [sign_numpy(block.W), block.b, block.beta, block.gamma, block.mean, block.inv_std]
+    lasagne.layers.set_all_param_values(layer, values)
+    output = lasagne.layers.get_output(layer, deterministic=True)
+    return input_var, T.argmax(output, axis=1)
+
+
+def compile_predictor(blocks, kernel):
+    """A function X (N, fan_in) float32 -> predicted classes (N,), using the Theano graph of `build_network`."""
+    import compat  # noqa: F401
+    from compat import theano
+    input_var, predictions = build_network(blocks, kernel)
+    return theano.function([input_var], predictions)
+
+
+def gpu_predictor(blocks, kernel):
+    """Same network on the GPU kernels (host arrays in/out); BN and sign in NumPy float32, in the §1.7.2 order.
+
+    The first block uses cuBLAS (real inputs); the others use GpuKernels' product named by `kernel`.
+    """
+    from kernels.gpu import GpuKernels
+    gpu = GpuKernels()
+    product = {"blas": gpu.cublas_gemm, "baseline": gpu.baseline_gemm, "xnor": gpu.xnor_gemm}[kernel]
+    weights = [sign_numpy(block.W) for block in blocks]
+
+    def predict(X):
+        a = X
+        for k, (block, Wb) in enumerate(zip(blocks, weights)):
+            x = (gpu.cublas_gemm if k == 0 else product)(np.ascontiguousarray(a), Wb)
+            y = batch_norm_float32(x, block.b, block.mean, block.scale, block.beta)
+            a = sign_numpy(y) if k < len(blocks) - 1 else y
+        return np.argmax(a, axis=1)
+
+    return predict
+
+
+def resolve_device(device):
+    """'cpu', or 'gpu' when one is usable; 'gpu' without a GPU raises, 'auto' falls back to 'cpu' and says so."""
+    if device not in DEVICES:
+        raise InferenceError("unknown device %r; choose one of %s" % (device, ", ".join(DEVICES)))
+    if device == "cpu":
+        return "cpu"
+    try:
+        from kernels.gpu import gpu_status
+        usable, message = gpu_status()
+    except ImportError as err:
+        usable, message = False, "kernels.gpu cannot be imported (%s)" % err
+    if usable:
+        return "gpu"
+    if device == "gpu":
+        raise InferenceError("--device gpu: no usable GPU (%s); run with --device cpu" % message)
+    print("device auto: no usable GPU (%s); running on the CPU" % message)
+    return "cpu"
+
+
+def _batches(X, batch_size):
+    return [X[i:i + batch_size] for i in range(0, len(X), batch_size)]
+
+
+def time_predictor(predict, X, batch_size):
+    """(predictions, seconds): one warm-up pass over X, then one timed pass (batches of batch_size)."""
+    parts = _batches(X, batch_size)
+    predict(parts[0])
+    start = time.perf_counter()
+    predictions = np.concatenate([np.asarray(predict(part)) for part in parts])
+    return predictions, time.perf_counter() - start
+
+
+def evaluate(blocks, X, y, kernels=KERNELS, device="cpu", batch_size=10000):
+    """Run the network with each kernel; print and return {kernel: {'error', 'seconds', 'predictions'}}.
+
+    error = percentage of examples whose argmax differs from the label (§4.5). Prints the speed-ups against
+    'blas' and 'baseline' when those ran. Raises InferenceError if the kernels' predictions differ.
+    """
+    kernels = _check_kernels(kernels)
+    if batch_size < 1:
+        raise InferenceError("batch size must be positive, got %d" % batch_size)
+    X = _flatten(X, blocks[0].W.shape[0])
+    labels = _labels(y)
+    device = resolve_device(device)
+    results = {}
+    for kernel in kernels:
+        predict = gpu_predictor(blocks, kernel) if device == "gpu" else compile_predictor(blocks, kernel)
+        predictions, seconds = time_predictor(predict, X, batch_size)
+        results[kernel] = {"error": 100.0 * float(np.mean(predictions != labels)), "seconds": seconds,
+                           "predictions": predictions}
+    print_table(results, "%s, %d examples, batch %d" % (device, len(X), batch_size))
+    _check_identical(results)
+    return results
+
+
+def _check_kernels(kernels):
+    if isinstance(kernels, str):
+        kernels = [k.strip() for k in kernels.split(",") if k.strip()]
+    unknown = [k for k in kernels if k not in KERNELS]
+    if unknown or not kernels:
+        raise InferenceError("unknown kernel(s) %s; choose from %s (comma-separated)"
+                             % (",".join(unknown) or "(none given)", ",".join(KERNELS)))
+    return list(dict.fromkeys(kernels))
+
+
+def print_table(results, title):
+    """One line per kernel: test error, run time, speed-up vs blas and vs baseline."""
+    print("run-time inference (%s)" % title)
+    print("%-10s %10s %12s %10s %13s" % ("kernel", "error %", "run time s", "vs blas", "vs baseline"))
+    for name, r in results.items():
+        ratios = []
+        for ref in ("blas", "baseline"):
+            ratios.append("%.2fx" % (results[ref]["seconds"] / r["seconds"]) if ref in results else "-")
+        print("%-10s %10.2f %12.4f %10s %13s" % (name, r["error"], r["seconds"], ratios[0], ratios[1]))
+
+
+def _check_identical(results):
+    names = list(results)
+    first = results[names[0]]["predictions"]
+    differing = {n: int(np.sum(results[n]["predictions"] != first)) for n in names[1:]}
+    bad = {n: count for n, count in differing.items() if count}
+    if bad:
+        detail = ", ".join("%s differs from %s on %d examples" % (n, names[0], c) for n, c in bad.items())
+        print("!!! PREDICTIONS DIFFER BETWEEN KERNELS: %s !!!" % detail)
+        raise InferenceError("kernels disagree (%s); the binary kernels are not computing the same network"
+                             % detail)
+    if len(names) > 1:
+        print("all %d runs give identical predictions" % len(names))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Packed model: binary weights as bits, batch norm + sign folded into integer thresholds
+# ----------------------------------------------------------------------------------------------------------
+
+def fold_threshold(bias, mean, scale, beta, fan_in):
+    """Per-unit (direction d in {+1, −1} as int8, threshold tau as int32) with, for every integer s in [−n, n]:
+
+        sign(BN(s + b)) = +1   <=>   d·s >= tau
+
+    where BN(s + b) = ((s + b) − mean)·scale + beta is evaluated in float32 as at run time (§1.7.2) and
+    sign(0) = +1. Derivation (exact arithmetic): with g = scale = gamma·inv_std,
+        g > 0:  (s + b − mean)·g + beta >= 0  <=>  s >= mean − b − beta/g   ->  d = +1, tau = ceil(mean − b − beta/g)
+        g < 0:  ... <=> s <= mean − b − beta/g  <=>  −s >= −floor(mean − b − beta/g)   ->  d = −1
+        g = 0:  output is the constant sign(beta): d = +1, tau = −n (always +1) or n + 1 (never).
+    Rounding of the float32 formula can move the exact boundary by one integer, so tau is found as the
+    smallest t in [−n, n+1] with BN(d·t + b) >= 0 (the float32 formula is monotone in s), by bisection;
+    tau = n + 1 means "never +1", tau = −n means "always +1".
+    """
+    bias, mean, scale, beta = (np.asarray(v, dtype=np.float32) for v in (bias, mean, scale, beta))
+    direction = np.where(scale < 0, -1, 1).astype(np.int8)
+
+    def plus_one(t):
+        s = (direction * t).astype(np.float32)
+        return batch_norm_float32(s, bias, mean, scale, beta) >= 0
+
+    low = np.full(scale.shape, -fan_in, dtype=np.int64)
+    high = np.full(scale.shape, fan_in + 1, dtype=np.int64)  # invariant: answer in [low, high]
+    while np.any(low < high):
+        middle = (low + high) // 2  # <= n, a real value of t
+        active, ok = low < high, plus_one(middle)
+        high = np.where(active & ok, middle, high)
+        low = np.where(active & ~ok, middle + 1, low)
+    return direction, low.astype(np.int32)
+
+
+def export_packed(npz_path, out_path):
+    """Write the packed model of `npz_path` (§2.5 layout) to `out_path`; returns (float bytes, packed bytes).
+
+    File (numpy .npz, format 'binarynet-packed' version 1):
+      widths      int64 (L+1,)          layer widths, input first
+      w{k}        uint64 (units, ceil(fan_in/64))  sign(W_k) as bits (1 = +1), packed along the input
+                                        dimension LSB first (kernels.cpu.pack_cols layout), k = 0 … L−1
+      bn0, bn{L−1} float32 (4, units)   first and output blocks keep float BN: rows b, mean, gamma·inv_std, beta
+      dir{k}, tau{k}  int8 / int32 (units,)  hidden blocks 1 … L−2: a = +1 iff dir·s >= tau (`fold_threshold`)
+    The first block's input is real-valued (float product), and the output needs the BN values for argmax.
+    """
+    from kernels.cpu import pack_cols
+    blocks = load_blocks(npz_path)
+    arrays = {"format": np.array(PACKED_FORMAT), "version": np.array(PACKED_VERSION, dtype=np.int32),
+              "widths": np.array([blocks[0].W.shape[0]] + [b.W.shape[1] for b in blocks], dtype=np.int64)}
+    last = len(blocks) - 1
+    for k, block in enumerate(blocks):
+        arrays["w%d" % k] = np.ascontiguousarray(pack_cols(block.W), dtype=np.uint64)
+        if k in (0, last):
+            arrays["bn%d" % k] = np.stack([block.b, block.mean, block.scale, block.beta]).astype(np.float32)
+        else:
+            arrays["dir%d" % k], arrays["tau%d" % k] = fold_threshold(block.b, block.mean, block.scale,
+                                                                     block.beta, block.W.shape[0])
+    with open(out_path, "wb") as handle:
+        np.savez(handle, **arrays)
+    return os.path.getsize(npz_path), os.path.getsize(out_path)
+
+
+def load_packed(packed_path):
+    """Read and check a packed model file; returns the dict of its arrays."""
+    arrays = _read_npz(packed_path)
+    if "format" not in arrays or str(arrays["format"]) != PACKED_FORMAT:
+        raise InferenceError("%s is not a packed BinaryNet model; create one with "
+                             "python binary_inference.py --model M.npz --export %s" % (packed_path, packed_path))
+    if int(arrays.get("version", -1)) != PACKED_VERSION:
+        raise InferenceError("%s has packed-format version %s, this code reads version %d; re-export it"
+                             % (packed_path, arrays.get("version"), PACKED_VERSION))
+    widths = arrays["widths"]
+    for k in range(len(widths) - 1):
+        hidden = 0 < k < len(widths) - 2
+        needed = ["w%d" % k] + (["dir%d" % k, "tau%d" % k] if hidden else ["bn%d" % k])
+        missing = [name for name in needed if name not in arrays]
+        if missing or arrays["w%d" % k].shape != (widths[k + 1], -(-widths[k] // 64)):
+            raise InferenceError("%s is damaged: layer %d is missing %s or has the wrong shape; re-export it"
+                                 % (packed_path, k, ",".join(missing) or "nothing"))
+    return arrays
+
+
+def unpack_weights(bits, fan_in):
+    """±1 float32 matrix (fan_in, units) from bits (units, words) packed LSB first along the input dimension."""
+    as_bytes = np.ascontiguousarray(bits, dtype="<u8").view(np.uint8)
+    ones = np.unpackbits(as_bytes, axis=1, bitorder="little")[:, :fan_in]
+    return (2 * ones.astype(np.float32) - 1).T.copy()
+
+
+def run_packed(packed_path, X, threads=None):
+    """Predicted classes for inputs X (N, fan_in or N,1,28,28) from a packed model, with NumPy + kernels.cpu.
+
+    Layer 1: x = X · W (float32, weights unpacked once), a = [BN(x + b) >= 0] packed to bits.
+    Hidden layers: s = xnor_gemm_packed (integer dot of ±1 vectors), a = [dir·s >= tau].
+    Output: argmax of BN(s + b) in float32.
+    """
+    from kernels.cpu import pack_rows, xnor_gemm_packed
+    model = load_packed(packed_path)
+    widths = [int(w) for w in model["widths"]]
+    L = len(widths) - 1
+    X = _flatten(X, widths[0])
+    bias, mean, scale, beta = model["bn0"]
+    y = batch_norm_float32(X @ unpack_weights(model["w0"], widths[0]), bias, mean, scale, beta)
+    bits = pack_rows(y)  # bit = [y >= 0] = [sign(y) = +1]
+    for k in range(1, L):
+        s = xnor_gemm_packed(bits, model["w%d" % k], widths[k], threads=threads)
+        if k == L - 1:
+            bias, mean, scale, beta = model["bn%d" % k]
+            return np.argmax(batch_norm_float32(s, bias, mean, scale, beta), axis=1)
+        margin = model["dir%d" % k].astype(np.float32) * s - model["tau%d" % k].astype(np.float32)
+        bits = pack_rows(margin)  # margin >= 0 <=> dir·s >= tau (integers below 2^24 are exact in float32)
+
+
+def time_packed(packed_path, X, threads=None):
+    """(predictions, seconds) of `run_packed` after one warm-up call (the timed call includes loading the file)."""
+    run_packed(packed_path, X[:1], threads=threads)
+    start = time.perf_counter()
+    predictions = run_packed(packed_path, X, threads=threads)
+    return predictions, time.perf_counter() - start
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Entry points
+# ----------------------------------------------------------------------------------------------------------
+
+def run(model_path, data_dir=None, kernels=KERNELS, device="cpu", export_path=None, batch_size=10000,
+        X=None, y=None):
+    """Evaluate a trained model on the MNIST test set (or on given X, y) with each kernel; optionally export.
+
+    Returns {'kernels': evaluate(...) results, 'packed': None or {'path', 'float_bytes', 'packed_bytes',
+    'ratio', 'error', 'seconds', 'predictions'}}.
+    """
+    blocks = load_blocks(model_path)
+    if X is None:
+        from datasets import load_mnist
+        data = load_mnist("binarynet", data_dir=data_dir)
+        X, y = data["X_test"], data["y_test"]
+    results = {"kernels": evaluate(blocks, X, y, kernels, device, batch_size), "packed": None}
+    if export_path:
+        float_bytes, packed_bytes = export_packed(model_path, export_path)
+        predictions, seconds = time_packed(export_path, X)
+        error = 100.0 * float(np.mean(predictions != _labels(y)))
+        ratio = float_bytes / packed_bytes
+        print("packed model %s: %d bytes, float model %d bytes, %.1fx smaller" % (export_path, packed_bytes,
+                                                                                  float_bytes, ratio))
+        print("packed run (numpy + kernels.cpu): error %.2f %%, run time %.4f s" % (error, seconds))
+        reference_name, reference = next(iter(results["kernels"].items()))
+        if np.any(predictions != reference["predictions"]):
+            count = int(np.sum(predictions != reference["predictions"]))
+            print("!!! PACKED MODEL DIFFERS FROM THE %s RUN ON %d EXAMPLES !!!" % (reference_name.upper(), count))
+            raise InferenceError("packed model disagrees with the %s run on %d examples" % (reference_name, count))
+        print("packed model gives the same predictions as the %s run" % reference_name)
+        results["packed"] = {"path": export_path, "float_bytes": float_bytes, "packed_bytes": packed_bytes,
+                             "ratio": ratio, "error": error, "seconds": seconds, "predictions": predictions}
+    return results
+
+
+def add_arguments(parser):
+    """Options shared with mnist.py --runtime."""
+    parser.add_argument("--data-dir", default=None, help="folder with the MNIST IDX files (default: datasets.py)")
+    parser.add_argument("--kernels", default=",".join(KERNELS),
+                        help="comma-separated products to time: blas, baseline, xnor (default: all)")
+    parser.add_argument("--device", default="cpu", choices=DEVICES,
+                        help="cpu; gpu (error if none); auto (GPU if usable, else CPU)")
+    parser.add_argument("--export", default=None, metavar="FILE", help="also write the bit-packed model here, "
+                        "report its size and check its predictions")
+    parser.add_argument("--batch-size", type=int, default=10000, help="examples per call (default: all 10000)")
+    return parser
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="BinaryNet MNIST run-time inference (ORIGINALS.md §4.5).")
+    parser.add_argument("--model", required=True, help="trained parameters (.npz, arr_0 ... arr_23)")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    return run_from_args(args.model, args)
+
+
+def run_from_args(model_path, args):
+    """Call `run` with parsed options; one line on stderr and exit status 1 on a user-fixable error."""
+    errors = [InferenceError]
+    for module, name in (("kernels.cpu", "KernelError"), ("datasets", "DataError"), ("kernels.gpu", "GpuUnavailable")):
+        try:
+            errors.append(getattr(__import__(module, fromlist=[name]), name))
+        except (ImportError, AttributeError):
+            pass
+    try:
+        run(model_path, args.data_dir, args.kernels, args.device, args.export, args.batch_size)
+    except tuple(errors) as err:
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        print("error: %s" % message, file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
