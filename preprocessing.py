@@ -39,8 +39,9 @@ class PreprocessingError(ValueError):
 # Small helpers
 # ----------------------------------------------------------------------------------------------------
 
-def _chunks(n_rows, chunk_rows=CHUNK_ROWS):
-    """Yield (start, stop) row ranges covering range(n_rows)."""
+def _chunks(n_rows, chunk_rows=None):
+    """Yield (start, stop) row ranges covering range(n_rows), CHUNK_ROWS rows at a time by default."""
+    chunk_rows = chunk_rows or CHUNK_ROWS
     for start in range(0, n_rows, chunk_rows):
         yield start, min(start + chunk_rows, n_rows)
 
@@ -366,8 +367,9 @@ def _check_images(X, what):
                                  'reader' % (what, X.dtype, X.shape))
 
 
-def _default_cache_dir(data_dir, datasets):
-    return os.path.join(data_dir if data_dir else datasets.DEFAULT_DATA_DIR, 'preprocessed')
+def _default_cache_dir(datasets):
+    """DEFAULT_DATA_DIR/preprocessed (an explicit data_dir is treated as read-only, as datasets.py does)."""
+    return os.path.join(datasets.DEFAULT_DATA_DIR, 'preprocessed')
 
 
 def cifar10_params():
@@ -415,7 +417,7 @@ def cifar10_data(method, data_dir=None, cache_dir=None, download=True):
     else:
         params = cifar10_params()
         key = cache_key(fingerprint_arrays([X_train_raw, X_test_raw]), params)
-        cache_dir = cache_dir or _default_cache_dir(data_dir, datasets)
+        cache_dir = cache_dir or _default_cache_dir(datasets)
         X = load_or_build(cache_dir, 'cifar10-gcn-zca', key,
                           lambda: _build_cifar10_bc(X_train_raw, X_test_raw, params))
     n_train = len(X['X_train'])
@@ -460,7 +462,7 @@ def svhn_data(method, data_dir=None, cache_dir=None, download=True, use_extra=Tr
     else:
         params = svhn_params(lcn_all_channels)
         key = cache_key(fingerprint_arrays([raw[part][0] for part in names]), params)
-        cache_dir = cache_dir or _default_cache_dir(data_dir, datasets)
+        cache_dir = cache_dir or _default_cache_dir(datasets)
         X = load_or_build(cache_dir, 'svhn-gcn-lcn', key,
                           lambda: {names[part]: _gcn_lcn(raw[part][0], params) for part in names})
     labels = {'train': 'y_train', 'valid': 'y_val', 'test': 'y_test'}
