@@ -1,0 +1,654 @@
+"""Raw data for the reproductions: downloads, file readers and the original train/validation/test splits.
+
+This replaces the parts of pylearn2 the original scripts relied on (ORIGINALS.md §3). It needs only NumPy and
+SciPy (for SVHN's MATLAB files) and never imports Theano.
+
+Folders: with ``data_dir=None`` files live under DEFAULT_DATA_DIR (``$BINARYNET_DATA`` or
+``~/.cache/binarynet-archive/data``), in ``mnist/``, ``cifar10/`` and ``svhn/``, and are downloaded when missing.
+An explicit ``data_dir`` (the scripts' ``--data-dir``) is only read, never written: missing files raise DataError.
+
+Command line: ``python datasets.py {mnist,cifar10,svhn} [--data-dir DIR] [--no-extra]`` fetches (or checks) a
+data set and prints the shapes of what it loads.
+"""
+import argparse
+import gzip
+import hashlib
+import http.client
+import os
+import pickle
+import socket
+import struct
+import sys
+import tarfile
+import time
+import urllib.error
+import urllib.request
+import zlib
+
+import numpy as np
+
+
+class DataError(Exception):
+    """A data file is missing, corrupt or cannot be downloaded. The message says what and how to fix it."""
+
+
+DEFAULT_DATA_DIR = os.path.abspath(os.path.expanduser(
+    os.environ.get("BINARYNET_DATA", "~/.cache/binarynet-archive/data")))
+
+# ---------------------------------------------------------------------------------------------------------
+# Official files (ORIGINALS.md §3.5)
+# ---------------------------------------------------------------------------------------------------------
+MNIST_MIRRORS = [
+    "http://yann.lecun.com/exdb/mnist/",              # official, often down
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",  # identical files (same MD5)
+    "https://storage.googleapis.com/cvdf-datasets/mnist/",
+]
+# key -> (file name without .gz, size of the .gz, MD5 of the .gz)
+MNIST_FILES = {
+    "train_images": ("train-images-idx3-ubyte", 9912422, "f68b3c2dcbeaaa9fbdd348bbdeb94873"),
+    "train_labels": ("train-labels-idx1-ubyte", 28881, "d53e105ee54ea40749a09fcbcd1e9432"),
+    "test_images": ("t10k-images-idx3-ubyte", 1648877, "9fb629c4189551a2d022fa330f9573f3"),
+    "test_labels": ("t10k-labels-idx1-ubyte", 4542, "ec29112dd5afa0611ce80d1b7f02629c"),
+}
+MNIST_METHODS = ("binarynet", "bc-det", "bc-stoch", "float")
+
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR10_TARBALL = "cifar-10-python.tar.gz"
+CIFAR10_SIZE = 170498071
+CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+CIFAR10_FOLDER = "cifar-10-batches-py"
+CIFAR10_BATCH_MD5 = {
+    "data_batch_1": "c99cafc152244af753f735de768cd75f",
+    "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+    "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+    "data_batch_4": "634d18415352ddfa80567beed471001a",
+    "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+    "test_batch": "40351d587109b95175f43aff81a1287e",
+}
+
+SVHN_URL = "http://ufldl.stanford.edu/housenumbers/"
+# name -> (file, size or None when unknown, MD5)
+SVHN_FILES = {
+    "train": ("train_32x32.mat", 182040794, "e26dedcc434d2e4c54c9b2d4a06d8373"),
+    "test": ("test_32x32.mat", 64275384, "eb5a983be6a315427106f1b164d9cef3"),
+    "extra": ("extra_32x32.mat", None, "a93ce644f1a588dc4d68dda5feec44a7"),
+}
+SVHN_SEED = 322
+
+_CHUNK = 1 << 16
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Downloads
+# ---------------------------------------------------------------------------------------------------------
+def file_digest(path, algorithm="md5"):
+    """Hex digest of a file, read in 1 MiB blocks."""
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class _Progress:
+    """Plain-text progress line on stderr, redrawn at most every 0.25 s."""
+
+    def __init__(self, name, total, enabled):
+        self.name, self.total, self.enabled, self.last = name, total, enabled, time.monotonic()
+
+    def show(self, done, final=False):
+        now = time.monotonic()
+        if not self.enabled or (not final and now - self.last < 0.25):
+            return
+        self.last = now
+        mb = done / 1e6
+        if self.total:
+            text = "\r  {}: {:.1f} / {:.1f} MB ({:3.0f}%)".format(self.name, mb, self.total / 1e6,
+                                                                 100.0 * done / self.total)
+        else:
+            text = "\r  {}: {:.1f} MB".format(self.name, mb)
+        sys.stderr.write(text + ("\n" if final else ""))
+        sys.stderr.flush()
+
+
+def _fetch_once(url, part, timeout, progress):
+    """One HTTP request appending to `part` (Range request when it already holds bytes).
+
+    Returns (complete, total): complete is False when the connection ended before the announced length.
+    Raises urllib/socket errors for failures that are worth trying another mirror for.
+    """
+    have = os.path.getsize(part) if os.path.exists(part) else 0
+    request = urllib.request.Request(url, headers={"User-Agent": "binarynet-archive"})
+    if have:
+        request.add_header("Range", "bytes={}-".format(have))
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError as e:
+        if e.code == 416 and have:  # nothing left to send: the .part may already be whole
+            return True, have
+        raise
+    with response:
+        status = response.status
+        length = response.headers.get("Content-Length")
+        length = int(length) if length is not None and length.isdigit() else None
+        if status == 206 and response.headers.get("Content-Range", "").startswith("bytes {}-".format(have)):
+            mode, start = "ab", have
+        else:  # server ignored the Range header (or answered oddly): start again from zero
+            mode, start = "wb", 0
+        total = start + length if length is not None else None
+        bar = _Progress(os.path.basename(part[:-5]), total, progress)
+        done = start
+        with open(part, mode) as out:
+            try:
+                for block in iter(lambda: response.read(_CHUNK), b""):
+                    out.write(block)
+                    done += len(block)
+                    bar.show(done)
+            except (http.client.IncompleteRead, ConnectionError, socket.timeout):
+                bar.show(done, final=True)
+                return False, total
+        bar.show(done, final=True)
+    return total is None or done >= total, total
+
+
+def _check_file(path, md5, sha256, size):
+    """Return None when `path` matches the given size/digests, else a short description of the mismatch."""
+    actual = os.path.getsize(path)
+    if size is not None and actual != size:
+        return "size {} bytes, expected {}".format(actual, size)
+    if md5 is not None and file_digest(path, "md5") != md5.lower():
+        return "MD5 mismatch"
+    if sha256 is not None and file_digest(path, "sha256") != sha256.lower():
+        return "SHA-256 mismatch"
+    return None
+
+
+def download_file(urls, path, md5=None, sha256=None, size=None, progress=True, timeout=30):
+    """Download one file to `path`, trying each URL in turn (official first, then identical mirrors).
+
+    Bytes go to `path + '.part'`; a transfer cut short is resumed with an HTTP Range request (also across
+    calls, from a leftover .part). The file is checked against `size`, `md5` and `sha256` (those given) and only
+    then renamed to `path` (os.replace, atomic). A mismatch deletes the .part; the next mirror is tried and, when
+    none is left, DataError is raised: a bad file is never kept. An existing `path` is returned as it is.
+    Returns `path`. Raises DataError listing every URL tried and its failure (e.g. no network).
+    """
+    if isinstance(urls, str):
+        urls = [urls]
+    if os.path.exists(path):
+        return path
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    part = path + ".part"
+    failures = []
+    for url in urls:
+        if progress:
+            sys.stderr.write("Downloading {}\n".format(url))
+        try:
+            complete, stalls, last_size = False, 0, -1
+            while not complete:
+                complete, _ = _fetch_once(url, part, timeout, progress)
+                size_now = os.path.getsize(part) if os.path.exists(part) else 0
+                if not complete:  # resume as long as each attempt brings new bytes
+                    stalls = stalls + 1 if size_now <= last_size else 0
+                    if stalls >= 3:
+                        raise ConnectionError("transfer keeps breaking off at {} bytes".format(size_now))
+                    last_size = size_now
+        except urllib.error.HTTPError as e:
+            failures.append("{} (HTTP {})".format(url, e.code))
+            continue
+        except urllib.error.URLError as e:
+            failures.append("{} ({})".format(url, e.reason))
+            continue
+        except (OSError, http.client.HTTPException) as e:
+            failures.append("{} ({})".format(url, e or type(e).__name__))
+            continue
+        problem = _check_file(part, md5, sha256, size)
+        if problem:
+            os.remove(part)
+            failures.append("{} (downloaded file rejected: {})".format(url, problem))
+            continue
+        os.replace(part, path)
+        return path
+    raise DataError("could not download {}: tried {}. Without network access, fetch the file elsewhere and "
+                    "pass its folder with --data-dir DIR".format(os.path.basename(path), "; ".join(failures)))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Helpers shared by the loaders
+# ---------------------------------------------------------------------------------------------------------
+def _find(folders, names):
+    """First existing `folder/name` over folders (outer loop) and names (inner loop), or None."""
+    for folder in folders:
+        for name in names:
+            candidate = os.path.join(folder, name)
+            if os.path.exists(candidate):
+                return candidate
+    return None
+
+
+def _note(message):
+    sys.stderr.write("note: " + message + "\n")
+
+
+def one_hot_pm1(labels, n_classes=10):
+    """Targets in {-1, +1}: 2 * onehot(labels) - 1 as float32 (N, n_classes) (ORIGINALS.md §3.1)."""
+    labels = np.asarray(labels).ravel()
+    if labels.size and (np.any(labels != np.round(labels)) or labels.min() < 0 or labels.max() >= n_classes):
+        raise DataError("class labels must be integers in 0..{}, got values from {} to {}".format(
+            n_classes - 1, labels.min(), labels.max()))
+    targets = np.full((labels.size, n_classes), -1.0, dtype=np.float32)
+    targets[np.arange(labels.size), labels.astype(np.int64)] = 1.0
+    return targets
+
+
+# ---------------------------------------------------------------------------------------------------------
+# MNIST (ORIGINALS.md §3.1)
+# ---------------------------------------------------------------------------------------------------------
+def _read_bytes(path):
+    """File contents, gunzipped when the file starts with the gzip magic bytes."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+    except FileNotFoundError:
+        raise DataError("{} does not exist; check the path or --data-dir".format(path)) from None
+    except (EOFError, OSError, zlib.error) as e:
+        raise DataError("{} is a damaged gzip file ({}); delete it and download it again".format(path, e)) from None
+    return raw
+
+
+def read_idx(path):
+    """Read an MNIST IDX file (gzipped or plain) into a uint8 array.
+
+    Format (ORIGINALS.md §3.1): big-endian int32 magic (2051 images: count, rows, cols; 2049 labels: count),
+    then the uint8 data row-major. Wrong magic, truncated data or trailing bytes raise DataError.
+    """
+    raw = _read_bytes(path)
+    if len(raw) < 8:
+        raise DataError("{} is truncated ({} bytes, shorter than an IDX header); download it again".format(
+            path, len(raw)))
+    magic = struct.unpack(">i", raw[:4])[0]
+    if magic not in (2049, 2051):
+        raise DataError("{} is not an MNIST IDX file (magic number {}, expected 2051 for images or 2049 for "
+                        "labels); check that the right file is in place".format(path, magic))
+    ndim = 3 if magic == 2051 else 1
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError("{} is truncated inside its header; download it again".format(path))
+    dims = struct.unpack(">" + "i" * ndim, raw[4:header])
+    if min(dims) < 0:
+        raise DataError("{} has a negative dimension in its header {}; the file is corrupt".format(path, dims))
+    expected = header + int(np.prod(dims, dtype=np.int64))
+    if len(raw) < expected:
+        raise DataError("{} is truncated: {} bytes, header {} needs {}; download it again".format(
+            path, len(raw), dims, expected))
+    if len(raw) > expected:
+        raise DataError("{} has {} bytes after the data announced by its header {}; the file is corrupt".format(
+            path, len(raw) - expected, dims))
+    return np.frombuffer(raw, dtype=np.uint8, count=expected - header, offset=header).reshape(dims).copy()
+
+
+def mnist_files(data_dir=None, download=True):
+    """Local paths of the four MNIST files: {'train_images', 'train_labels', 'test_images', 'test_labels'}.
+
+    In an explicit `data_dir` (or its `mnist/` subfolder) each file may be `NAME.gz` or unpacked `NAME`; they are
+    never downloaded. Files that are not the official MNIST (a .gz whose MD5 differs, e.g. Fashion-MNIST) are
+    accepted with a one-line note. With data_dir=None they live in DEFAULT_DATA_DIR/mnist and are downloaded
+    (MD5 and size checked) when missing.
+    """
+    if data_dir is not None:
+        folders = [data_dir, os.path.join(data_dir, "mnist")]
+        paths = {key: _find(folders, [name + ".gz", name]) for key, (name, _, _) in MNIST_FILES.items()}
+        missing = [MNIST_FILES[key][0] + "[.gz]" for key, p in paths.items() if p is None]
+        if missing:
+            raise DataError("MNIST files missing in {}: {}; put the files there or omit --data-dir to "
+                            "download them".format(data_dir, ", ".join(missing)))
+        differ = [os.path.basename(p) for key, p in paths.items()
+                  if p.endswith(".gz") and file_digest(p) != MNIST_FILES[key][2]]
+        if differ:
+            _note("{} in {} differ from the official MNIST (MD5); reading them as MNIST-format files".format(
+                ", ".join(differ), data_dir))
+        return paths
+    folder = os.path.join(DEFAULT_DATA_DIR, "mnist")
+    paths = {}
+    for key, (name, size, md5) in MNIST_FILES.items():
+        found = _find([folder], [name + ".gz", name])
+        if found is None:
+            if not download:
+                raise DataError("{}.gz is not in {} and downloading is off; allow downloads or pass "
+                                "--data-dir DIR with the MNIST files".format(name, folder))
+            found = download_file([m + name + ".gz" for m in MNIST_MIRRORS], os.path.join(folder, name + ".gz"),
+                                  md5=md5, size=size)
+        paths[key] = found
+    return paths
+
+
+def _mnist_split_size(n):
+    """Validation rows at the end of the training file: n // 6 (10000 of the official 60000, spec §3.1)."""
+    n_val = n // 6
+    if n_val == 0:
+        raise DataError("the MNIST training file has only {} images, too few to split off a validation set; "
+                        "use the full file".format(n))
+    return n_val
+
+
+def _mnist_pair(images_path, labels_path):
+    images, labels = read_idx(images_path), read_idx(labels_path)
+    if images.ndim != 3 or images.shape[1:] != (28, 28):
+        raise DataError("{} holds images of shape {}, expected 28x28 images; check the file".format(
+            images_path, images.shape[1:]))
+    if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
+        raise DataError("{} has {} labels for {} images in {}; the files do not belong together".format(
+            labels_path, labels.shape[0], images.shape[0], images_path))
+    if labels.size and labels.max() > 9:
+        raise DataError("{} has label {} outside 0..9; check the file".format(labels_path, labels.max()))
+    return images, labels
+
+
+def _mnist_inputs(images, method):
+    """float32 (N, 1, 28, 28): x/255, then 2x-1 (binarynet) or minus this set's per-pixel mean (other methods)."""
+    x = images.reshape(images.shape[0], 784).astype(np.float32) / np.float32(255)
+    if method == "binarynet":
+        x = np.float32(2) * x - np.float32(1)
+    else:
+        x -= x.mean(axis=0, dtype=np.float64).astype(np.float32)
+    return x.reshape(-1, 1, 28, 28)
+
+
+def load_mnist(method, data_dir=None, download=True):
+    """MNIST as the original scripts saw it (ORIGINALS.md §3.1).
+
+    Returns dict X_train, y_train, X_val, y_val, X_test, y_test: X float32 (N, 1, 28, 28), y float32 (N, 10) in
+    {-1, +1}. Split: validation = the last 10000 of the 60000 training rows (n // 6 for smaller files), no
+    shuffle; test = t10k. Inputs x = pixel / 255, then
+    * 'binarynet': 2x - 1, in [-1, 1];
+    * 'bc-det', 'bc-stoch', 'float': pylearn2's center=True: train and validation minus the per-pixel mean of
+      all training-file images; the test set minus its own per-pixel mean (pylearn2's transductive quirk).
+    """
+    if method not in MNIST_METHODS:
+        raise DataError("unknown MNIST method {!r}; use one of {}".format(method, ", ".join(MNIST_METHODS)))
+    paths = mnist_files(data_dir, download)
+    train_images, train_labels = _mnist_pair(paths["train_images"], paths["train_labels"])
+    test_images, test_labels = _mnist_pair(paths["test_images"], paths["test_labels"])
+    n_train = train_images.shape[0] - _mnist_split_size(train_images.shape[0])
+    x_all, x_test = _mnist_inputs(train_images, method), _mnist_inputs(test_images, method)
+    y_all = one_hot_pm1(train_labels)
+    return {"X_train": x_all[:n_train], "y_train": y_all[:n_train],
+            "X_val": x_all[n_train:], "y_val": y_all[n_train:],
+            "X_test": x_test, "y_test": one_hot_pm1(test_labels)}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# CIFAR-10 (ORIGINALS.md §3.2)
+# ---------------------------------------------------------------------------------------------------------
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickler that only rebuilds NumPy arrays (what the CIFAR-10 batches contain), nothing executable."""
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy", "ndarray"), ("numpy", "dtype"),
+               ("numpy.core.multiarray", "scalar"), ("_codecs", "encode")}
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError("unexpected object {}.{} in the pickle".format(module, name))
+        return super().find_class(module, name)
+
+
+def cifar10_files(data_dir=None, download=True):
+    """Path of the CIFAR-10 python data: an extracted `cifar-10-batches-py` folder or the official tarball.
+
+    An explicit `data_dir` may hold the folder, the tarball, or be the folder itself (also looked for in its
+    `cifar10/` subfolder); it is never downloaded into. With data_dir=None the tarball is kept in
+    DEFAULT_DATA_DIR/cifar10 and downloaded (size and MD5 checked) when missing.
+    """
+    if data_dir is not None:
+        if os.path.exists(os.path.join(data_dir, "data_batch_1")):
+            return data_dir
+        folders = [data_dir, os.path.join(data_dir, "cifar10")]
+        found = _find(folders, [CIFAR10_FOLDER, CIFAR10_TARBALL])
+        if found is None:
+            raise DataError("CIFAR-10 not found in {}: expected {} or the folder {}/; put it there or omit "
+                            "--data-dir to download it".format(data_dir, CIFAR10_TARBALL, CIFAR10_FOLDER))
+        return found
+    folder = os.path.join(DEFAULT_DATA_DIR, "cifar10")
+    found = _find([folder], [CIFAR10_FOLDER, CIFAR10_TARBALL])
+    if found is not None:
+        return found
+    if not download:
+        raise DataError("{} is not in {} and downloading is off; allow downloads or pass --data-dir DIR with "
+                        "the file".format(CIFAR10_TARBALL, folder))
+    return download_file(CIFAR10_URL, os.path.join(folder, CIFAR10_TARBALL), md5=CIFAR10_MD5, size=CIFAR10_SIZE)
+
+
+def _cifar_batches(source):
+    """Yield (batch name, raw pickle bytes) for the five training batches and the test batch."""
+    names = ["data_batch_{}".format(i) for i in range(1, 6)] + ["test_batch"]
+    if os.path.isdir(source):
+        for name in names:
+            path = os.path.join(source, name)
+            if not os.path.exists(path):
+                raise DataError("{} is missing in {}; restore the complete {} folder".format(
+                    name, source, CIFAR10_FOLDER))
+            with open(path, "rb") as f:
+                yield name, f.read()
+        return
+    try:
+        with tarfile.open(source, "r:gz") as tar:
+            for name in names:
+                try:
+                    member = tar.getmember(CIFAR10_FOLDER + "/" + name)
+                except KeyError:
+                    raise DataError("{} has no {}/{}; it is not the CIFAR-10 python tarball".format(
+                        source, CIFAR10_FOLDER, name)) from None
+                yield name, tar.extractfile(member).read()
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+        raise DataError("{} is damaged or truncated ({}); delete it and download it again".format(
+            source, e)) from None
+
+
+def _parse_cifar_batch(name, raw):
+    """(data uint8 (n, 3072), labels int64 (n,)) from one pickled batch (dict with b'data' and b'labels')."""
+    import io
+    try:
+        batch = _ArrayUnpickler(io.BytesIO(raw), encoding="bytes").load()
+    except Exception as e:  # any unpickling failure means a damaged or foreign file
+        raise DataError("CIFAR-10 batch {} cannot be read ({}); replace the file".format(name, e)) from None
+    if not isinstance(batch, dict):
+        raise DataError("CIFAR-10 batch {} is not a dict; replace the file".format(name))
+    data = batch.get(b"data", batch.get("data"))
+    labels = batch.get(b"labels", batch.get("labels"))
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        raise DataError("CIFAR-10 batch {}: 'data' must be uint8 (n, 3072); replace the file".format(name))
+    labels = np.asarray(labels, dtype=np.int64) if labels is not None else np.zeros(0, np.int64)
+    if labels.shape != (data.shape[0],) or (labels.size and (labels.min() < 0 or labels.max() > 9)):
+        raise DataError("CIFAR-10 batch {}: 'labels' must be {} ints in 0..9; replace the file".format(
+            name, data.shape[0]))
+    return data, labels
+
+
+def load_cifar10_raw(data_dir=None, download=True):
+    """Raw CIFAR-10 (ORIGINALS.md §3.2): X_train uint8 (50000, 3, 32, 32), y_train int64, X_test, y_test.
+
+    Training rows are data_batch_1..5 in order; rows keep the pickles' (C, H, W) order (R plane, G, B). Reads the
+    tarball directly or the extracted folder. Each batch's MD5 is compared with the official one: a mismatch
+    raises DataError for the downloaded copy in DEFAULT_DATA_DIR and prints a note for a --data-dir folder.
+    """
+    source = cifar10_files(data_dir, download)
+    differ, parts = [], {}
+    for name, raw in _cifar_batches(source):
+        if hashlib.md5(raw).hexdigest() != CIFAR10_BATCH_MD5[name]:
+            differ.append(name)
+        parts[name] = _parse_cifar_batch(name, raw)
+    if differ and data_dir is None:
+        raise DataError("{} in {} differ from the official CIFAR-10 (MD5); delete it to download it again".format(
+            ", ".join(differ), source))
+    if differ:
+        _note("{} in {} differ from the official CIFAR-10 (MD5); reading them anyway".format(
+            ", ".join(differ), source))
+    train = [parts["data_batch_{}".format(i)] for i in range(1, 6)]
+    x_train = np.concatenate([d for d, _ in train]).reshape(-1, 3, 32, 32)
+    y_train = np.concatenate([l for _, l in train])
+    x_test, y_test = parts["test_batch"]
+    return x_train, y_train, x_test.reshape(-1, 3, 32, 32), y_test
+
+
+# ---------------------------------------------------------------------------------------------------------
+# SVHN format 2 (ORIGINALS.md §3.3)
+# ---------------------------------------------------------------------------------------------------------
+def svhn_files(data_dir=None, download=True, use_extra=True):
+    """Paths {'train', 'test'[, 'extra']} of the SVHN .mat files.
+
+    An explicit `data_dir` (or its `svhn/` or pylearn2-style `SVHN/format2/` subfolder) is only read. With
+    data_dir=None they live in DEFAULT_DATA_DIR/svhn and are downloaded (MD5 checked; size too where known).
+    """
+    names = ["train", "test"] + (["extra"] if use_extra else [])
+    if data_dir is not None:
+        folders = [data_dir, os.path.join(data_dir, "svhn"), os.path.join(data_dir, "SVHN", "format2")]
+        paths = {n: _find(folders, [SVHN_FILES[n][0]]) for n in names}
+        missing = [SVHN_FILES[n][0] for n in names if paths[n] is None]
+        if missing:
+            hint = " (or use_extra=False / --no-extra to do without the extra set)" if "extra" in names else ""
+            raise DataError("SVHN files missing in {}: {}; put them there or omit --data-dir to download "
+                            "them{}".format(data_dir, ", ".join(missing), hint))
+        return paths
+    folder = os.path.join(DEFAULT_DATA_DIR, "svhn")
+    paths = {}
+    for n in names:
+        filename, size, md5 = SVHN_FILES[n]
+        path = os.path.join(folder, filename)
+        if not os.path.exists(path):
+            if not download:
+                raise DataError("{} is not in {} and downloading is off; allow downloads or pass --data-dir "
+                                "DIR with the SVHN files".format(filename, folder))
+            download_file(SVHN_URL + filename, path, md5=md5, size=size)
+        paths[n] = path
+    return paths
+
+
+def _read_svhn_mat(path):
+    """(X uint8 (32, 32, 3, N) as stored, labels int64 (N,) in 1..10) from one SVHN format-2 .mat file."""
+    import scipy.io
+    try:
+        mat = scipy.io.loadmat(path, variable_names=["X", "y"])
+    except Exception as e:  # scipy raises many types for damaged files
+        raise DataError("{} cannot be read as a MATLAB file ({}); delete it and download it again".format(
+            path, e)) from None
+    if "X" not in mat or "y" not in mat:
+        raise DataError("{} lacks the variables X and y of SVHN format 2; check the file".format(path))
+    x, y = mat["X"], np.asarray(mat["y"]).ravel().astype(np.int64)
+    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[:3] != (32, 32, 3) or x.shape[3] != y.size:
+        raise DataError("{}: X must be uint8 (32, 32, 3, N) with N = {} labels, got {} {}; check the file".format(
+            path, y.size, x.dtype, x.shape))
+    if y.size and (y.min() < 1 or y.max() > 10):
+        raise DataError("{}: labels must be 1..10 (10 = digit 0), got {}..{}; check the file".format(
+            path, y.min(), y.max()))
+    return x, y
+
+
+def _take_valid(rng, labels, per_class, name):
+    """pylearn2's split of one file: per class 1..10, shuffle its indices with `rng`, keep the first `per_class`.
+
+    Returns (valid indices, remaining indices), both sorted.
+    """
+    chosen = []
+    for c in range(1, 11):
+        idx = np.flatnonzero(labels == c)
+        if idx.size < per_class:
+            raise DataError("SVHN {} has {} images of label {}, fewer than the {} per class the validation "
+                            "split takes; use the full file".format(name, idx.size, c, per_class))
+        rng.shuffle(idx)
+        chosen.append(idx[:per_class])
+    valid = np.sort(np.concatenate(chosen))
+    return valid, np.setdiff1d(np.arange(labels.size), valid, assume_unique=True)
+
+
+def _gather_chw(sources, picks, chunk=8192):
+    """Rows (N, 3, 32, 32) uint8 from (source number, index) picks into (32, 32, 3, n) arrays, one copy."""
+    source_ids, indices = picks
+    out = np.empty((indices.size, 3, 32, 32), dtype=np.uint8)
+    for start in range(0, indices.size, chunk):
+        stop = min(start + chunk, indices.size)
+        ids, idx = source_ids[start:stop], indices[start:stop]
+        for s, x in enumerate(sources):
+            rows = np.flatnonzero(ids == s)
+            if rows.size:
+                out[start + rows] = x[:, :, :, idx[rows]].transpose(3, 2, 0, 1)
+    return out
+
+
+def load_svhn_raw(data_dir=None, download=True, use_extra=True,
+                  valid_per_class_train=400, valid_per_class_extra=200, seed=SVHN_SEED):
+    """Raw SVHN with pylearn2's split and shuffle (ORIGINALS.md §3.3).
+
+    Returns {'train', 'valid', 'test'}: each (X uint8 (N, 3, 32, 32) in (C, H, W) order, y int64 = label - 1, so
+    digit 0 (label 10) -> class 9). With rng = RandomState(seed): for labels 1..10 shuffle that class's
+    indices in `train` and keep the first `valid_per_class_train` (400) for validation, then the same on
+    `extra` with `valid_per_class_extra` (200): valid = 6000, class-balanced. train = remaining train rows
+    followed by remaining extra rows (598388 with the official files). Each set's rows are then permuted by
+    rng.permutation with the rng continuing from its state after the split (the test set from a fresh
+    RandomState(seed)), like pylearn2's separate per-set calls.
+    Not bit-exact: pylearn2 listed index *sets*, so its pre-shuffle order was CPython set order; here the
+    validation and remaining indices are in sorted order (train part, then extra part).
+    use_extra=False splits `train` alone (valid 4000, train 69257) and does not need extra_32x32.mat.
+    The per-class counts are parameters only so tiny test files can be split; keep the defaults otherwise.
+    """
+    paths = svhn_files(data_dir, download, use_extra)
+    x_train, y_train = _read_svhn_mat(paths["train"])
+    sources, labels = [x_train], [y_train]
+    if use_extra:
+        x_extra, y_extra = _read_svhn_mat(paths["extra"])
+        sources.append(x_extra)
+        labels.append(y_extra)
+
+    rng = np.random.RandomState(seed)
+    valid_picks, train_picks = [], []
+    for s, (y, per_class) in enumerate(zip(labels, [valid_per_class_train, valid_per_class_extra])):
+        valid, rest = _take_valid(rng, y, per_class, ["train", "extra"][s])
+        valid_picks.append((np.full(valid.size, s), valid))
+        train_picks.append((np.full(rest.size, s), rest))
+    state = rng.get_state()
+
+    result = {}
+    for name, picks in (("valid", valid_picks), ("train", train_picks)):
+        ids, idx = (np.concatenate(p) for p in zip(*picks))
+        rng.set_state(state)
+        order = rng.permutation(idx.size)
+        ids, idx = ids[order], idx[order]
+        x = _gather_chw(sources, (ids, idx))
+        y = np.concatenate(labels)[idx + np.where(ids == 1, labels[0].size, 0)] - 1
+        result[name] = (x, y)
+    x_test, y_test = _read_svhn_mat(paths["test"])
+    order = np.random.RandomState(seed).permutation(y_test.size)
+    result["test"] = (_gather_chw([x_test], (np.zeros(order.size, np.int64), order)), y_test[order] - 1)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------------------
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Download (or check) a data set and print what loads.")
+    parser.add_argument("dataset", choices=["mnist", "cifar10", "svhn"])
+    parser.add_argument("--data-dir", default=None,
+                        help="read the files from this folder instead of downloading (default: {})".format(
+                            DEFAULT_DATA_DIR))
+    parser.add_argument("--no-extra", action="store_true", help="SVHN: do without extra_32x32.mat")
+    args = parser.parse_args(argv)
+    try:
+        if args.dataset == "mnist":
+            arrays = load_mnist("binarynet", args.data_dir)
+            shapes = {k: v.shape for k, v in arrays.items()}
+        elif args.dataset == "cifar10":
+            x_train, y_train, x_test, y_test = load_cifar10_raw(args.data_dir)
+            shapes = {"X_train": x_train.shape, "X_test": x_test.shape}
+        else:
+            sets = load_svhn_raw(args.data_dir, use_extra=not args.no_extra)
+            shapes = {"X_" + k: v[0].shape for k, v in sets.items()}
+    except DataError as e:
+        sys.stderr.write("error: {}\n".format(e))
+        return 1
+    for key, shape in shapes.items():
+        print("{}: {}".format(key, shape))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
