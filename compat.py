@@ -182,10 +182,5 @@ def _running_average(shared, batch_value, alpha):
     return alias
 
 
-def shared_state_of(rng):
-    """The shared variables holding an MRG_RandomStreams' state (saved with checkpoints)."""
-    return [state for state, _ in rng.state_updates]
-
-
 __all__ = ["theano", "T", "np", "lasagne", "BLAS_NAME", "BLAS_LDFLAGS", "BatchNormLayer", "BCBatchNormLayer",
-           "round_half_away_from_zero", "shared_state_of"]
+           "round_half_away_from_zero"]

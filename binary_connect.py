@@ -1,0 +1,290 @@
+"""BinaryConnect: binary weights during propagations (Courbariaux, Bengio, David, NIPS 2015).
+
+The helper module of the BinaryConnect experiments (ORIGINALS.md §1): weight binarization, binary Dense and
+Conv2D layers, the Glorot learning-rate scale, the scaled-Adam-then-clip update, and the training loop.
+`binary_net.py` builds on it.
+"""
+from collections import OrderedDict
+
+import compat  # noqa: F401  (Theano flags and Lasagne patches come first)
+from compat import T, lasagne, np, theano
+from theano.sandbox.rng_mrg import MRG_RandomStreams
+
+import results
+
+
+def hard_sigmoid(x):
+    """hard_sigmoid(x) = clip((x + 1) / 2, 0, 1)."""
+    return T.clip((x + 1.) / 2., 0, 1)
+
+
+def binarize_weights(W, H=1., binary=True, deterministic=False, stochastic=False, srng=None):
+    """The binary weights Wb used in propagations (ORIGINALS.md §1.1, [BC] §2.2).
+
+    deterministic binarization: Wb = +H if W >= 0 else -H (hard_sigmoid(0) = 0.5 rounds up to +H);
+    stochastic: Wb = +H with probability p = hard_sigmoid(W / H), else -H, a new draw at every evaluation.
+    Stochastic BinaryConnect is evaluated (deterministic=True) with the real weights, as the original.
+    """
+    if not binary or (deterministic and stochastic):
+        return W
+    p = hard_sigmoid(W / H)
+    if stochastic:
+        bits = srng.binomial(n=1, p=p, size=T.shape(W), dtype=theano.config.floatX)
+    else:
+        bits = compat.round_half_away_from_zero(p)
+    return T.cast(T.switch(bits, H, -H), theano.config.floatX)
+
+
+def glorot_range(fan_in, fan_out):
+    """sqrt(1.5 / (fan_in + fan_out)): half of Glorot-uniform's bound (ORIGINALS.md §1.3)."""
+    return np.float32(np.sqrt(1.5 / (fan_in + fan_out)))
+
+
+def glorot_lr_scale(fan_in, fan_out):
+    """The per-layer learning-rate scale 1 / sqrt(1.5 / (fan_in + fan_out)) of [BC] §2.5 (ORIGINALS.md §2.3)."""
+    return np.float32(1. / glorot_range(fan_in, fan_out))
+
+
+class BinaryLayerMixin(object):
+    """Shared set-up of the binary layers: H, W_LR_scale, the random stream and the 'binary' tag of W.
+
+    Construction order follows the original (it fixes which numbers the global rng hands out): scales, then
+    the layer's MRG stream seeded from lasagne's rng, then the parent constructor (which draws W).
+    """
+
+    def _setup_binary(self, fan_in, fan_out, binary, stochastic, H, W_LR_scale):
+        self.binary, self.stochastic = binary, stochastic
+        self.H = glorot_range(fan_in, fan_out) if H == "Glorot" else np.float32(H)
+        self.W_LR_scale = glorot_lr_scale(fan_in, fan_out) if W_LR_scale == "Glorot" else np.float32(W_LR_scale)
+        self._srng = MRG_RandomStreams(lasagne.random.get_rng().randint(1, 2147462579))
+
+    def _tag_binary(self):
+        if self.binary:
+            self.params[self.W] = set(["binary"])  # W leaves the 'trainable' set: it gets its own update
+
+    def _binarized(self, deterministic):
+        self.Wb = binarize_weights(self.W, self.H, self.binary, deterministic, self.stochastic, self._srng)
+        return self.Wb
+
+    def _output_with_binary_weights(self, parent_output, input, deterministic, **kwargs):
+        """Run the parent's computation with Wb in place of W (Lasagne 0.1 has no `convolve` hook)."""
+        real_W = self.W
+        self.W = self._binarized(deterministic)
+        try:
+            return parent_output(self, input, **kwargs)
+        finally:
+            self.W = real_W
+
+
+class DenseLayer(BinaryLayerMixin, lasagne.layers.DenseLayer):
+    """Dense layer with binary weights: y = f(x . Wb + b), Wb = binarize(W) (ORIGINALS.md §1.3).
+
+    fan_in = prod(input_shape[1:]), fan_out = num_units. Binary layers start from W ~ U(-H, H).
+    """
+
+    def __init__(self, incoming, num_units, binary=True, stochastic=True, H=1., W_LR_scale="Glorot", **kwargs):
+        shape = incoming.output_shape if isinstance(incoming, lasagne.layers.Layer) else incoming
+        self._setup_binary(int(np.prod(shape[1:])), num_units, binary, stochastic, H, W_LR_scale)
+        if binary:
+            kwargs["W"] = lasagne.init.Uniform((-self.H, self.H))
+        super(DenseLayer, self).__init__(incoming, num_units, **kwargs)
+        self._tag_binary()
+
+    def get_output_for(self, input, deterministic=False, **kwargs):
+        return self._output_with_binary_weights(lasagne.layers.DenseLayer.get_output_for, input, deterministic,
+                                                **kwargs)
+
+
+class Conv2DLayer(BinaryLayerMixin, lasagne.layers.Conv2DLayer):
+    """2-D convolution layer with binary weights: y = f(conv(x, Wb) + b) (ORIGINALS.md §1.3).
+
+    fan_in = kh * kw * C_in, fan_out = kh * kw * C_out (no division by the pool size, as the original).
+    """
+
+    def __init__(self, incoming, num_filters, filter_size, binary=True, stochastic=True, H=1.,
+                 W_LR_scale="Glorot", **kwargs):
+        shape = incoming.output_shape if isinstance(incoming, lasagne.layers.Layer) else incoming
+        kh, kw = (filter_size, filter_size) if isinstance(filter_size, int) else filter_size
+        self._setup_binary(kh * kw * shape[1], kh * kw * num_filters, binary, stochastic, H, W_LR_scale)
+        if binary:
+            kwargs["W"] = lasagne.init.Uniform((-self.H, self.H))
+        super(Conv2DLayer, self).__init__(incoming, num_filters, filter_size, **kwargs)
+        self._tag_binary()
+
+    def get_output_for(self, input, deterministic=False, **kwargs):
+        return self._output_with_binary_weights(lasagne.layers.Conv2DLayer.get_output_for, input, deterministic,
+                                                **kwargs)
+
+
+def binary_layers(network):
+    return [layer for layer in lasagne.layers.get_all_layers(network) if getattr(layer, "binary", False)]
+
+
+def compute_grads(loss, network):
+    """dloss/dWb for every binary layer (ORIGINALS.md §1.4).
+
+    Call after building the training graph and before building the test graph: each get_output call
+    replaces layer.Wb.
+    """
+    return [theano.grad(loss, wrt=layer.Wb) for layer in binary_layers(network)]
+
+
+def scale_and_clip(updates, network):
+    """W_new = clip(W + W_LR_scale * (W_proposed - W), -H, H) for every binary W (ORIGINALS.md §1.5)."""
+    for layer in binary_layers(network):
+        print("W_LR_scale = " + str(layer.W_LR_scale))
+        print("H = " + str(layer.H))
+        step = updates[layer.W] - layer.W
+        updates[layer.W] = T.clip(layer.W + layer.W_LR_scale * step, -layer.H, layer.H)
+    return updates
+
+
+def adam_updates(loss, network, learning_rate):
+    """The originals' update: two Adams with the same LR (ORIGINALS.md §1.5).
+
+    Binary W: Adam on dloss/dWb, step scaled by the layer's W_LR_scale, then clipped to [-H, H].
+    Other trainable params (b, beta, gamma): plain Adam. Without binary layers: one Adam over all.
+    """
+    if not binary_layers(network):
+        params = lasagne.layers.get_all_params(network, trainable=True)
+        return lasagne.updates.adam(loss, params, learning_rate=learning_rate)
+    W = lasagne.layers.get_all_params(network, binary=True)
+    updates = OrderedDict(lasagne.updates.adam(compute_grads(loss, network), W, learning_rate=learning_rate))
+    updates = scale_and_clip(updates, network)
+    others = lasagne.layers.get_all_params(network, trainable=True, binary=False)
+    updates.update(lasagne.updates.adam(loss, others, learning_rate=learning_rate))
+    return updates
+
+
+def squared_hinge_loss(output, targets):
+    """mean over batch and classes of max(0, 1 - t * y)^2, targets in {-1, +1} (ORIGINALS.md §1.6)."""
+    return T.mean(T.sqr(T.maximum(0., 1. - targets * output)))
+
+
+def error_rate(output, targets):
+    """Fraction of rows whose argmax differs from the target's argmax (ORIGINALS.md §1.6)."""
+    return T.mean(T.neq(T.argmax(output, axis=1), T.argmax(targets, axis=1)), dtype=theano.config.floatX)
+
+
+def lr_decay(lr_start, lr_fin, num_epochs):
+    """LR_decay = (LR_fin / LR_start) ** (1 / num_epochs); epoch e trains with LR_start * LR_decay**(e-1)."""
+    return (lr_fin / lr_start) ** (1. / num_epochs)
+
+
+def compile_functions(network, input_var, target_var, learning_rate):
+    """train_fn(x, t, LR) -> loss (applies the updates) and val_fn(x, t) -> [loss, error].
+
+    The training graph (and its gradients) is built before the test graph, as §1.4 requires.
+    """
+    train_output = lasagne.layers.get_output(network, deterministic=False)
+    loss = squared_hinge_loss(train_output, target_var)
+    updates = adam_updates(loss, network, learning_rate)
+    test_output = lasagne.layers.get_output(network, deterministic=True)
+    test_loss = squared_hinge_loss(test_output, target_var)
+    train_fn = theano.function([input_var, target_var, learning_rate], loss, updates=updates)
+    val_fn = theano.function([input_var, target_var], [test_loss, error_rate(test_output, target_var)])
+    return train_fn, val_fn, updates
+
+
+def shuffle_rows(X, y, order, parts=None):
+    """Permute the training rows with numpy's global rng (ORIGINALS.md §1.10).
+
+    parts=None: BinaryConnect's shuffle, one permutation of all rows and new arrays (twice the memory).
+    parts=k: BinaryNet's shuffle, k contiguous chunks of floor(N / k) rows, each permuted in place through a
+    one-chunk buffer (the rows past k * floor(N / k) stay where they are, as in the original).
+    `order` (row -> original index) is permuted alongside, so an interrupted run can restore the order.
+    """
+    if parts is None:
+        perm = np.arange(len(X))
+        np.random.shuffle(perm)
+        return X[perm], y[perm], order[perm]
+    chunk = len(X) // parts
+    for k in range(parts):
+        rows = slice(k * chunk, (k + 1) * chunk)
+        perm = np.arange(chunk)
+        np.random.shuffle(perm)
+        X[rows] = X[rows][perm]
+        y[rows] = y[rows][perm]
+        order[rows] = order[rows][perm]
+    return X, y, order
+
+
+def epoch_pass(fn, X, y, batch_size, LR=None, progress=None):
+    """Run fn over floor(N / batch_size) minibatches (the remainder is skipped, as the original).
+
+    Training (LR given): returns the mean loss. Evaluation: returns (mean loss, error in percent).
+    """
+    n_batches = len(X) // batch_size
+    losses, errors = [], []
+    for i in range(n_batches):
+        rows = slice(i * batch_size, (i + 1) * batch_size)
+        if LR is None:
+            loss, err = fn(X[rows], y[rows])
+            errors.append(err)
+        else:
+            loss = fn(X[rows], y[rows], LR)
+        losses.append(loss)
+        if progress:
+            progress(i + 1, n_batches)
+    if LR is None:
+        return float(np.mean(losses)), float(np.mean(errors)) * 100
+    return float(np.mean(losses))
+
+
+def print_epoch(e, num_epochs, seconds, LR, row):
+    """The originals' nine-line epoch block; values start at column 34 (ORIGINALS.md §1.11)."""
+    print("Epoch " + str(e) + " of " + str(num_epochs) + " took " + str(seconds) + "s")
+    for label, value in [("LR:", LR), ("training loss:", row["train_loss"]), ("validation loss:", row["val_loss"]),
+                         ("validation error rate:", str(row["val_error"]) + "%"),
+                         ("best epoch:", row["best_epoch"]),
+                         ("best validation error rate:", str(row["best_val_error"]) + "%"),
+                         ("test loss:", row["test_loss"]), ("test error rate:", str(row["test_error"]) + "%")]:
+        print("  " + label.ljust(31) + str(value))
+
+
+def train(train_fn, val_fn, model, batch_size, LR_start, LR_decay, num_epochs, X_train, y_train, X_val, y_val,
+          X_test, y_test, state_vars=(), out_dir=None, resume=False, run_info=None, shuffle_parts=None,
+          params_file="parameters.npz"):
+    """The training loop of the originals (ORIGINALS.md §1.10).
+
+    Shuffle once; then each epoch: train on floor(N / batch_size) minibatches with the epoch's LR, shuffle,
+    validate; when the validation error is <= the best so far (ties go to the later epoch) evaluate the test
+    set and save all parameters; print the epoch block; LR <- LR * LR_decay. The reported test error is the
+    one of the best-validation epoch.
+
+    With out_dir, every epoch also appends a line to log.jsonl, rewrites results.json and a checkpoint (all
+    parameters, optimizer and random-stream states in `state_vars`, numpy's rng, the row order), so that
+    resume=True continues from the last finished epoch and ends with the numbers of an uninterrupted run.
+    shuffle_parts=None is BinaryConnect's copying shuffle; an integer is BinaryNet's in-place shuffle.
+    Returns the summary written to results.json.
+    """
+    run = results.Run(out_dir, run_info, state_vars, model, params_file)
+    order = np.arange(len(X_train))
+    progress = results.progress_bar("epoch") if results.show_progress() else None
+    summary = dict(epochs=num_epochs, epochs_done=0, best_epoch=0, best_val_error=100., val_error=None,
+                   test_error=None, test_loss=None, LR=LR_start, seconds=0.)
+    if resume and run.has_checkpoint():
+        summary, order = run.restore()
+        X_train[...], y_train[...] = X_train[order], y_train[order]
+        print("Resuming after epoch " + str(summary["epochs_done"]) + " of " + str(num_epochs))
+    else:
+        X_train, y_train, order = shuffle_rows(X_train, y_train, order, shuffle_parts)
+    LR = summary["LR"]
+    for epoch in range(summary["epochs_done"] + 1, num_epochs + 1):
+        start = results.clock()
+        train_loss = epoch_pass(train_fn, X_train, y_train, batch_size, LR, progress)
+        X_train, y_train, order = shuffle_rows(X_train, y_train, order, shuffle_parts)
+        val_loss, val_error = epoch_pass(val_fn, X_val, y_val, batch_size)
+        if val_error <= summary["best_val_error"]:
+            summary.update(best_val_error=val_error, best_epoch=epoch)
+            summary["test_loss"], summary["test_error"] = epoch_pass(val_fn, X_test, y_test, batch_size)
+            run.save_parameters()
+        seconds = results.clock() - start
+        row = dict(epoch=epoch, LR=LR, train_loss=train_loss, val_loss=val_loss, val_error=val_error,
+                   best_epoch=summary["best_epoch"], best_val_error=summary["best_val_error"],
+                   test_loss=summary["test_loss"], test_error=summary["test_error"], seconds=seconds)
+        print_epoch(epoch, num_epochs, seconds, LR, row)
+        LR *= LR_decay
+        summary.update(epochs_done=epoch, LR=LR, val_error=val_error, seconds=summary["seconds"] + seconds)
+        run.end_epoch(row, summary, order)
+    return run.summary(summary)
