@@ -309,3 +309,149 @@ def test_temporary_directory_of_a_dead_process_is_removed(tmp_path):
     os.makedirs(dead)
     pp.load_or_build(str(tmp_path), 'demo', key, CountingBuilder())
     assert not os.path.exists(dead) and os.path.isdir(final)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The two data sets, on tiny files in the official formats (read through datasets.py)
+# ---------------------------------------------------------------------------------------------------------
+
+def write_cifar_tarball(folder, n_per_batch=4, n_test=6, seed=11):
+    """cifar-10-python.tar.gz with five training batches and a test batch of pickled dicts (spec §3.2)."""
+    rng = np.random.RandomState(seed)
+    images, labels = {}, {}
+    names = ['data_batch_%d' % i for i in range(1, 6)] + ['test_batch']
+    os.makedirs(folder, exist_ok=True)
+    with tarfile.open(os.path.join(folder, 'cifar-10-python.tar.gz'), 'w:gz') as tar:
+        for name in names:
+            n = n_test if name == 'test_batch' else n_per_batch
+            images[name] = rng.randint(0, 256, size=(n, 3072)).astype(np.uint8)
+            labels[name] = [int(v) for v in rng.randint(0, 10, size=n)]
+            payload = pickle.dumps({b'data': images[name], b'labels': labels[name]}, protocol=2)
+            info = tarfile.TarInfo('cifar-10-batches-py/' + name)
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    X_train = np.concatenate([images[n] for n in names[:5]]).astype(np.float64)
+    y_train = np.concatenate([labels[n] for n in names[:5]])
+    return X_train, y_train, images['test_batch'].astype(np.float64), np.array(labels['test_batch'])
+
+
+def pm1(labels):
+    targets = -np.ones((len(labels), 10), np.float32)
+    targets[np.arange(len(labels)), labels] = 1
+    return targets
+
+
+def zca_reference_via_svd(train_rows, test_rows, bias=0.1):
+    """Whitened train/test rows from a thin SVD of the centred training rows (independent of eigh on C).
+
+    With centred = U S W^T: C = W diag(s^2/n) W^T + b I, so P = W diag(1/sqrt(s^2/n + b)) W^T + (I - W W^T)/sqrt(b).
+    """
+    mean = train_rows.mean(axis=0)
+    U, s, Wt = np.linalg.svd(train_rows - mean, full_matrices=False)
+    scale = 1.0 / np.sqrt(s ** 2 / len(train_rows) + bias)
+    train = U @ np.diag(s * scale) @ Wt
+    t = test_rows - mean
+    in_span = t @ Wt.T
+    test = in_span @ np.diag(scale) @ Wt + (t - in_span @ Wt) / np.sqrt(bias)
+    return train, test
+
+
+def test_cifar10_data_bc_pipeline_on_tiny_tarball(tmp_path, monkeypatch):
+    raw_dir, cache_dir = str(tmp_path / 'raw'), str(tmp_path / 'cache')
+    X_train_raw, y_train, X_test_raw, y_test = write_cifar_tarball(raw_dir)
+    data = pp.cifar10_data('bc-det', data_dir=raw_dir, cache_dir=cache_dir, download=False)
+
+    # split: the last tenth of the 20 training rows validates (rows 45000-49999 of the real set)
+    assert data['X_train'].shape == (18, 3, 32, 32) and data['X_val'].shape == (2, 3, 32, 32)
+    assert data['X_test'].shape == (6, 3, 32, 32)
+    for name in ('X_train', 'X_val', 'X_test', 'y_train', 'y_val', 'y_test'):
+        assert data[name].dtype == np.float32, name
+    np.testing.assert_array_equal(data['y_train'], pm1(y_train[:18]))
+    np.testing.assert_array_equal(data['y_val'], pm1(y_train[18:]))
+    np.testing.assert_array_equal(data['y_test'], pm1(y_test))
+
+    gcn_train = np.array([gcn_reference(row, scale=55.0) for row in X_train_raw])
+    gcn_test = np.array([gcn_reference(row, scale=55.0) for row in X_test_raw])
+    expected_train, expected_test = zca_reference_via_svd(gcn_train, gcn_test)   # fit on all 20 rows
+    whitened = np.concatenate([data['X_train'], data['X_val']]).reshape(20, -1)
+    np.testing.assert_allclose(whitened, expected_train, atol=2e-4)
+    np.testing.assert_allclose(data['X_test'].reshape(6, -1), expected_test, atol=2e-4)
+
+    # second call and the other BC methods share the cache: the builder is not called again
+    calls = []
+    real_builder = pp._build_cifar10_bc
+    monkeypatch.setattr(pp, '_build_cifar10_bc', lambda *a: calls.append(1) or real_builder(*a))
+    for method in ('bc-det', 'bc-stoch', 'float'):
+        again = pp.cifar10_data(method, data_dir=raw_dir, cache_dir=cache_dir, download=False)
+        np.testing.assert_array_equal(again['X_test'], data['X_test'])
+    assert calls == []
+
+    # different raw data misses the cache
+    write_cifar_tarball(raw_dir, seed=12)
+    pp.cifar10_data('bc-det', data_dir=raw_dir, cache_dir=cache_dir, download=False)
+    assert calls == [1]
+
+
+def test_cifar10_data_binarynet_scaling(tmp_path):
+    raw_dir = str(tmp_path / 'raw')
+    X_train_raw, _, X_test_raw, _ = write_cifar_tarball(raw_dir)
+    data = pp.cifar10_data('binarynet', data_dir=raw_dir, cache_dir=str(tmp_path / 'cache'), download=False)
+    np.testing.assert_allclose(data['X_train'].reshape(18, -1), X_train_raw[:18] * 2 / 255 - 1, atol=1e-6)
+    np.testing.assert_allclose(data['X_val'].reshape(2, -1), X_train_raw[18:] * 2 / 255 - 1, atol=1e-6)
+    np.testing.assert_allclose(data['X_test'].reshape(6, -1), X_test_raw * 2 / 255 - 1, atol=1e-6)
+
+
+def write_svhn_mats(folder, per_class=402, n_test=12, seed=13):
+    """train_32x32.mat and test_32x32.mat in SVHN format 2: X (32, 32, 3, N) uint8, y (N, 1) in 1..10."""
+    rng = np.random.RandomState(seed)
+    os.makedirs(folder, exist_ok=True)
+    labels = np.repeat(np.arange(1, 11), per_class)
+    rng.shuffle(labels)
+    for name, y in (('train', labels), ('test', rng.randint(1, 11, size=n_test))):
+        X = rng.randint(0, 256, size=(32, 32, 3, len(y))).astype(np.uint8)
+        scipy.io.savemat(os.path.join(folder, name + '_32x32.mat'),
+                         {'X': X, 'y': y.reshape(-1, 1).astype(np.uint8)})
+
+
+def expected_gcn_lcn(image, lcn_channels):
+    gcn = gcn_reference(image).reshape(3, 32, 32)
+    return np.array([lcn_reference(gcn[c]) if c in lcn_channels else gcn[c] for c in range(3)])
+
+
+def test_svhn_data_bc_pipeline_on_tiny_mat_files(tmp_path):
+    import datasets
+    raw_dir, cache_dir = str(tmp_path / 'raw'), str(tmp_path / 'cache')
+    write_svhn_mats(raw_dir)
+    raw = datasets.load_svhn_raw(data_dir=raw_dir, download=False, use_extra=False)
+    data = pp.svhn_data('bc-det', data_dir=raw_dir, cache_dir=cache_dir, download=False, use_extra=False)
+    assert data['X_train'].shape == (20, 3, 32, 32) and data['X_val'].shape == (4000, 3, 32, 32)
+    assert data['X_test'].shape == (12, 3, 32, 32)
+    for part, name in (('train', 'train'), ('valid', 'val'), ('test', 'test')):
+        np.testing.assert_array_equal(data['y_' + name], pm1(raw[part][1]))
+        assert data['X_' + name].dtype == np.float32
+    for part, name, rows in (('train', 'X_train', range(20)), ('valid', 'X_val', [0, 1999, 3999]),
+                             ('test', 'X_test', range(12))):
+        for i in rows:     # red channel GCN + LCN, green and blue GCN only (pylearn2 quirk)
+            np.testing.assert_allclose(data[name][i], expected_gcn_lcn(raw[part][0][i], (0,)), atol=2e-5)
+
+    fixed = pp.svhn_data('float', data_dir=raw_dir, cache_dir=cache_dir, download=False, use_extra=False,
+                         lcn_all_channels=True)
+    for i in range(12):
+        np.testing.assert_allclose(fixed['X_test'][i], expected_gcn_lcn(raw['test'][0][i], (0, 1, 2)), atol=2e-5)
+    assert len([f for f in os.listdir(cache_dir) if '.tmp-' not in f]) == 2   # one cache per parameter set
+
+    again = pp.svhn_data('bc-stoch', data_dir=raw_dir, cache_dir=cache_dir, download=False, use_extra=False)
+    np.testing.assert_array_equal(again['X_val'], data['X_val'])
+
+    plain = pp.svhn_data('binarynet', data_dir=raw_dir, cache_dir=cache_dir, download=False, use_extra=False)
+    np.testing.assert_allclose(plain['X_test'], raw['test'][0] * 2.0 / 255 - 1, atol=1e-6)
+
+
+def test_command_line_reports_missing_data_in_one_line(tmp_path, capsys):
+    empty = tmp_path / 'empty'
+    empty.mkdir()
+    status = pp.main(['cifar10', 'bc-det', '--data-dir', str(empty), '--cache-dir', str(tmp_path / 'c'),
+                      '--no-download'])
+    err = capsys.readouterr().err.strip()
+    assert status == 1
+    assert err.startswith('error: ') and '\n' not in err and 'Traceback' not in err
