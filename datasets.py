@@ -14,6 +14,7 @@ import argparse
 import gzip
 import hashlib
 import http.client
+import io
 import os
 import pickle
 import socket
@@ -446,7 +447,6 @@ def _cifar_batches(source):
 
 def _parse_cifar_batch(name, raw):
     """(data uint8 (n, 3072), labels int64 (n,)) from one pickled batch (dict with b'data' and b'labels')."""
-    import io
     try:
         batch = _ArrayUnpickler(io.BytesIO(raw), encoding="bytes").load()
     except Exception as e:  # any unpickling failure means a damaged or foreign file
