@@ -1,0 +1,28 @@
+# The two commands of the README:  make quick  (a short real MNIST run)  and  make test  (the test suite).
+# Both create the virtual environment first and install what is missing (Debian packages too, as root).
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+DATA_DIR ?=
+QUICK_FLAGS ?= --method binarynet --epochs 3 --train-size 10000
+QUICK_OUT ?= runs/quick-binarynet
+
+.PHONY: quick test venv system-packages clean
+
+quick: venv
+	$(PY) mnist.py $(QUICK_FLAGS) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) --out $(QUICK_OUT) --resume
+
+test: venv
+	$(PY) -m pytest -q tests
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt
+	@bash scripts/system_packages.sh $(PYTHON)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+clean:
+	rm -rf $(VENV) .pytest_cache

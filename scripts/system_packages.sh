@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Install the Debian packages the project needs, if they are missing: a C/C++ compiler (Theano compiles its
+# ops, the CPU kernels are C), the Python headers (Theano's C modules include Python.h) and venv.
+set -euo pipefail
+python=${1:-python3}
+missing=()
+command -v g++ >/dev/null || missing+=(g++)
+command -v gcc >/dev/null || missing+=(gcc)
+command -v make >/dev/null || missing+=(make)
+include=$("$python" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
+[ -f "$include/Python.h" ] || missing+=(python3-dev)
+"$python" -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+[ ${#missing[@]} -eq 0 ] && exit 0
+echo "installing Debian packages: ${missing[*]}"
+if [ "$(id -u)" -eq 0 ]; then sudo=""; elif command -v sudo >/dev/null; then sudo="sudo"; else
+  echo "error: missing ${missing[*]}; install them as root (apt-get install ${missing[*]})" >&2; exit 1; fi
+$sudo apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
