@@ -426,6 +426,10 @@ def run(model_path, data_dir=None, kernels=KERNELS, device="cpu", export_path=No
     'ratio', 'error', 'seconds', 'predictions'}}.
     """
     blocks = load_blocks(model_path)
+    kernels = _check_kernels(kernels)  # options first: no data download for a typo
+    if batch_size < 1:
+        raise InferenceError("batch size must be positive, got %d" % batch_size)
+    device = resolve_device(device)
     if X is None:
         from datasets import load_mnist
         data = load_mnist("binarynet", data_dir=data_dir)
@@ -474,11 +478,13 @@ def main(argv=None):
 def run_from_args(model_path, args):
     """Call `run` with parsed options; one line on stderr and exit status 1 on a user-fixable error."""
     errors = [InferenceError]
-    for module, name in (("kernels.cpu", "KernelError"), ("datasets", "DataError"), ("kernels.gpu", "GpuUnavailable")):
-        try:
-            errors.append(getattr(__import__(module, fromlist=[name]), name))
-        except (ImportError, AttributeError):
-            pass
+    for module, names in (("kernels.cpu", ["KernelError"]), ("datasets", ["DataError"]),
+                          ("kernels.gpu", ["GpuUnavailable", "KernelCompileError", "KernelInputError"])):
+        for name in names:
+            try:
+                errors.append(getattr(__import__(module, fromlist=[name]), name))
+            except (ImportError, AttributeError):
+                pass
     try:
         run(model_path, args.data_dir, args.kernels, args.device, args.export, args.batch_size)
     except tuple(errors) as err:
