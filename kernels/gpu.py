@@ -183,6 +183,12 @@ def _compile_with_nvrtc(number, defines):
 
 # ----------------------------------------------------------------------------- availability
 
+def _first_line(error):
+    """First non-empty line of an exception's text (messages stay one line)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
 def _driver_status():
     """(True, description) when libcuda loads and reports a device; (False, reason) otherwise."""
     try:
@@ -230,17 +236,25 @@ class GpuKernels:
             raise GpuUnavailable(message)
         import pycuda.driver as cuda
         from pycuda.compiler import SourceModule
-        from skcuda import cublas
+        try:
+            from skcuda import cublas
+        except (ImportError, OSError) as error:
+            raise GpuUnavailable(f"scikit-cuda cannot load cuBLAS ({_first_line(error)}); put the CUDA "
+                                 "toolkit's lib64 (with libcublas.so) on LD_LIBRARY_PATH") from None
         try:
             cuda.init()
             self._context = cuda.Device(device).retain_primary_context()
             self._context.push()
         except cuda.Error as error:
-            raise GpuUnavailable(f"cannot open CUDA device {device}: {error}; use --device cpu") from None
+            raise GpuUnavailable(f"cannot open CUDA device {device}: {_first_line(error)}; "
+                                 "use --device cpu") from None
         self._cuda = cuda
         self._cublas = cublas
-        # The source already declares its kernels extern "C"; PyCUDA picks the device's arch.
-        module = SourceModule(kernel_source(), no_extern_c=True)
+        try:
+            # The source already declares its kernels extern "C"; PyCUDA picks the device's arch.
+            module = SourceModule(kernel_source(), no_extern_c=True)
+        except cuda.CompileError as error:
+            raise KernelCompileError(f"PyCUDA could not compile binary_kernels.cu: {_first_line(error)}") from None
         self._kernels = {name: module.get_function(name) for name in KERNEL_NAMES}
         self._cublas_handle = cublas.cublasCreate()
 
