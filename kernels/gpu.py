@@ -250,13 +250,22 @@ class GpuKernels:
                                  "use --device cpu") from None
         self._cuda = cuda
         self._cublas = cublas
-        try:
-            # The source already declares its kernels extern "C"; PyCUDA picks the device's arch.
-            module = SourceModule(kernel_source(), no_extern_c=True)
-        except cuda.CompileError as error:
-            raise KernelCompileError(f"PyCUDA could not compile binary_kernels.cu: {_first_line(error)}") from None
+        module = self._load_module(cuda, SourceModule, cuda.Device(device))
         self._kernels = {name: module.get_function(name) for name in KERNEL_NAMES}
         self._cublas_handle = cublas.cublasCreate()
+
+    @staticmethod
+    def _load_module(cuda, SourceModule, device):
+        """Compile the .cu with PyCUDA (nvcc); for GPUs older than nvcc supports (CUDA 13: below
+        sm_75, e.g. the paper's sm_50 GTX 750) fall back to an NVRTC 12 cubin."""
+        major, minor = device.compute_capability()
+        try:
+            # The source already declares its kernels extern "C"; PyCUDA picks the device's arch.
+            return SourceModule(kernel_source(), no_extern_c=True)
+        except cuda.CompileError as error:
+            if major * 10 + minor >= NVCC_LOWEST_ARCH:
+                raise KernelCompileError(f"PyCUDA could not compile binary_kernels.cu: {_first_line(error)}") from None
+        return cuda.module_from_buffer(compile_cubin(major * 10 + minor, compiler="nvrtc"))
 
     def close(self):
         """Release the cuBLAS handle and the device context (also done at interpreter exit)."""
