@@ -108,7 +108,7 @@ def _load():
 
 def _threads(threads):
     if threads is None:
-        return 0  # the C side uses every online CPU
+        return 0  # the C side: every online CPU, but no more threads than the size of the work justifies
     if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
         raise KernelError("threads must be a positive integer or None (all cores), got {!r}".format(threads))
     return int(threads)

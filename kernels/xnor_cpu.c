@@ -82,17 +82,29 @@ static void *worker(void *arg)
     return NULL;
 }
 
+/* Smallest work per thread (floats packed, word pairs xor-popcounted, float multiply-adds): ~100 us each. */
+#define MIN_PACK_WORK (1 << 20)
+#define MIN_GEMM_WORK (1 << 22)
+#define MIN_BASELINE_WORK (1 << 19)
+
 static int default_threads(void)
 {
     long n = sysconf(_SC_NPROCESSORS_ONLN);
     return n > 0 ? (int)n : 1;
 }
 
-static int parallel_for(int threads, int64_t ntasks, task_fn fn, const void *ctx)
+/* Run tasks 0..ntasks-1 on `threads` threads (never more than ntasks).  threads <= 0 means "all CPUs, but
+ * at most one thread per `min_work` units of `work`": starting a thread costs tens of microseconds, and a
+ * helper the OS schedules late (busy cores) would delay a tiny product by a whole time slice.  An explicit
+ * thread count is used as given. */
+static int parallel_for(int threads, int64_t ntasks, task_fn fn, const void *ctx, double work, double min_work)
 {
     job_t job = {fn, ctx, ntasks, 0};
-    if (threads <= 0)
+    if (threads <= 0) {
         threads = default_threads();
+        if (work < min_work * threads)
+            threads = work < min_work ? 1 : (int)(work / min_work);
+    }
     if (threads > ntasks)
         threads = ntasks > 0 ? (int)ntasks : 1;
     pthread_t ids[threads > 1 ? threads - 1 : 1];
@@ -215,7 +227,8 @@ EXPORT int xnor_pack_rows(const float *A, int64_t m, int64_t n, uint64_t *out, i
     pack_ctx c = {A, m, n, (n + 63) / 64, out, resolve_path(path)};
     if (c.path < 0)
         return c.path == -1 ? ERR_PATH_UNAVAILABLE : ERR_BAD_PATH;
-    return parallel_for(threads, (m + PACK_ROWS_PER_TASK - 1) / PACK_ROWS_PER_TASK, pack_rows_task, &c);
+    return parallel_for(threads, (m + PACK_ROWS_PER_TASK - 1) / PACK_ROWS_PER_TASK, pack_rows_task, &c,
+                        (double)m * n, MIN_PACK_WORK);
 }
 
 /* Pack the columns of B (n x k) into out (k x ceil(n/64)), i.e. the rows of B transposed. */
@@ -224,7 +237,8 @@ EXPORT int xnor_pack_cols(const float *B, int64_t n, int64_t k, uint64_t *out, i
     pack_ctx c = {B, n, k, (n + 63) / 64, out, resolve_path(path)};
     if (c.path < 0)
         return c.path == -1 ? ERR_PATH_UNAVAILABLE : ERR_BAD_PATH;
-    return parallel_for(threads, (k + PACK_COLS_PER_TASK - 1) / PACK_COLS_PER_TASK, pack_cols_task, &c);
+    return parallel_for(threads, (k + PACK_COLS_PER_TASK - 1) / PACK_COLS_PER_TASK, pack_cols_task, &c,
+                        (double)n * k, MIN_PACK_WORK);
 }
 
 /* ------------------------------------------------------------------------------------------------------ */
@@ -395,7 +409,8 @@ EXPORT int xnor_gemm_packed(const uint64_t *Ap, const uint64_t *Bp, int64_t m, i
     int64_t cols = (256 * 1024) / (c.words * 8 > 0 ? c.words * 8 : 1);
     c.col_block = cols < 4 ? 4 : cols / 4 * 4;
     int64_t ntasks = c.row_tiles * ((k + c.col_block - 1) / c.col_block);
-    return parallel_for(threads, ntasks, p == PATH_AVX512 ? gemm_task_avx512 : gemm_task_portable, &c);
+    return parallel_for(threads, ntasks, p == PATH_AVX512 ? gemm_task_avx512 : gemm_task_portable, &c,
+                        (double)m * k * c.words, MIN_GEMM_WORK);
 }
 
 /* ------------------------------------------------------------------------------------------------------ */
@@ -436,5 +451,6 @@ __attribute__((optimize("O2", "no-tree-vectorize"))) static void baseline_task(c
 EXPORT int baseline_gemm_f32(const float *A, const float *B, float *C, int64_t m, int64_t n, int64_t k, int threads)
 {
     base_ctx c = {A, B, C, m, n, k, (k + TILE - 1) / TILE};
-    return parallel_for(threads, ((m + TILE - 1) / TILE) * c.col_tiles, baseline_task, &c);
+    return parallel_for(threads, ((m + TILE - 1) / TILE) * c.col_tiles, baseline_task, &c, (double)m * n * k,
+                        MIN_BASELINE_WORK);
 }

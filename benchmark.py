@@ -1,0 +1,369 @@
+#!/usr/bin/env python
+"""The paper's kernel benchmark (ORIGINALS.md §4.6-4.7) on this machine's CPU, or on a GPU when one is there.
+
+For each size m x n x k, C = A . B on random +-1 float32 matrices (both operands random), timed after warm-up
+(median of --repeats calls):
+  baseline      naive C GEMM: the paper's 16x16 tiled "unoptimized baseline" as scalar loops (kernels/xnor_cpu.c)
+  BLAS (Theano) T.dot compiled by Theano, i.e. the sgemm Theano links (MKL via compat.py)
+  BLAS (NumPy)  numpy.dot, i.e. NumPy's own BLAS (OpenBLAS in the wheel)
+  XNOR          pack both operands + XNOR-popcount GEMM (packing included, as in the paper)
+  XNOR nopack   XNOR-popcount GEMM on operands packed beforehand
+Every product must equal the XNOR result exactly (integers below 2^24 are exact in float32).
+
+    python benchmark.py                         # CPU: 4096^3 at 1 thread and at all threads
+    python benchmark.py --sizes 2048,1024x4096x512 --threads 2 --plot gemm.png
+"""
+import argparse
+import os
+import statistics
+import sys
+import time
+
+PAPER = ("Paper (GTX 750, 8192^3, ORIGINALS.md §4.7): XNOR kernel 23x faster than the baseline kernel and "
+         "3.4x faster than cuBLAS; the Theano-wrapped XNOR 14x the wrapped baseline and 2.5x T.dot.")
+BASELINE_NOTE = ("baseline = the paper's unoptimized kernel (16x16 tiles, one accumulator per output) as plain "
+                 "scalar C loops, -O2 without vectorisation")
+
+
+class BenchmarkError(Exception):
+    """Bad command-line value or an unusable device; printed as one line."""
+
+
+# ------------------------------------------------------------------------------------------------ arguments
+
+def parse_sizes(text):
+    """'4096,1024x2048x512' -> [(4096, 4096, 4096), (1024, 2048, 512)]  (m x n x k, C = A(m x n) . B(n x k))."""
+    sizes = []
+    for item in text.split(","):
+        parts = item.strip().lower().split("x")
+        try:
+            dims = [int(p) for p in parts]
+        except ValueError:
+            dims = []
+        if len(dims) == 1:
+            dims = dims * 3
+        if len(dims) != 3 or min(dims) < 1:
+            raise BenchmarkError("bad size {!r} in --sizes: use N or MxNxK with positive integers, e.g. "
+                                 "--sizes 4096,1024x2048x512".format(item))
+        sizes.append(tuple(dims))
+    return sizes
+
+
+def parse_threads(text, all_cores):
+    """'1,all' -> [1, all_cores]."""
+    counts = []
+    for item in text.split(","):
+        item = item.strip().lower()
+        if item == "all":
+            counts.append(all_cores)
+        elif item.isdigit() and int(item) >= 1:
+            counts.append(int(item))
+        else:
+            raise BenchmarkError("bad thread count {!r} in --threads: use positive integers or 'all', e.g. "
+                                 "--threads 1,all".format(item))
+    return list(dict.fromkeys(counts))
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description="XNOR-popcount GEMM vs baseline vs BLAS (the paper's kernel "
+                                            "benchmark, ORIGINALS.md §4.6).")
+    p.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto",
+                   help="auto: the GPU when kernels.gpu finds one, else the CPU (default auto)")
+    p.add_argument("--sizes", default=None,
+                   help="comma list of N (N^3) or MxNxK; default 8192 on a GPU (the paper's), 4096 on the CPU")
+    p.add_argument("--threads", default="1,all", help="CPU thread counts, comma list, 'all' = every core "
+                                                      "(default 1,all)")
+    p.add_argument("--repeats", type=int, default=5, help="timed calls per kernel; the median is reported")
+    p.add_argument("--warmup", type=int, default=1, help="untimed calls before timing (default 1)")
+    p.add_argument("--baseline-max-size", type=int, default=2048,
+                   help="skip the slow CPU baseline when m*n*k exceeds this size cubed (default 2048)")
+    p.add_argument("--openblas-coretype", default="auto",
+                   help="OPENBLAS_CORETYPE for NumPy's OpenBLAS: 'auto' = SkylakeX on AVX-512 CPUs (its fastest "
+                        "kernel here), 'keep' = leave the environment alone, or a core name")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the +-1 matrices")
+    p.add_argument("--plot", metavar="FILE.png", help="write a paper-style bar chart of the timings")
+    return p
+
+
+def check_args(args):
+    if args.repeats < 1 or args.warmup < 0:
+        raise BenchmarkError("--repeats must be >= 1 and --warmup >= 0 (got {}, {})".format(args.repeats,
+                                                                                          args.warmup))
+    if args.baseline_max_size < 0:
+        raise BenchmarkError("--baseline-max-size must be >= 0, got {}".format(args.baseline_max_size))
+    if args.plot and not args.plot.lower().endswith(".png"):
+        raise BenchmarkError("--plot takes a .png file name, got {!r}".format(args.plot))
+
+
+def cpuinfo_flags():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def set_openblas_coretype(choice):
+    """Must run before NumPy is imported. Returns a one-line description of what was done."""
+    before = os.environ.get("OPENBLAS_CORETYPE")
+    if choice == "keep":
+        return "OPENBLAS_CORETYPE left as {}".format(before)
+    if choice == "auto":
+        if "avx512f" not in cpuinfo_flags():
+            return "OPENBLAS_CORETYPE left as {} (no AVX-512)".format(before)
+        choice = "SkylakeX"
+    os.environ["OPENBLAS_CORETYPE"] = choice
+    return "OPENBLAS_CORETYPE={} (was {}; the NumPy 1.23.5 wheel's OpenBLAS 0.3.20 misdetects this CPU, see " \
+           "ENVIRONMENT.md)".format(choice, before)
+
+
+# ------------------------------------------------------------------------------------------------ devices
+
+def choose_device(requested):
+    """'cpu' or 'gpu'; prints why when auto falls back to the CPU."""
+    if requested == "cpu":
+        return "cpu"
+    try:
+        from kernels import gpu
+        ok, message = gpu.gpu_status()
+    except Exception as error:  # the GPU module is optional: any failure to load means "no GPU here"
+        ok, message = False, "kernels.gpu unavailable ({})".format(str(error).splitlines()[0] if str(error)
+                                                                   else type(error).__name__)
+    if ok:
+        return "gpu"
+    if requested == "gpu":
+        raise BenchmarkError("--device gpu: {}".format(message))
+    print("No usable GPU ({}); falling back to the CPU.".format(message))
+    return "cpu"
+
+
+def median_seconds(fn, repeats, warmup):
+    """Median wall-clock seconds of fn() over `repeats` calls after `warmup` calls; also the last result."""
+    result = None
+    for _ in range(warmup):
+        result = fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), result
+
+
+def random_signs(rng, shape):
+    import numpy as np
+    return np.where(rng.random(shape) < 0.5, -1.0, 1.0).astype(np.float32)
+
+
+def blas_descriptions():
+    """One line per BLAS/OpenMP library loaded, from threadpoolctl."""
+    import threadpoolctl
+    lines = []
+    for lib in threadpoolctl.threadpool_info():
+        extra = lib.get("architecture") or lib.get("threading_layer") or ""
+        lines.append("  {:<10} {:<9} {:<16} kernel/layer={:<10} threads={} ({})".format(
+            lib.get("internal_api", "?"), lib.get("user_api", "?"), str(lib.get("version")), extra,
+            lib.get("num_threads"), os.path.basename(lib.get("filepath", ""))))
+    return lines
+
+
+def numpy_blas_label():
+    import threadpoolctl
+    for lib in threadpoolctl.threadpool_info():
+        if lib.get("user_api") == "blas" and "numpy" in lib.get("filepath", ""):
+            return "{} {} {}".format(lib["internal_api"], lib.get("version"), lib.get("architecture") or "")
+    return "unknown BLAS"
+
+
+def threads_in_use():
+    """Thread counts threadpoolctl reports right now, per BLAS library (to show a 1-thread row is 1 thread)."""
+    import threadpoolctl
+    return {lib["internal_api"] + ":" + os.path.basename(lib["filepath"]).split("-")[0]: lib["num_threads"]
+            for lib in threadpoolctl.threadpool_info() if lib.get("user_api") == "blas"}
+
+
+def run_cpu(sizes, thread_counts, args):
+    """Time every kernel for every size and thread count; returns a list of row dicts."""
+    import numpy as np
+    import threadpoolctl
+
+    import compat
+    from compat import T, theano
+    from kernels import cpu
+
+    a, b = T.matrix("a"), T.matrix("b")
+    theano_dot = theano.function([a, b], T.dot(a, b))
+    rows = []
+    for (m, n, k) in sizes:
+        rng = np.random.default_rng(args.seed)
+        A, B = random_signs(rng, (m, n)), random_signs(rng, (n, k))
+        for threads in thread_counts:
+            with threadpoolctl.threadpool_limits(limits=threads):
+                in_use = threads_in_use()
+                if any(count != threads for count in in_use.values()):
+                    raise BenchmarkError("could not set BLAS threads to {}: threadpoolctl reports {}".format(
+                        threads, in_use))
+                Ap, Bp = cpu.pack_rows(A, threads), cpu.pack_cols(B, threads)
+                contestants = [
+                    ("XNOR (packing incl.)", lambda: cpu.xnor_gemm(A, B, threads=threads)),
+                    ("XNOR (packing excl.)", lambda: cpu.xnor_gemm_packed(Ap, Bp, n, threads=threads)),
+                    ("BLAS Theano T.dot, " + compat.BLAS_NAME.split(" ")[0], lambda: theano_dot(A, B)),
+                    ("BLAS NumPy, " + numpy_blas_label().strip(), lambda: np.dot(A, B)),
+                    ("baseline (naive C)", lambda: cpu.baseline_gemm(A, B, threads=threads)),
+                ]
+                reference = None
+                for name, fn in contestants:
+                    row = {"size": (m, n, k), "threads": threads, "kernel": name, "seconds": None,
+                           "agrees": None, "note": ""}
+                    if name.startswith("baseline") and m * n * k > args.baseline_max_size ** 3:
+                        row["note"] = "skipped: larger than --baseline-max-size {}^3".format(args.baseline_max_size)
+                    else:
+                        row["seconds"], result = median_seconds(fn, args.repeats, args.warmup)
+                        reference = result if reference is None else reference
+                        row["agrees"] = bool(np.array_equal(result, reference))
+                    rows.append(row)
+                    print("  measured {:>18} threads={} {:<42} {}".format(
+                        "x".join(map(str, (m, n, k))), threads, name,
+                        "{:.5f} s".format(row["seconds"]) if row["seconds"] is not None else row["note"]),
+                        flush=True)
+    return rows
+
+
+def run_gpu(sizes, args):
+    from kernels import gpu
+    try:
+        kernels = gpu.GpuKernels()
+    except gpu.GpuUnavailable as error:
+        raise BenchmarkError("GPU unavailable: {}".format(str(error).splitlines()[0]))
+    rows = []
+    names = [("xnor", "XNOR (packing incl.)"), ("xnor_nopack", "XNOR (packing excl.)"), ("cublas", "cuBLAS sgemm"),
+             ("baseline", "baseline (16x16 tiled CUDA)")]
+    for (m, n, k) in sizes:
+        t = kernels.time_kernels(m, n, k, repeats=args.repeats, warmup=args.warmup, seed=args.seed)
+        for key, name in names:
+            rows.append({"size": (m, n, k), "threads": "GPU", "kernel": name, "seconds": t[key],
+                         "agrees": bool(t["agree"]), "note": ""})
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------ report
+
+def print_table(rows):
+    """Seconds, GFLOP/s (2mnk/t; for XNOR: equivalent), speed-ups of XNOR over baseline and the best BLAS."""
+    groups = {}
+    for row in rows:
+        groups.setdefault((row["size"], row["threads"]), []).append(row)
+    for (size, threads), group in groups.items():
+        m, n, k = size
+        flops = 2.0 * m * n * k
+        timed = {r["kernel"]: r["seconds"] for r in group if r["seconds"] is not None}
+        blas = [s for name, s in timed.items() if name.startswith(("BLAS", "cuBLAS"))]
+        best_blas = min(blas) if blas else None
+        base = next((r["seconds"] for r in group if r["kernel"].startswith("baseline")), None)
+        print("\n{} x {} x {} (m x n x k), threads: {}".format(m, n, k, threads))
+        print("  {:<44} {:>10} {:>10} {:>12} {:>12} {:>7}".format("kernel", "seconds", "GFLOP/s", "baseline/t",
+                                                                   "bestBLAS/t", "agrees"))
+        for r in group:
+            if r["seconds"] is None:
+                print("  {:<44} {}".format(r["kernel"], r["note"]))
+                continue
+            s = r["seconds"]
+            print("  {:<44} {:>10.5f} {:>10.1f} {:>12} {:>12} {:>7}".format(
+                r["kernel"], s, flops / s / 1e9, "{:.1f}x".format(base / s) if base else "n/a",
+                "{:.2f}x".format(best_blas / s) if best_blas else "n/a", "yes" if r["agrees"] else "NO"))
+    print("\n" + PAPER)
+    print("GFLOP/s = 2mnk / seconds (for XNOR: equivalent float operations). x/t columns: time of that kernel "
+          "divided by this row's time (>1 = this row is faster).")
+
+
+def plot(rows, filename):
+    """Grouped bars of seconds per kernel, one group per (size, threads), log scale (like the paper's figure)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = list(dict.fromkeys((r["size"], r["threads"]) for r in rows))
+    kernels = list(dict.fromkeys(r["kernel"] for r in rows))
+    width = 0.8 / len(kernels)
+    fig, ax = plt.subplots(figsize=(2.5 + 2.2 * len(groups), 4.5))
+    for i, kernel in enumerate(kernels):
+        xs, ys = [], []
+        for g, key in enumerate(groups):
+            s = next((r["seconds"] for r in rows if (r["size"], r["threads"]) == key and r["kernel"] == kernel), None)
+            if s is not None:
+                xs.append(g + (i - (len(kernels) - 1) / 2) * width)
+                ys.append(s)
+        ax.bar(xs, ys, width, label=kernel)
+    ax.set_xticks(range(len(groups)))
+    ax.set_xticklabels(["{}\nthreads={}".format("x".join(map(str, size)), t) for size, t in groups])
+    ax.set_yscale("log")
+    ax.set_ylabel("seconds per GEMM (log scale)")
+    ax.set_title("Binary matrix multiplication: XNOR-popcount vs float kernels")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(filename, dpi=120)
+    plt.close(fig)
+
+
+def print_hardware(coretype_note, thread_counts):
+    import compat
+    from kernels import cpu
+    features = cpu.cpu_features()
+    print("CPU: {} | {} logical CPUs usable | AVX-512 VPOPCNTDQ: {} | POPCNT: {} | XNOR paths: {}".format(
+        features["model"], features["cpus"], features["has_vpopcntdq"], features["has_popcnt"],
+        ", ".join(cpu.available_paths())))
+    print("Thread counts: {} (XNOR/baseline: pthreads; BLAS: threadpoolctl.threadpool_limits)".format(
+        ", ".join(map(str, thread_counts))))
+    print("Theano BLAS: {} | {}".format(compat.BLAS_NAME, coretype_note))
+    print("threadpoolctl.threadpool_info():")
+    print("\n".join(blas_descriptions()))
+    print(BASELINE_NOTE)
+
+
+def main(argv=None):
+    try:
+        args = build_parser().parse_args(argv)
+        check_args(args)
+        coretype_note = set_openblas_coretype(args.openblas_coretype)
+        device = choose_device(args.device)
+        sizes = parse_sizes(args.sizes or ("8192" if device == "gpu" else "4096"))
+        if device == "gpu":
+            rows = run_gpu(sizes, args)
+            print("Device: GPU")
+        else:
+            all_cores = len(os.sched_getaffinity(0))
+            thread_counts = parse_threads(args.threads, all_cores)
+            print_hardware(coretype_note, thread_counts)
+            rows = run_cpu(sizes, thread_counts, args)
+        print_table(rows)
+        if args.plot:
+            plot(rows, args.plot)
+            print("Wrote {}".format(args.plot))
+        if any(r["agrees"] is False for r in rows):
+            print("error: the kernels' products differ (see the 'agrees' column)", file=sys.stderr)
+            return 1
+        return 0
+    except Exception as error:
+        if not isinstance(error, expected_errors()):
+            raise
+        print("error: {}".format(str(error).splitlines()[0] if str(error) else type(error).__name__),
+              file=sys.stderr)
+        return 1
+
+
+def expected_errors():
+    """Exception classes reported as one line: ours, the CPU kernels' and (when loaded) the GPU module's."""
+    from kernels.cpu import KernelError
+    classes = [BenchmarkError, KernelError]
+    gpu = sys.modules.get("kernels.gpu")
+    if gpu is not None:
+        classes += [getattr(gpu, name) for name in ("GpuUnavailable", "KernelCompileError", "KernelInputError")
+                    if hasattr(gpu, name)]
+    return tuple(classes)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
