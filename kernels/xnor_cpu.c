@@ -152,7 +152,7 @@ typedef struct {
     int path;
 } pack_ctx;
 
-enum { PACK_ROWS_PER_TASK = 16, PACK_COLS_PER_TASK = 256 };
+enum { PACK_ROWS_PER_TASK = 16, PACK_COLS_CHUNK = 1024 };
 
 /* Task t packs rows [16t, 16t + 16) of a (rows x cols) matrix into (rows x words). */
 static void pack_rows_task(const void *vctx, int64_t t)
@@ -182,42 +182,55 @@ static void pack_cols_block_portable(const pack_ctx *c, int64_t w, int64_t j0, i
     }
 }
 
-/* Same with AVX-512: 16 columns at a time, the comparison mask sets bit r of 16 column words at once. */
+/* Same with AVX-512, 64 columns (four cache lines of each source row) at a time: the comparison mask of 16
+ * columns sets bit r of their 16 words, held in 8 registers while the 64 source rows stream past. */
+AVX512 INLINE __mmask16 valid16(int64_t left)
+{
+    return left >= 16 ? (__mmask16)0xFFFF : left <= 0 ? (__mmask16)0 : (__mmask16)((1u << left) - 1);
+}
+
 AVX512 static void pack_cols_block_avx512(const pack_ctx *c, int64_t w, int64_t j0, int64_t j1, uint64_t *acc)
 {
     int64_t rows = c->rows - 64 * w < 64 ? c->rows - 64 * w : 64;
     const __m512 zero = _mm512_setzero_ps();
-    for (int64_t j = j0; j < j1; j += 16) {
-        int64_t left = j1 - j;
-        __mmask16 valid = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
-        __m512i lo = _mm512_setzero_si512(), hi = _mm512_setzero_si512();
+    for (int64_t j = j0; j < j1; j += 64) {
+        __mmask16 valid[4];
+        __m512i word[8];
+        for (int q = 0; q < 4; q++)
+            valid[q] = valid16(j1 - j - 16 * q);
+        for (int q = 0; q < 8; q++)
+            word[q] = _mm512_setzero_si512();
         for (int64_t r = 0; r < rows; r++) {
-            __m512 v = _mm512_maskz_loadu_ps(valid, c->src + (64 * w + r) * c->cols + j);
-            __mmask16 bits = _mm512_mask_cmp_ps_mask(valid, v, zero, _CMP_GE_OQ);
-            __m512i bit_r = _mm512_set1_epi64((long long)(1ULL << r));
-            lo = _mm512_mask_or_epi64(lo, (__mmask8)(bits & 0xFF), lo, bit_r);
-            hi = _mm512_mask_or_epi64(hi, (__mmask8)(bits >> 8), hi, bit_r);
+            const float *src = c->src + (64 * w + r) * c->cols + j;
+            const __m512i bit_r = _mm512_set1_epi64((long long)(1ULL << r));
+            for (int q = 0; q < 4; q++) {
+                __mmask16 bits = _mm512_mask_cmp_ps_mask(valid[q], _mm512_maskz_loadu_ps(valid[q], src + 16 * q),
+                                                         zero, _CMP_GE_OQ);
+                word[2 * q] = _mm512_mask_or_epi64(word[2 * q], (__mmask8)(bits & 0xFF), word[2 * q], bit_r);
+                word[2 * q + 1] = _mm512_mask_or_epi64(word[2 * q + 1], (__mmask8)(bits >> 8), word[2 * q + 1], bit_r);
+            }
         }
-        __mmask8 vlo = (__mmask8)(valid & 0xFF), vhi = (__mmask8)(valid >> 8);
-        _mm512_mask_storeu_epi64(acc + (j - j0), vlo, lo);
-        _mm512_mask_storeu_epi64(acc + (j - j0) + 8, vhi, hi);
+        for (int q = 0; q < 4; q++) {
+            _mm512_mask_storeu_epi64(acc + (j - j0) + 16 * q, (__mmask8)(valid[q] & 0xFF), word[2 * q]);
+            _mm512_mask_storeu_epi64(acc + (j - j0) + 16 * q + 8, (__mmask8)(valid[q] >> 8), word[2 * q + 1]);
+        }
     }
 }
 
-/* Task t packs columns [256t, 256t + 256) of B (rows = n, cols = k) into Bt packed (k x words). */
+/* Task t packs word group t (source rows 64t .. 64t + 63) of all columns of B (rows = n, cols = k) into
+ * Bt packed (k x words), reading whole source rows in order (strided column reads are slow from DRAM). */
 static void pack_cols_task(const void *vctx, int64_t t)
 {
     const pack_ctx *c = (const pack_ctx *)vctx;
-    uint64_t acc[PACK_COLS_PER_TASK];
-    int64_t j0 = t * PACK_COLS_PER_TASK;
-    int64_t j1 = j0 + PACK_COLS_PER_TASK < c->cols ? j0 + PACK_COLS_PER_TASK : c->cols;
-    for (int64_t w = 0; w < c->words; w++) {
+    uint64_t acc[PACK_COLS_CHUNK];
+    for (int64_t j0 = 0; j0 < c->cols; j0 += PACK_COLS_CHUNK) {
+        int64_t j1 = j0 + PACK_COLS_CHUNK < c->cols ? j0 + PACK_COLS_CHUNK : c->cols;
         if (c->path == PATH_AVX512)
-            pack_cols_block_avx512(c, w, j0, j1, acc);
+            pack_cols_block_avx512(c, t, j0, j1, acc);
         else
-            pack_cols_block_portable(c, w, j0, j1, acc);
+            pack_cols_block_portable(c, t, j0, j1, acc);
         for (int64_t j = j0; j < j1; j++)
-            c->dst[j * c->words + w] = acc[j - j0];
+            c->dst[j * c->words + t] = acc[j - j0];
     }
 }
 
@@ -237,7 +250,7 @@ EXPORT int xnor_pack_cols(const float *B, int64_t n, int64_t k, uint64_t *out, i
     pack_ctx c = {B, n, k, (n + 63) / 64, out, resolve_path(path)};
     if (c.path < 0)
         return c.path == -1 ? ERR_PATH_UNAVAILABLE : ERR_BAD_PATH;
-    return parallel_for(threads, (k + PACK_COLS_PER_TASK - 1) / PACK_COLS_PER_TASK, pack_cols_task, &c,
+    return parallel_for(threads, (n + 63) / 64, pack_cols_task, &c,
                         (double)n * k, MIN_PACK_WORK);
 }
 
