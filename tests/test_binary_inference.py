@@ -17,22 +17,29 @@ import binary_inference as bi
 WIDTHS = (784, 96, 80, 64, 10)  # hidden widths not multiples of 64: exercises the padding bits
 
 
-def random_blocks(rng, widths=WIDTHS):
-    """Random model in the original layout with realistic BN statistics, some gamma < 0 and two gamma == 0."""
-    blocks = []
+def random_blocks(rng, widths=WIDTHS, X=None):
+    """Random model in the original layout, some gamma < 0, two gamma == 0, weights exactly 0 in one row.
+
+    BN statistics are realistic: mean and inv_std are those of the pre-activations on inputs X (random ones
+    if not given), jittered, as after training."""
+    X = dyadic_inputs(rng, 200, widths[0]) if X is None else X
+    blocks, a = [], X.astype(np.float64)
     for k, (fan_in, units) in enumerate(zip(widths[:-1], widths[1:])):
-        spread = math.sqrt(fan_in / 3.0) if k == 0 else math.sqrt(fan_in)  # std of x for U(-1,1) / ±1 inputs
-        gamma = rng.normal(1.0, 0.7, units)
+        W = rng.uniform(-1, 1, (fan_in, units))
+        W[0, :] = 0.0  # sign(0) = +1 for weights too
+        b = rng.normal(0, 0.5, units)
+        x = a @ np.where(W >= 0, 1.0, -1.0) + b
+        gamma = rng.normal(1.0, 0.5, units)
         gamma[rng.rand(units) < 0.2] *= -1
-        beta = rng.normal(0.0, 0.5, units)
+        beta = rng.normal(0.0, 0.3, units)
         if units > 4:
             gamma[1], beta[1] = 0.0, -0.3  # constant -1
             gamma[2], beta[2] = 0.0, 0.0   # constant BN output 0 -> +1
-        blocks.append(bi.Block(rng.uniform(-1, 1, (fan_in, units)), rng.normal(0, 0.5, units), beta, gamma,
-                               rng.normal(0, spread / 3, units), 1.0 / (spread * rng.uniform(0.5, 1.5, units))))
-    for block in blocks:
-        for name in ("W", "b", "beta", "gamma", "mean", "inv_std"):
-            setattr(block, name, getattr(block, name).astype(np.float32))
+        mean = x.mean(axis=0) + rng.normal(0, 0.1, units) * x.std(axis=0)
+        inv_std = rng.uniform(0.8, 1.2, units) / np.sqrt(x.var(axis=0) + 1e-4)
+        block = bi.Block(*[v.astype(np.float32) for v in (W, b, beta, gamma, mean, inv_std)])
+        blocks.append(block)
+        a = np.where((x - block.mean) * (block.gamma.astype(np.float64) * block.inv_std) + block.beta >= 0, 1.0, -1.0)
     return blocks
 
 
@@ -53,10 +60,10 @@ def reference_predictions(blocks, X):
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     rng = np.random.RandomState(7)
-    blocks = random_blocks(rng)
+    X = dyadic_inputs(rng, 300)
+    blocks = random_blocks(rng, WIDTHS, X)
     path = str(tmp_path_factory.mktemp("model") / "model.npz")
     bi.save_blocks(blocks, path)
-    X = dyadic_inputs(rng, 300)
     return {"blocks": blocks, "path": path, "X": X, "reference": reference_predictions(blocks, X)}
 
 
@@ -76,6 +83,7 @@ def test_load_blocks_round_trip(model):
         assert sorted(data.files, key=lambda s: int(s[4:])) == ["arr_%d" % i for i in range(24)]
         np.testing.assert_array_equal(blocks[2].gamma, data["arr_15"])  # block 3: arr_12..17, gamma 4th
     assert blocks[0].gamma[2] == 0.0 and (blocks[1].gamma < 0).any()
+    assert len(np.unique(model["reference"])) >= 6  # the random model is not a constant classifier
 
 
 # ---------------------------------------------------------------------------------------- Theano inference (a)
@@ -154,9 +162,10 @@ def test_preactivation_exactly_at_threshold_gives_plus_one(tmp_path):
     """Hidden unit 0 of block 2 has BN output exactly 0 for some examples; the output layer reads it out:
     class 0 wins iff that unit is +1 (output columns differ only in that unit's weight)."""
     rng = np.random.RandomState(3)
-    blocks = random_blocks(rng, (784, 64, 64, 2))
     X = dyadic_inputs(rng, 200)
+    blocks = random_blocks(rng, (784, 64, 64, 2), X)
     first = blocks[0]
+    first.gamma[1:3] = 1.0  # no constant units before the unit under test: only it sits exactly at 0
     a1 = np.where(bi.batch_norm_float32(X @ bi.sign_numpy(first.W), first.b, first.mean, first.scale,
                                         first.beta) >= 0, 1.0, -1.0)
     s = a1 @ bi.sign_numpy(blocks[1].W[:, 0])
