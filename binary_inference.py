@@ -225,10 +225,15 @@ def _batches(X, batch_size):
     return [X[i:i + batch_size] for i in range(0, len(X), batch_size)]
 
 
+WARM_UP_EXAMPLES = 100
+
+
 def time_predictor(predict, X, batch_size):
-    """(predictions, seconds): one warm-up pass over X, then one timed pass (batches of batch_size)."""
+    """(predictions, seconds): one warm-up call on the first 100 examples (loads the compiled code, starts the
+    threads; a full-size warm-up would double the minutes the naive baseline takes), then one timed pass over
+    X in batches of batch_size."""
     parts = _batches(X, batch_size)
-    predict(parts[0])
+    predict(X[:WARM_UP_EXAMPLES])
     start = time.perf_counter()
     predictions = np.concatenate([np.asarray(predict(part)) for part in parts])
     return predictions, time.perf_counter() - start
@@ -253,8 +258,24 @@ def evaluate(blocks, X, y, kernels=KERNELS, device="cpu", batch_size=10000):
         results[kernel] = {"error": 100.0 * float(np.mean(predictions != labels)), "seconds": seconds,
                            "predictions": predictions}
     print_table(results, "%s, %d examples, batch %d" % (device, len(X), batch_size))
+    if device == "cpu":
+        print(describe_cpu_libraries())
     _check_identical(results)
     return results
+
+
+def describe_cpu_libraries():
+    """One line naming the float BLAS Theano links (compat) and NumPy's, and the XNOR code path (ENVIRONMENT.md)."""
+    import compat
+    from kernels.cpu import available_paths
+    try:
+        from threadpoolctl import threadpool_info
+        numpy_blas = ", ".join("%s %s (%s)" % (i.get("internal_api"), i.get("version"), i.get("architecture"))
+                               for i in threadpool_info() if i.get("user_api") == "blas") or "unknown"
+    except ImportError:
+        numpy_blas = "unknown (threadpoolctl missing)"
+    return "Theano BLAS: %s; NumPy BLAS: %s; XNOR path: %s; CPUs: %d" % (
+        compat.BLAS_NAME, numpy_blas, available_paths()[0], len(os.sched_getaffinity(0)))
 
 
 def _check_kernels(kernels):
@@ -408,7 +429,7 @@ def run_packed(packed_path, X, threads=None):
 
 def time_packed(packed_path, X, threads=None):
     """(predictions, seconds) of `run_packed` after one warm-up call (the timed call includes loading the file)."""
-    run_packed(packed_path, X[:1], threads=threads)
+    run_packed(packed_path, X[:WARM_UP_EXAMPLES], threads=threads)
     start = time.perf_counter()
     predictions = run_packed(packed_path, X, threads=threads)
     return predictions, time.perf_counter() - start
@@ -454,6 +475,24 @@ def run(model_path, data_dir=None, kernels=KERNELS, device="cpu", export_path=No
     return results
 
 
+def write_random_model(path, widths=(784, 4096, 4096, 4096, 10), seed=0):
+    """Write an untrained model in the §2.5 layout (for timing): W ~ U(−1, 1), b = beta = mean = 0, gamma = 1,
+    inv_std = 1/sqrt(fan_in) (the spread of a sum of fan_in ±1 terms)."""
+    rng = np.random.RandomState(seed)
+    blocks = []
+    for fan_in, units in zip(widths[:-1], widths[1:]):
+        zeros, ones = np.zeros(units, np.float32), np.ones(units, np.float32)
+        blocks.append(Block(rng.uniform(-1, 1, (fan_in, units)).astype(np.float32), zeros, zeros, ones, zeros,
+                            ones / np.float32(np.sqrt(fan_in))))
+    save_blocks(blocks, path)
+
+
+def random_inputs(n, fan_in, seed=1):
+    """(X, labels): n inputs uniform in [−1, 1] and random labels, for timing without a data set."""
+    rng = np.random.RandomState(seed)
+    return rng.uniform(-1, 1, (n, fan_in)).astype(np.float32), rng.randint(0, 10, n)
+
+
 def add_arguments(parser):
     """Options shared with mnist.py --runtime."""
     parser.add_argument("--data-dir", default=None, help="folder with the MNIST IDX files (default: datasets.py)")
@@ -470,13 +509,16 @@ def add_arguments(parser):
 def main(argv=None):
     parser = argparse.ArgumentParser(description="BinaryNet MNIST run-time inference (ORIGINALS.md §4.5).")
     parser.add_argument("--model", required=True, help="trained parameters (.npz, arr_0 ... arr_23)")
+    parser.add_argument("--random-inputs", type=int, default=0, metavar="N",
+                        help="time on N random inputs in [-1, 1] (random labels) instead of the MNIST test set")
     add_arguments(parser)
     args = parser.parse_args(argv)
     return run_from_args(args.model, args)
 
 
 def run_from_args(model_path, args):
-    """Call `run` with parsed options; one line on stderr and exit status 1 on a user-fixable error."""
+    """Call `run` with parsed options (data_dir, kernels, device, export, batch_size, random_inputs; missing ones
+    take their defaults); one line on stderr and exit status 1 on a user-fixable error. For mnist.py --runtime."""
     errors = [InferenceError]
     for module, names in (("kernels.cpu", ["KernelError"]), ("datasets", ["DataError"]),
                           ("kernels.gpu", ["GpuUnavailable", "KernelCompileError", "KernelInputError"])):
@@ -486,7 +528,11 @@ def run_from_args(model_path, args):
             except (ImportError, AttributeError):
                 pass
     try:
-        run(model_path, args.data_dir, args.kernels, args.device, args.export, args.batch_size)
+        X = y = None
+        if getattr(args, "random_inputs", 0):
+            X, y = random_inputs(args.random_inputs, load_blocks(model_path)[0].W.shape[0])
+        run(model_path, getattr(args, "data_dir", None), getattr(args, "kernels", KERNELS),
+            getattr(args, "device", "cpu"), getattr(args, "export", None), getattr(args, "batch_size", 10000), X, y)
     except tuple(errors) as err:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
         print("error: %s" % message, file=sys.stderr)
