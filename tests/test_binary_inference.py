@@ -297,3 +297,14 @@ def test_cli_on_a_tiny_mnist_folder(tmp_path, model, capsys):
     rows = {line.split()[0]: line.split() for line in out.splitlines() if line.split()[:1] in (["blas"], ["xnor"])}
     assert float(rows["blas"][1]) == pytest.approx(10.0) and float(rows["xnor"][1]) == pytest.approx(10.0)
     assert "identical predictions" in out and "smaller" in out and os.path.isfile(export)
+
+
+def test_cli_timing_on_a_random_model(tmp_path, capsys):
+    path = str(tmp_path / "random.npz")
+    bi.write_random_model(path, widths=(784, 64, 64, 10), seed=3)
+    blocks = bi.load_blocks(path)
+    assert [b.W.shape for b in blocks] == [(784, 64), (64, 64), (64, 10)]
+    np.testing.assert_allclose(blocks[1].inv_std, 1 / 8.0)
+    assert bi.main(["--model", path, "--random-inputs", "50", "--kernels", "blas,xnor"]) == 0
+    out = capsys.readouterr().out
+    assert "50 examples" in out and "identical predictions" in out and "XNOR path" in out
