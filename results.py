@@ -15,6 +15,7 @@ import numpy as np
 CHECKPOINT = "checkpoint.npz"
 LOG = "log.jsonl"
 RESULTS = "results.json"
+RESUME_MUST_MATCH = ("dataset", "method", "train_size", "hyperparameters")
 
 
 class RunError(Exception):
@@ -108,6 +109,10 @@ class Run(object):
         try:
             with np.load(self.path(CHECKPOINT)) as ckpt:
                 meta = json.loads(str(ckpt["meta"]))
+                changed = sorted(key for key in RESUME_MUST_MATCH if meta["info"].get(key) != self.info.get(key))
+                if changed:
+                    raise RunError("the run in {} was started with other settings ({} differ); resume it with its "
+                                   "original flags, or choose another --out".format(self.out_dir, ", ".join(changed)))
                 if meta["n_state"] != len(self.state_vars):
                     raise RunError("the checkpoint in {} is from a different network; start a new run with another "
                                    "--out, or drop --resume".format(self.out_dir))

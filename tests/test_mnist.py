@@ -15,6 +15,7 @@ import pytest
 
 import binary_connect
 import mnist
+import results
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -134,6 +135,8 @@ def test_interrupted_run_resumes_to_the_uninterrupted_numbers(data_dir, tmp_path
         mnist.main(common + ["--out", broken])
     assert len(read_log(broken)) == 2
     monkeypatch.setattr(binary_connect, "epoch_pass", real_epoch_pass)
+    with pytest.raises(results.RunError, match="hyperparameters differ"):
+        mnist.main(common[:-2] + ["--epochs", "5", "--data-dir", data_dir, "--out", broken, "--resume"])
     assert mnist.main(common + ["--out", broken, "--resume"]) == 0
     assert "Resuming after epoch 2 of 4" in capsys.readouterr().out
 
