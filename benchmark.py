@@ -141,7 +141,7 @@ def choose_device(requested):
 
 
 def median_seconds(fn, repeats, warmup):
-    """Median wall-clock seconds of fn() over `repeats` calls after `warmup` calls; also the last result."""
+    """(median, minimum) wall-clock seconds of fn() over `repeats` calls after `warmup` calls, last result."""
     result = None
     for _ in range(warmup):
         result = fn()
@@ -150,7 +150,7 @@ def median_seconds(fn, repeats, warmup):
         start = time.perf_counter()
         result = fn()
         times.append(time.perf_counter() - start)
-    return statistics.median(times), result
+    return statistics.median(times), min(times), result
 
 
 def random_signs(rng, shape):
@@ -221,7 +221,7 @@ def run_cpu(sizes, thread_counts, args):
                     if name.startswith("baseline") and m * n * k > args.baseline_max_size ** 3:
                         row["note"] = "skipped: larger than --baseline-max-size {}^3".format(args.baseline_max_size)
                     else:
-                        row["seconds"], result = median_seconds(fn, args.repeats, args.warmup)
+                        row["seconds"], row["min"], result = median_seconds(fn, args.repeats, args.warmup)
                         reference = result if reference is None else reference
                         row["agrees"] = bool(np.array_equal(result, reference))
                     rows.append(row)
@@ -264,19 +264,19 @@ def print_table(rows):
         best_blas = min(blas) if blas else None
         base = next((r["seconds"] for r in group if r["kernel"].startswith("baseline")), None)
         print("\n{} x {} x {} (m x n x k), threads: {}".format(m, n, k, threads))
-        print("  {:<44} {:>10} {:>10} {:>12} {:>12} {:>7}".format("kernel", "seconds", "GFLOP/s", "baseline/t",
-                                                                   "bestBLAS/t", "agrees"))
+        print("  {:<44} {:>10} {:>10} {:>10} {:>11} {:>11} {:>6}".format(
+            "kernel", "median s", "min s", "GFLOP/s", "baseline/t", "bestBLAS/t", "agrees"))
         for r in group:
             if r["seconds"] is None:
                 print("  {:<44} {}".format(r["kernel"], r["note"]))
                 continue
             s = r["seconds"]
-            print("  {:<44} {:>10.5f} {:>10.1f} {:>12} {:>12} {:>7}".format(
-                r["kernel"], s, flops / s / 1e9, "{:.1f}x".format(base / s) if base else "n/a",
+            print("  {:<44} {:>10.5f} {:>10.5f} {:>10.1f} {:>11} {:>11} {:>6}".format(
+                r["kernel"], s, r.get("min", s), flops / s / 1e9, "{:.1f}x".format(base / s) if base else "n/a",
                 "{:.2f}x".format(best_blas / s) if best_blas else "n/a", "yes" if r["agrees"] else "NO"))
     print("\n" + PAPER)
-    print("GFLOP/s = 2mnk / seconds (for XNOR: equivalent float operations). x/t columns: time of that kernel "
-          "divided by this row's time (>1 = this row is faster).")
+    print("GFLOP/s = 2mnk / median seconds (for XNOR: equivalent float operations). x/t columns: median time of "
+          "that kernel divided by this row's (>1 = this row is faster).")
 
 
 def plot(rows, filename):
@@ -337,7 +337,10 @@ def main(argv=None):
             all_cores = len(os.sched_getaffinity(0))
             thread_counts = parse_threads(args.threads, all_cores)
             print_hardware(coretype_note, thread_counts)
+            print("Load average before: {:.2f} {:.2f} {:.2f} (other processes on these cores make timings noisy)"
+                  .format(*os.getloadavg()))
             rows = run_cpu(sizes, thread_counts, args)
+            print("Load average after:  {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
         print_table(rows)
         if args.plot:
             plot(rows, args.plot)
