@@ -297,6 +297,7 @@ def test_cli_on_a_tiny_mnist_folder(tmp_path, model, capsys):
     rows = {line.split()[0]: line.split() for line in out.splitlines() if line.split()[:1] in (["blas"], ["xnor"])}
     assert float(rows["blas"][1]) == pytest.approx(10.0) and float(rows["xnor"][1]) == pytest.approx(10.0)
     assert "identical predictions" in out and "smaller" in out and os.path.isfile(export)
+    assert "same predictions as the blas run" in out
 
 
 def test_cli_timing_on_a_random_model(tmp_path, capsys):
