@@ -58,6 +58,8 @@ if "theano" in sys.modules and sys.modules["theano"].config.floatX != "float32":
     raise ImportError("compat must be imported before theano (floatX is not float32)")
 _configure_theano()
 
+import logging  # noqa: E402
+
 import numpy as np  # noqa: E402
 import theano  # noqa: E402
 import theano.tensor as T  # noqa: E402
@@ -79,6 +81,9 @@ def _install_downsample_shim():
 
 
 _install_downsample_shim()
+# Theano warns that it cannot find "libmkl_rt.so" in the library dir: the versioned file is linked on purpose.
+logging.getLogger("theano.tensor.blas").addFilter(
+    lambda record: "did not find a dynamic library" not in record.getMessage())
 import lasagne  # noqa: E402
 from lasagne import init  # noqa: E402
 from lasagne.layers import Layer  # noqa: E402
