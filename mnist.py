@@ -89,11 +89,12 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.runtime:
+    if args.runtime:  # inference only (binary_inference.py); --batch-size there defaults to the whole test set
+        import argparse
         import binary_inference
-        binary_inference.run(args.runtime, data_dir=args.data_dir, kernels=tuple(args.kernels.split(",")),
-                             device=args.device, export_path=args.export)
-        return 0
+        options = argparse.Namespace(data_dir=args.data_dir, kernels=args.kernels, device=args.device,
+                                     export=args.export, batch_size=args.batch_size or 10000)
+        return binary_inference.run_from_args(args.runtime, options)
     experiment.check_out_dir(args)
 
     import numpy as np

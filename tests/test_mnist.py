@@ -112,6 +112,15 @@ def test_output_files_and_printout(data_dir, tmp_path, capsys):
         assert [params["arr_%d" % i].shape for i in range(6)] == [(784, 32), (32,), (32,), (32,), (32,), (32,)]
         assert len(params.files) == 24
 
+    # the run-time mode reads that file: the same test error with the BLAS and the XNOR product
+    assert mnist.main(["--runtime", os.path.join(out_dir, "mnist_parameters.npz"), "--data-dir", data_dir,
+                       "--kernels", "blas,xnor"]) == 0
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines() if line.strip()}
+    assert float(rows["blas"][1]) == pytest.approx(results["test_error"], abs=0.01)  # same model, same test set
+    assert float(rows["xnor"][1]) == float(rows["blas"][1])
+    assert mnist.main(["--runtime", os.path.join(out_dir, "log.jsonl"), "--data-dir", data_dir]) == 1
+    assert "error:" in capsys.readouterr().err
+
 
 def test_interrupted_run_resumes_to_the_uninterrupted_numbers(data_dir, tmp_path, monkeypatch, capsys):
     """Killed in the middle of epoch 3 (in process), then resumed: same log, results and parameters."""
