@@ -110,6 +110,7 @@ def run_info(dataset, args, hp, paper_test_error, train_size):
 
 def main_guard(main):
     """Run main(); turn expected failures into one line on stderr and a non-zero exit status."""
+    sys.stdout.reconfigure(line_buffering=True)  # epoch blocks appear at once, also when piped to a log
     import results
     errors = [UsageError, results.RunError]
     try:
