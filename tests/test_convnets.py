@@ -296,15 +296,15 @@ def test_cifar10_script_on_a_tiny_tarball(tmp_path, monkeypatch, capsys):
 def test_svhn_script_on_tiny_mat_files(tmp_path, monkeypatch, capsys):
     import datasets
     monkeypatch.setattr(datasets, "DEFAULT_DATA_DIR", str(tmp_path / "cache"))
-    write_svhn_mats(str(tmp_path / "raw"))
+    write_svhn_mats(str(tmp_path / "raw"), per_class=404)     # 4040 rows: 4000 validate (400 per class), 40 train
     out = str(tmp_path / "run")
     status = experiment.main_guard(lambda: svhn.main(["--method", "binarynet", "--epochs", "1", "--width", "0.0625",
-                                                      "--no-extra", "--shuffle-parts", "2", "--batch-size", "10",
+                                                      "--no-extra", "--shuffle-parts", "2", "--batch-size", "20",
                                                       "--data-dir", str(tmp_path / "raw"), "--out", out]))
     printed = capsys.readouterr().out
     assert status == 0
     assert printed.splitlines()[12:14] == ["shuffle_parts = 2", "Loading SVHN dataset"]
-    summary = check_run(out, "svhn", "binarynet", 20, printed)   # 4020 train rows, 400 per class validate
+    summary = check_run(out, "svhn", "binarynet", 40, printed)
     assert summary["hyperparameters"]["use_extra"] is False
 
 
