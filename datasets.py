@@ -485,7 +485,7 @@ def load_cifar10_raw(data_dir=None, download=True):
             ", ".join(differ), source))
     train = [parts["data_batch_{}".format(i)] for i in range(1, 6)]
     x_train = np.concatenate([d for d, _ in train]).reshape(-1, 3, 32, 32)
-    y_train = np.concatenate([l for _, l in train])
+    y_train = np.concatenate([labels for _, labels in train])
     x_test, y_test = parts["test_batch"]
     return x_train, y_train, x_test.reshape(-1, 3, 32, 32), y_test
 

@@ -4,7 +4,6 @@ References are independent: a float64 NumPy sign-network, hand-computed threshol
 integer pre-activation. Inputs are multiples of 1/64 so that every float32 sum in the first layer is exact and
 all products agree to the bit whatever the summation order.
 """
-import math
 import os
 import struct
 
