@@ -11,6 +11,8 @@
 #   TESTS="tests/..."              pytest arguments inside the container (default: a fast subset, below;
 #                                  TESTS=tests for all, where the nvcc tests fail without a CUDA base image)
 #   WITH_GPU=0|1                   passed to the build
+#   GIT_REF=HEAD                   build from `git archive GIT_REF` instead of the work tree (leaves out
+#                                  uncommitted and untracked files)
 #   PIP_CERT=/path/bundle.pem      CA bundle pip must trust during the build (default: pip's configured `cert`);
 #                                  copied to .cache/docker-ca.pem for the build stage only, removed afterwards
 #   PIP_INDEX_URL, PIP_EXTRA_INDEX_URL, HTTP(S)_PROXY   passed to the build when set (http(s):// ones only)
@@ -51,18 +53,29 @@ for var in PIP_INDEX_URL PIP_EXTRA_INDEX_URL HTTP_PROXY HTTPS_PROXY NO_PROXY htt
     value=${!var:-}
     case "$value" in ""|file:*) ;; *) args+=(--build-arg "$var=$value") ;; esac
 done
+ctx=. tmp_ctx="" made_cache=0
+# Removes only what this script made: the cert copy, a .cache folder it created (if empty), an exported tree.
+cleanup() {
+    rm -f "$ctx/.cache/docker-ca.pem"
+    [ "$made_cache" = 0 ] || rmdir "$ctx/.cache" 2>/dev/null || true
+    [ -z "$tmp_ctx" ] || rm -rf "$tmp_ctx"
+}
+trap cleanup EXIT
+if [ -n "${GIT_REF:-}" ]; then
+    tmp_ctx=$(mktemp -d) ctx=$tmp_ctx
+    git archive "$GIT_REF" | tar -x -C "$ctx"
+    echo "== build context: git archive $GIT_REF ($(git rev-parse --short "$GIT_REF"))"
+fi
 cert=${PIP_CERT:-$(python3 -m pip config get global.cert 2>/dev/null || true)}
-made_cache=0
 if [ -n "$cert" ] && [ -f "$cert" ]; then
-    [ -d .cache ] || made_cache=1
-    mkdir -p .cache && cp "$cert" .cache/docker-ca.pem
-    trap 'rm -f .cache/docker-ca.pem; [ $made_cache = 1 ] && rmdir .cache 2>/dev/null; true' EXIT
+    [ -d "$ctx/.cache" ] || made_cache=1
+    mkdir -p "$ctx/.cache" && cp "$cert" "$ctx/.cache/docker-ca.pem"
     args+=(--build-arg PIP_CERT_FILE=.cache/docker-ca.pem)
     echo "== pip will trust $cert during the build (build stage only)"
 fi
 
-echo "== docker build ${args[*]} -t $image ."
-docker build "${args[@]}" -t "$image" .
+echo "== docker build ${args[*]} -t $image $ctx"
+docker build "${args[@]}" -t "$image" "$ctx"
 
 if [ -n "$cert" ] && [ -f "$cert" ]; then
     echo "== the CA bundle must not be in the final image (no file with its size and hash, not in the history)"
