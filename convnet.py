@@ -90,13 +90,13 @@ def run(dataset, args, hp, data, widths, dense_units, paper_test_error, shuffle_
     train_fn, val_fn, updates = binary_connect.compile_functions(cnn, input_var, target_var, LR)
 
     print("Training...")
-    info = experiment.run_info(dataset, args, hp, paper_test_error, train_size)
-    info["hyperparameters"].update(width=args.width, conv_widths=list(widths), dense_units=dense_units,
-                                   **(extra_info or {}))
     if args.method == "binarynet":
         loop, shuffle_parts = binary_net.train, shuffle_parts or 1
     else:
         loop = binary_connect.train
+    info = experiment.run_info(dataset, args, hp, paper_test_error, train_size)
+    info["hyperparameters"].update(width=args.width, conv_widths=list(widths), dense_units=dense_units,
+                                   shuffle_parts=shuffle_parts, **(extra_info or {}))
     summary = loop(train_fn, val_fn, cnn, hp["batch_size"], hp["LR_start"], hp["LR_decay"], hp["num_epochs"],
                    X_train, y_train, data["X_val"], data["y_val"], data["X_test"], data["y_test"],
                    shuffle_parts=shuffle_parts, state_vars=experiment.state_variables(cnn, updates),
