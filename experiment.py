@@ -113,11 +113,11 @@ def main_guard(main):
     sys.stdout.reconfigure(line_buffering=True)  # epoch blocks appear at once, also when piped to a log
     import results
     errors = [UsageError, results.RunError]
-    try:
-        import datasets
-        errors.append(datasets.DataError)
-    except ImportError:
-        pass
+    for module, name in (("datasets", "DataError"), ("preprocessing", "PreprocessingError")):
+        try:
+            errors.append(getattr(__import__(module), name))
+        except ImportError:
+            pass
     try:
         return main()
     except tuple(errors) as e:

@@ -228,7 +228,7 @@ def test_default_hyperparameters_and_print_order_are_the_originals(module, metho
         if isinstance(expected, float):
             assert hp[name] == pytest.approx(expected, rel=1e-8), name
         else:
-            assert hp[name] == expected and type(hp[name]) == type(expected), name
+            assert hp[name] == expected and type(hp[name]) is type(expected), name
 
 
 # --------------------------------------------------------------------------- the scripts on tiny official files
@@ -252,7 +252,8 @@ def write_svhn_mats(folder, per_class=402, n_test=20, seed=0):
     os.makedirs(folder, exist_ok=True)
     for name, labels in (("train", np.repeat(np.arange(1, 11), per_class)), ("test", rng.randint(1, 11, n_test))):
         X = rng.randint(0, 256, (32, 32, 3, len(labels))).astype(np.uint8)
-        scipy.io.savemat(os.path.join(folder, name + "_32x32.mat"), {"X": X, "y": labels.reshape(-1, 1).astype(np.uint8)})
+        scipy.io.savemat(os.path.join(folder, name + "_32x32.mat"),
+                         {"X": X, "y": labels.reshape(-1, 1).astype(np.uint8)})
 
 
 RESULT_KEYS = {"dataset", "method", "epochs", "epochs_done", "train_size", "paper_test_error", "hyperparameters",
@@ -335,5 +336,5 @@ def test_batch_larger_than_a_set_is_a_one_line_error(tmp_path, monkeypatch, caps
     status = experiment.main_guard(lambda: cifar10.main(["--method", "binarynet", "--epochs", "1", "--data-dir",
                                                          str(tmp_path / "raw")]))
     assert status == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1] == ("error: the validation set has 10 rows, fewer than one minibatch of "
-                                               "50; pass a smaller --batch-size")
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: the validation set has 10 rows, fewer than one minibatch of 50; pass a smaller --batch-size")
