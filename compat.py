@@ -46,8 +46,11 @@ BLAS_LDFLAGS, BLAS_NAME = _blas_flags()
 
 def _configure_theano():
     compiledir = os.environ.get("BINARYNET_THEANO_CACHE", os.path.expanduser("~/.cache/binarynet-archive/theano"))
+    # Speed, not semantics: local_dot22_to_dot22scalar makes Theano compute the same big product once per
+    # scalar factor that consumes it (21 instead of 11 products per BinaryNet MLP step); openmp runs large
+    # elementwise ops (binarization, Adam) on all cores. Together: 1.0 s -> 0.3 s per MNIST minibatch here.
     defaults = ["floatX=float32", "device=cpu", "base_compiledir=" + compiledir, "blas.ldflags=" + BLAS_LDFLAGS,
-                "gcc.cxxflags=-O2 -Wno-cpp"]
+                "gcc.cxxflags=-O2 -Wno-cpp", "openmp=True", "optimizer_excluding=local_dot22_to_dot22scalar"]
     user = os.environ.get("THEANO_FLAGS", "")
     os.environ["THEANO_FLAGS"] = ",".join(defaults + ([user] if user else []))
     # MKL's default threading layer is Intel OpenMP; Theano's own C code uses GNU OpenMP. Use one runtime.

@@ -65,6 +65,17 @@ def test_straight_through_round_rounds_half_away_from_zero():
     assert compat.round_half_away_from_zero(T.constant(2.5)).eval() == 3
 
 
+def test_weight_binarization_equals_rounding_the_hard_sigmoid():
+    """binarize_weights compares p >= 0.5 instead of rounding p; both must agree on every float32 edge."""
+    W = T.vector()
+    p = binary_connect.hard_sigmoid(W)
+    by_rounding = theano.function([W], 2 * compat.round_half_away_from_zero(p) - 1)
+    binarize = theano.function([W], binary_connect.binarize_weights(W))
+    tiny = np.finfo(np.float32).tiny
+    edges = f32([-1., -1e-7, -6e-8, -3e-8, -tiny, 0., tiny, 3e-8, 1e-7, 1.] + list(np.random.RandomState(0).randn(99)))
+    assert np.array_equal(binarize(edges), by_rounding(edges))
+
+
 @pytest.mark.parametrize("widths,expected", [
     ((784, 4096, 4096, 4096, 10), (57.038, 73.90083, 73.90083, 52.31953)),       # BinaryNet MNIST (§2.3)
     ((784, 2048, 2048, 2048, 10), (43.451122, 52.255783, 52.255783, 37.04052)),  # BinaryConnect MNIST
