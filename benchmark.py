@@ -296,7 +296,8 @@ def plot(rows, filename):
             if s is not None:
                 xs.append(g + (i - (len(kernels) - 1) / 2) * width)
                 ys.append(s)
-        ax.bar(xs, ys, width, label=kernel)
+        if ys:  # a kernel skipped at every size (the baseline above --baseline-max-size) gets no legend entry
+            ax.bar(xs, ys, width, label=kernel, color="C{}".format(i))
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels(["{}\nthreads={}".format("x".join(map(str, size)), t) for size, t in groups])
     ax.set_yscale("log")
