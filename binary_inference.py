@@ -154,7 +154,8 @@ def build_network(blocks, kernel):
     from kernels.theano_ops import DenseLayer
 
     def sign_theano(x):
-        return T.switch(T.ge(x, 0), np.float32(1), np.float32(-1))
+        # 2 * [x >= 0] - 1 without a branch per element (a Switch on random signs is several times slower)
+        return T.cast(T.ge(x, 0), "float32") * np.float32(2) - np.float32(1)
 
     identity = lasagne.nonlinearities.identity
     input_var = T.matrix("inputs")
