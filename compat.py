@@ -24,6 +24,7 @@ import glob
 import os
 import sys
 import types
+import warnings
 
 
 def _blas_flags():
@@ -87,6 +88,8 @@ _install_downsample_shim()
 # Theano warns that it cannot find "libmkl_rt.so" in the library dir: the versioned file is linked on purpose.
 logging.getLogger("theano.tensor.blas").addFilter(
     lambda record: "did not find a dynamic library" not in record.getMessage())
+# Lasagne 0.1 passes conv2d's old keyword `image_shape`; Theano 1.0 accepts it with a warning on every conv layer.
+warnings.filterwarnings("ignore", message="The `image_shape` keyword argument", category=UserWarning)
 import lasagne  # noqa: E402
 from lasagne import init  # noqa: E402
 from lasagne.layers import Layer  # noqa: E402
