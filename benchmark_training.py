@@ -32,8 +32,7 @@ def build(name, width, input_var):
         import mnist
         units = max(1, int(round((4096 if method == "binarynet" else 2048) * width)))
         hp = mnist.hyperparameters(mnist.parse_args(["--method", method, "--units", str(units)]))
-        builder = mnist.build_binarynet_mlp if method == "binarynet" else mnist.build_binaryconnect_mlp
-        return builder(input_var, hp), hp, (1, 28, 28)
+        return mnist.build_mlp(method, input_var, hp), hp, (1, 28, 28)
     import convnet
     import experiment
     module = __import__(script)

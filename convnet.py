@@ -1,4 +1,5 @@
-"""The ConvNet of the CIFAR-10 and SVHN experiments of both papers, and the run both scripts share.
+"""The ConvNet of the CIFAR-10 and SVHN experiments of both papers, and the run both scripts share; its
+batch-norm + activation block also serves mnist.py's MLPs.
 
     (2 x F1 C3) - MP2 - (2 x F2 C3) - MP2 - (2 x F3 C3) - MP2 - (2 x 1024 FC) - 10 SVM
 
@@ -22,7 +23,7 @@ def scaled(units, width):
     return max(1, int(round(units * width)))
 
 
-def _batch_norm_and_activation(method, layer, hp, last=False):
+def batch_norm_and_activation(method, layer, hp, last=False):
     """BinaryNet: Lasagne-0.2 BN then a separate binary_tanh layer; BinaryConnect: its own BN with ReLU
     inside (identity for the output layer) (ORIGINALS.md §1.7, §2.1)."""
     if method == "binarynet":
@@ -46,15 +47,15 @@ def build_convnet(method, input_var, hp, widths=CIFAR10_WIDTHS, dense_units=DENS
     cnn = lasagne.layers.InputLayer((None,) + tuple(image_shape), input_var=input_var)
     for filters in widths:
         cnn = binary_connect.Conv2DLayer(cnn, filters, (3, 3), pad=1, **binary)
-        cnn = _batch_norm_and_activation(method, cnn, hp)
+        cnn = batch_norm_and_activation(method, cnn, hp)
         cnn = binary_connect.Conv2DLayer(cnn, filters, (3, 3), pad=1, **binary)
         cnn = lasagne.layers.MaxPool2DLayer(cnn, pool_size=(2, 2))
-        cnn = _batch_norm_and_activation(method, cnn, hp)
+        cnn = batch_norm_and_activation(method, cnn, hp)
     for _ in range(2):
         cnn = binary_connect.DenseLayer(cnn, dense_units, **binary)
-        cnn = _batch_norm_and_activation(method, cnn, hp)
+        cnn = batch_norm_and_activation(method, cnn, hp)
     cnn = binary_connect.DenseLayer(cnn, 10, **binary)
-    return _batch_norm_and_activation(method, cnn, hp, last=True)
+    return batch_norm_and_activation(method, cnn, hp, last=True)
 
 
 def load(loader, args, **options):

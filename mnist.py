@@ -36,43 +36,26 @@ def hyperparameters(args):
     return hp
 
 
-def build_binarynet_mlp(input_var, hp):
-    """Input -> Drop(0.2) -> 3 x [BDense(4096) -> BN -> binary_tanh -> Drop(0.5)] -> BDense(10) -> BN."""
-    import binary_net
-    import compat
-    from compat import lasagne
-    mlp = lasagne.layers.InputLayer((None, 1, 28, 28), input_var=input_var)
-    mlp = lasagne.layers.DropoutLayer(mlp, p=hp["dropout_in"])
-    for _ in range(hp["n_hidden_layers"]):
-        mlp = binary_net.DenseLayer(mlp, hp["num_units"], binary=hp["binary"], stochastic=hp["stochastic"],
-                                    H=hp["H"], W_LR_scale=hp["W_LR_scale"],
-                                    nonlinearity=lasagne.nonlinearities.identity)
-        mlp = compat.BatchNormLayer(mlp, epsilon=hp["epsilon"], alpha=hp["alpha"])
-        mlp = lasagne.layers.NonlinearityLayer(mlp, nonlinearity=binary_net.binary_tanh_unit)
-        mlp = lasagne.layers.DropoutLayer(mlp, p=hp["dropout_hidden"])
-    mlp = binary_net.DenseLayer(mlp, 10, binary=hp["binary"], stochastic=hp["stochastic"], H=hp["H"],
-                                W_LR_scale=hp["W_LR_scale"], nonlinearity=lasagne.nonlinearities.identity)
-    return compat.BatchNormLayer(mlp, epsilon=hp["epsilon"], alpha=hp["alpha"])
+def build_mlp(method, input_var, hp):
+    """The MLPs of ORIGINALS.md §2.2, layer by layer in the originals' construction order:
 
-
-def build_binaryconnect_mlp(input_var, hp):
-    """Input -> Drop(0) -> 3 x [BDense(2048) -> BN(ReLU) -> Drop(0)] -> BDense(10) -> BN(identity)."""
+    BinaryNet:      Input -> Drop(0.2) -> 3 x [BDense(4096) -> BN -> binary_tanh -> Drop(0.5)] -> BDense(10) -> BN
+    BinaryConnect:  Input -> Drop(0)   -> 3 x [BDense(2048) -> BN(ReLU) -> Drop(0)]            -> BDense(10) -> BN
+    (each method's own batch norm and activation: convnet.batch_norm_and_activation).
+    """
     import binary_connect
-    import compat
+    import convnet
     from compat import lasagne
+    binary = dict(binary=hp["binary"], stochastic=hp["stochastic"], H=hp["H"], W_LR_scale=hp["W_LR_scale"],
+                  nonlinearity=lasagne.nonlinearities.identity)
     mlp = lasagne.layers.InputLayer((None, 1, 28, 28), input_var=input_var)
     mlp = lasagne.layers.DropoutLayer(mlp, p=hp["dropout_in"])
     for _ in range(hp["n_hidden_layers"]):
-        mlp = binary_connect.DenseLayer(mlp, hp["num_units"], binary=hp["binary"], stochastic=hp["stochastic"],
-                                        H=hp["H"], W_LR_scale=hp["W_LR_scale"],
-                                        nonlinearity=lasagne.nonlinearities.identity)
-        mlp = compat.BCBatchNormLayer(mlp, epsilon=hp["epsilon"], alpha=hp["alpha"],
-                                      nonlinearity=lasagne.nonlinearities.rectify)
+        mlp = binary_connect.DenseLayer(mlp, hp["num_units"], **binary)
+        mlp = convnet.batch_norm_and_activation(method, mlp, hp)
         mlp = lasagne.layers.DropoutLayer(mlp, p=hp["dropout_hidden"])
-    mlp = binary_connect.DenseLayer(mlp, 10, binary=hp["binary"], stochastic=hp["stochastic"], H=hp["H"],
-                                    W_LR_scale=hp["W_LR_scale"], nonlinearity=lasagne.nonlinearities.identity)
-    return compat.BCBatchNormLayer(mlp, epsilon=hp["epsilon"], alpha=hp["alpha"],
-                                   nonlinearity=lasagne.nonlinearities.identity)
+    mlp = binary_connect.DenseLayer(mlp, 10, **binary)
+    return convnet.batch_norm_and_activation(method, mlp, hp, last=True)
 
 
 def parse_args(argv):
@@ -113,8 +96,7 @@ def main(argv=None):
     import binary_net
     from compat import T
     input_var, target_var, LR = T.tensor4("inputs"), T.matrix("targets"), T.scalar("LR")
-    build = build_binarynet_mlp if args.method == "binarynet" else build_binaryconnect_mlp
-    mlp = build(input_var, hp)
+    mlp = build_mlp(args.method, input_var, hp)
     train_fn, val_fn, updates = binary_connect.compile_functions(mlp, input_var, target_var, LR)
 
     print("Training...")
