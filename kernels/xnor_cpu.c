@@ -392,22 +392,24 @@ AVX512 static void gemm_tile_avx512(const gemm_ctx *c, int64_t i0, int64_t i1, i
             micro_1x1(c, i, j);
 }
 
-static void gemm_task_avx512(const void *vctx, int64_t t)
+/* Task t covers rows [i0, i1) and columns [j0, j1) of C: row tiles vary fastest. */
+static void run_gemm_task(const gemm_ctx *c, int64_t t,
+                          void (*tile)(const gemm_ctx *, int64_t, int64_t, int64_t, int64_t))
 {
-    const gemm_ctx *c = (const gemm_ctx *)vctx;
     int64_t rt = t % c->row_tiles, ct = t / c->row_tiles;
     int64_t i0 = rt * ROWS_PER_TASK, i1 = i0 + ROWS_PER_TASK < c->m ? i0 + ROWS_PER_TASK : c->m;
     int64_t j0 = ct * c->col_block, j1 = j0 + c->col_block < c->k ? j0 + c->col_block : c->k;
-    gemm_tile_avx512(c, i0, i1, j0, j1);
+    tile(c, i0, i1, j0, j1);
+}
+
+static void gemm_task_avx512(const void *vctx, int64_t t)
+{
+    run_gemm_task((const gemm_ctx *)vctx, t, gemm_tile_avx512);
 }
 
 static void gemm_task_portable(const void *vctx, int64_t t)
 {
-    const gemm_ctx *c = (const gemm_ctx *)vctx;
-    int64_t rt = t % c->row_tiles, ct = t / c->row_tiles;
-    int64_t i0 = rt * ROWS_PER_TASK, i1 = i0 + ROWS_PER_TASK < c->m ? i0 + ROWS_PER_TASK : c->m;
-    int64_t j0 = ct * c->col_block, j1 = j0 + c->col_block < c->k ? j0 + c->col_block : c->k;
-    gemm_tile_portable(c, i0, i1, j0, j1);
+    run_gemm_task((const gemm_ctx *)vctx, t, gemm_tile_portable);
 }
 
 /* C (m x k, float32) from Ap (m x words) and Bp (k x words), words = ceil(n / 64), padding bits zero. */
