@@ -18,7 +18,6 @@ TRAIN_SET_SIZE = 45000  # rows 0-44999 of the official training file; 45000-4999
 
 def hyperparameters(args):
     """The original scripts' settings, in their print order, with the command-line overrides applied."""
-    import binary_connect
     hp = OrderedDict()
     if args.method == "binarynet":  # BinaryNet/Train-time/cifar10.py
         hp.update(batch_size=50, alpha=.1, epsilon=1e-4, activation="binary_net.binary_tanh_unit", binary=True,
@@ -26,9 +25,7 @@ def hyperparameters(args):
     else:  # BinaryConnect/cifar10.py (stochastic by default; 'float' is the same network without binarization)
         hp.update(batch_size=50, alpha=.1, epsilon=1e-4, num_epochs=500, binary=args.method != "float",
                   stochastic=args.method == "bc-stoch", H=1., W_LR_scale="Glorot", LR_start=.003, LR_fin=2e-6)
-    hp["batch_size"] = args.batch_size or hp["batch_size"]
-    hp["num_epochs"] = args.epochs or hp["num_epochs"]
-    hp["LR_decay"] = binary_connect.lr_decay(hp["LR_start"], hp["LR_fin"], hp["num_epochs"])
+    experiment.apply_overrides(hp, args)
     hp["train_set_size"] = min(args.train_size or TRAIN_SET_SIZE, TRAIN_SET_SIZE)
     if args.method == "binarynet":
         hp["shuffle_parts"] = 1

@@ -71,6 +71,16 @@ def check_out_dir(args):
             args.out))
 
 
+def apply_overrides(hp, args):
+    """--batch-size and --epochs over the original's values, then LR_decay = (LR_fin / LR_start)^(1 / epochs)
+    (the originals compute it from num_epochs, ORIGINALS.md §1.9)."""
+    import binary_connect
+    hp["batch_size"] = args.batch_size or hp["batch_size"]
+    hp["num_epochs"] = args.epochs or hp["num_epochs"]
+    hp["LR_decay"] = binary_connect.lr_decay(hp["LR_start"], hp["LR_fin"], hp["num_epochs"])
+    return hp
+
+
 def print_hyperparameters(hp):
     for name, value in hp.items():
         if name == "activation":

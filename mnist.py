@@ -26,11 +26,8 @@ def hyperparameters(args):
         hp.update(batch_size=100, alpha=.15, epsilon=1e-4, num_units=2048, n_hidden_layers=3, num_epochs=250,
                   dropout_in=0., dropout_hidden=0., binary=args.method != "float",
                   stochastic=args.method == "bc-stoch", H=1., W_LR_scale="Glorot", LR_start=.001, LR_fin=3e-6)
-    hp["batch_size"] = args.batch_size or hp["batch_size"]
     hp["num_units"] = args.units or hp["num_units"]
-    hp["num_epochs"] = args.epochs or hp["num_epochs"]
-    import binary_connect
-    hp["LR_decay"] = binary_connect.lr_decay(hp["LR_start"], hp["LR_fin"], hp["num_epochs"])
+    experiment.apply_overrides(hp, args)
     if args.method == "binarynet":
         hp.update(save_path="mnist_parameters.npz", shuffle_parts=1)
     return hp

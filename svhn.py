@@ -19,7 +19,6 @@ PAPER_TEST_ERROR = {"binarynet": 2.80, "bc-det": 2.30, "bc-stoch": 2.15, "float"
 
 def hyperparameters(args):
     """The original scripts' settings, in their print order, with the command-line overrides applied."""
-    import binary_connect
     hp = OrderedDict()
     if args.method == "binarynet":  # BinaryNet/Train-time/svhn.py
         hp.update(batch_size=50, alpha=.1, epsilon=1e-4, activation="binary_net.binary_tanh_unit", binary=True,
@@ -27,9 +26,7 @@ def hyperparameters(args):
     else:  # BinaryConnect/svhn.py (stochastic by default; 'float' is the same network without binarization)
         hp.update(batch_size=50, alpha=.1, epsilon=1e-4, num_epochs=200, binary=args.method != "float",
                   stochastic=args.method == "bc-stoch", H=1., W_LR_scale="Glorot", LR_start=.01, LR_fin=3e-6)
-    hp["batch_size"] = args.batch_size or hp["batch_size"]
-    hp["num_epochs"] = args.epochs or hp["num_epochs"]
-    hp["LR_decay"] = binary_connect.lr_decay(hp["LR_start"], hp["LR_fin"], hp["num_epochs"])
+    experiment.apply_overrides(hp, args)
     if args.method == "binarynet":
         hp["shuffle_parts"] = args.shuffle_parts or 1
     return hp
