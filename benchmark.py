@@ -4,7 +4,7 @@
 For each size m x n x k, C = A . B on random +-1 float32 matrices (both operands random), timed after warm-up
 (median of --repeats calls):
   baseline      naive C GEMM: the paper's 16x16 tiled "unoptimized baseline" as scalar loops (kernels/xnor_cpu.c)
-  BLAS (Theano) T.dot compiled by Theano, i.e. the sgemm Theano links (MKL via compat.py)
+  BLAS (Theano) T.dot compiled by Theano, i.e. the sgemm Theano links (MKL via plumbing/compat.py)
   BLAS (NumPy)  numpy.dot, i.e. NumPy's own BLAS (OpenBLAS in the wheel)
   XNOR          pack both operands + XNOR-popcount GEMM (packing included, as in the paper)
   XNOR nopack   XNOR-popcount GEMM on operands packed beforehand
@@ -13,11 +13,16 @@ Every product must equal the XNOR result exactly (integers below 2^24 are exact 
     python benchmark.py                         # CPU: 4096^3 at 1 thread and at all threads
     python benchmark.py --sizes 2048,1024x4096x512 --threads 2 --plot gemm.png
 """
-import argparse
 import os
 import statistics
 import sys
 import time
+
+from plumbing import cli
+from plumbing.errors import ArchiveError
+
+# NumPy, Theano and the kernels are imported inside the functions: OPENBLAS_CORETYPE must be set before NumPy
+# loads its OpenBLAS (set_openblas_coretype runs first in main).
 
 PAPER = ("Paper (GTX 750, 8192^3, ORIGINALS.md §4.7): XNOR kernel 23x faster than the baseline kernel and "
          "3.4x faster than cuBLAS; the Theano-wrapped XNOR 14x the wrapped baseline and 2.5x T.dot.")
@@ -25,7 +30,7 @@ BASELINE_NOTE = ("baseline = the paper's unoptimized kernel (16x16 tiles, one ac
                  "scalar C loops, -O2 without vectorisation")
 
 
-class BenchmarkError(Exception):
+class BenchmarkError(ArchiveError):
     """Bad command-line value or an unusable device; printed as one line."""
 
 
@@ -65,8 +70,8 @@ def parse_threads(text, all_cores):
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description="XNOR-popcount GEMM vs baseline vs BLAS (the paper's kernel "
-                                            "benchmark, ORIGINALS.md §4.6).")
+    p = cli.Parser("XNOR-popcount GEMM vs baseline vs BLAS (the paper's kernel benchmark, ORIGINALS.md §4.6).",
+                   formatter_class=None)
     p.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto",
                    help="auto: the GPU when kernels.gpu finds one, else the CPU (default auto)")
     p.add_argument("--sizes", default=None,
@@ -190,8 +195,8 @@ def run_cpu(sizes, thread_counts, args):
     import numpy as np
     import threadpoolctl
 
-    import compat
-    from compat import T, theano
+    from plumbing import compat
+    from plumbing.compat import T, theano
     from kernels import cpu
 
     a, b = T.matrix("a"), T.matrix("b")
@@ -310,7 +315,7 @@ def plot(rows, filename):
 
 
 def print_hardware(coretype_note, thread_counts):
-    import compat
+    from plumbing import compat
     from kernels import cpu
     features = cpu.cpu_features()
     print("CPU: {} | {} logical CPUs usable | AVX-512 VPOPCNTDQ: {} | POPCNT: {} | XNOR paths: {}".format(
@@ -325,49 +330,30 @@ def print_hardware(coretype_note, thread_counts):
 
 
 def main(argv=None):
-    try:
-        args = build_parser().parse_args(argv)
-        check_args(args)
-        coretype_note = set_openblas_coretype(args.openblas_coretype)
-        device = choose_device(args.device)
-        sizes = parse_sizes(args.sizes or ("8192" if device == "gpu" else "4096"))
-        if device == "gpu":
-            rows = run_gpu(sizes, args)
-            print("Device: GPU")
-        else:
-            all_cores = len(os.sched_getaffinity(0))
-            thread_counts = parse_threads(args.threads, all_cores)
-            print_hardware(coretype_note, thread_counts)
-            print("Load average before: {:.2f} {:.2f} {:.2f} (other processes on these cores make timings noisy)"
-                  .format(*os.getloadavg()))
-            rows = run_cpu(sizes, thread_counts, args)
-            print("Load average after:  {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
-        print_table(rows)
-        if args.plot:
-            plot(rows, args.plot)
-            print("Wrote {}".format(args.plot))
-        if any(r["agrees"] is False for r in rows):
-            print("error: the kernels' products differ (see the 'agrees' column)", file=sys.stderr)
-            return 1
-        return 0
-    except Exception as error:
-        if not isinstance(error, expected_errors()):
-            raise
-        print("error: {}".format(str(error).splitlines()[0] if str(error) else type(error).__name__),
-              file=sys.stderr)
-        return 1
-
-
-def expected_errors():
-    """Exception classes reported as one line: ours, the CPU kernels' and (when loaded) the GPU module's."""
-    from kernels.cpu import KernelError
-    classes = [BenchmarkError, KernelError]
-    gpu = sys.modules.get("kernels.gpu")
-    if gpu is not None:
-        classes += [getattr(gpu, name) for name in ("GpuUnavailable", "KernelCompileError", "KernelInputError")
-                    if hasattr(gpu, name)]
-    return tuple(classes)
+    args = build_parser().parse_args(argv)
+    check_args(args)
+    coretype_note = set_openblas_coretype(args.openblas_coretype)
+    device = choose_device(args.device)
+    sizes = parse_sizes(args.sizes or ("8192" if device == "gpu" else "4096"))
+    if device == "gpu":
+        rows = run_gpu(sizes, args)
+        print("Device: GPU")
+    else:
+        all_cores = len(os.sched_getaffinity(0))
+        thread_counts = parse_threads(args.threads, all_cores)
+        print_hardware(coretype_note, thread_counts)
+        print("Load average before: {:.2f} {:.2f} {:.2f} (other processes on these cores make timings noisy)"
+              .format(*os.getloadavg()))
+        rows = run_cpu(sizes, thread_counts, args)
+        print("Load average after:  {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
+    print_table(rows)
+    if args.plot:
+        plot(rows, args.plot)
+        print("Wrote {}".format(args.plot))
+    if any(r["agrees"] is False for r in rows):
+        raise BenchmarkError("the kernels' products differ (see the 'agrees' column)")
+    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.main_guard(main))

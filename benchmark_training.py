@@ -18,6 +18,18 @@ import subprocess
 import sys
 import time
 
+import numpy as np
+from threadpoolctl import threadpool_info
+
+from plumbing import cli, compat
+from plumbing.compat import T
+
+import binary_connect
+import cifar10
+import convnet
+import mnist
+import svhn
+
 # name -> (script module, --method of that script)
 NETWORKS = {"bnn-mnist": ("mnist", "binarynet"), "bc-mnist": ("mnist", "bc-stoch"),
             "bnn-cifar10": ("cifar10", "binarynet"), "bc-cifar10": ("cifar10", "bc-stoch"),
@@ -28,29 +40,21 @@ RESULT_PREFIX = "BENCHMARK-RESULT "
 def build(name, width, input_var):
     """The network and hyperparameters of one experiment script, widths multiplied by `width`."""
     script, method = NETWORKS[name]
+    family = cli.family(method)
     if script == "mnist":
-        import mnist
-        units = max(1, int(round((4096 if method == "binarynet" else 2048) * width)))
-        hp = mnist.hyperparameters(mnist.parse_args(["--method", method, "--units", str(units)]))
-        return mnist.build_mlp(method, input_var, hp), hp, (1, 28, 28)
-    import convnet
-    import experiment
-    module = __import__(script)
-    args = (module.parse_args if hasattr(module, "parse_args") else
-            experiment.make_parser("", width_flag=True).parse_args)(["--method", method])
-    hp = module.hyperparameters(args)
+        hp = mnist.hyperparameters(method)
+        hp = mnist.hyperparameters(method, units=convnet.scaled(hp["num_units"], width))
+        return mnist.build_mlp(family, input_var, hp), hp, (1, 28, 28)
+    module = {"cifar10": cifar10, "svhn": svhn}[script]
+    hp = module.hyperparameters(method)
     full = convnet.CIFAR10_WIDTHS if script == "cifar10" else convnet.SVHN_WIDTHS
     widths = tuple(convnet.scaled(f, width) for f in full)
-    return convnet.build_convnet(method, input_var, hp, widths, convnet.scaled(convnet.DENSE_UNITS, width)), hp, \
+    return convnet.build_convnet(family, input_var, hp, widths, convnet.scaled(convnet.DENSE_UNITS, width)), hp, \
         (3, 32, 32)
 
 
 def measure(name, repeats, width):
     """Runs in the child process: compile, one warm-up call, then `repeats` timed calls."""
-    import compat
-    import numpy as np
-    from compat import T
-    import binary_connect
     np.random.seed(1234)
     input_var, target_var, LR = T.tensor4("inputs"), T.matrix("targets"), T.scalar("LR")
     network, hp, shape = build(name, width, input_var)
@@ -67,7 +71,6 @@ def measure(name, repeats, width):
         start = time.perf_counter()
         train_fn(X, y, hp["LR_start"])
         times.append(time.perf_counter() - start)
-    from threadpoolctl import threadpool_info
     pools = ["{} {} ({} threads{})".format(p.get("internal_api"), p.get("version"), p.get("num_threads"),
                                            ", " + p["architecture"] if p.get("architecture") else "")
              for p in threadpool_info()]
@@ -97,11 +100,10 @@ def network_list(text):
 
 
 def main(argv=None):
-    import experiment
-    p = experiment.OneLineParser(description=__doc__.splitlines()[0])
+    p = cli.Parser(__doc__.splitlines()[0])
     p.add_argument("--networks", type=network_list, default=list(NETWORKS), help="comma list of " + ",".join(NETWORKS))
-    p.add_argument("--repeats", type=experiment.positive_int, default=3, help="timed calls after the warm-up call")
-    p.add_argument("--width", type=experiment.positive_float, default=1.0, help="multiply every layer's width")
+    p.add_argument("--repeats", type=cli.positive_int, default=3, help="timed calls after the warm-up call")
+    p.add_argument("--width", type=cli.positive_float, default=1.0, help="multiply every layer's width")
     p.add_argument("--child", choices=list(NETWORKS), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
@@ -129,4 +131,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.main_guard(main))

@@ -6,20 +6,19 @@ Conv2D layers, the Glorot learning-rate scale, the scaled-Adam-then-clip update,
 """
 from collections import OrderedDict
 
-import compat  # noqa: F401  (Theano flags and Lasagne patches come first)
-from compat import T, lasagne, np, theano
+from plumbing import compat  # noqa: F401  (Theano flags and Lasagne patches come first)
+from plumbing import runfiles
+from plumbing.compat import T, lasagne, np, theano
 from theano.sandbox.rng_mrg import MRG_RandomStreams
-
-import results
 
 
 def hard_sigmoid(x):
-    """hard_sigmoid(x) = clip((x + 1) / 2, 0, 1)."""
+    """The original `hard_sigmoid`, [BC] Eq. 3: clip((x + 1) / 2, 0, 1)."""
     return T.clip((x + 1.) / 2., 0, 1)
 
 
 def binarize_weights(W, H=1., binary=True, deterministic=False, stochastic=False, srng=None):
-    """The binary weights Wb used in propagations (ORIGINALS.md §1.1, [BC] §2.2).
+    """The original `binarization`, [BC] Eq. 1-2: the binary weights Wb used in propagations (ORIGINALS.md §1.1).
 
     deterministic binarization: Wb = +H if W >= 0 else -H (hard_sigmoid(0) = 0.5 rounds up to +H);
     stochastic: Wb = +H with probability p = hard_sigmoid(W / H), else -H, a new draw at every evaluation.
@@ -125,7 +124,7 @@ def binary_layers(network):
 
 
 def compute_grads(loss, network):
-    """dloss/dWb for every binary layer (ORIGINALS.md §1.4).
+    """The original `compute_grads`, [BC] Algorithm 1 step 2: dloss/dWb for every binary layer (ORIGINALS.md §1.4).
 
     Call after building the training graph and before building the test graph: each get_output call
     replaces layer.Wb.
@@ -134,7 +133,8 @@ def compute_grads(loss, network):
 
 
 def scale_and_clip(updates, network):
-    """W_new = clip(W + W_LR_scale * (W_proposed - W), -H, H) for every binary W (ORIGINALS.md §1.5)."""
+    """The original `clipping_scaling`, [BC] Algorithm 1 step 3 (and [BNN] Algorithm 1 step 3):
+    W_new = clip(W + W_LR_scale * (W_proposed - W), -H, H) for every binary W (ORIGINALS.md §1.5)."""
     for layer in binary_layers(network):
         print("W_LR_scale = " + str(layer.W_LR_scale))
         print("H = " + str(layer.H))
@@ -144,7 +144,7 @@ def scale_and_clip(updates, network):
 
 
 def adam_updates(loss, network, learning_rate):
-    """The originals' update: two Adams with the same LR (ORIGINALS.md §1.5).
+    """The scripts' update (their two `lasagne.updates.adam` calls): two Adams with the same LR (ORIGINALS.md §1.5).
 
     Binary W: Adam on dloss/dWb, step scaled by the layer's W_LR_scale, then clipped to [-H, H].
     Other trainable params (b, beta, gamma): plain Adam. Without binary layers: one Adam over all.
@@ -161,7 +161,8 @@ def adam_updates(loss, network, learning_rate):
 
 
 def squared_hinge_loss(output, targets):
-    """mean over batch and classes of max(0, 1 - t * y)^2, targets in {-1, +1} (ORIGINALS.md §1.6)."""
+    """The scripts' loss, [BC] §2.6 / [BNN] §2.6: mean over batch and classes of max(0, 1 - t * y)^2, targets in
+    {-1, +1} (ORIGINALS.md §1.6)."""
     return T.mean(T.sqr(T.maximum(0., 1. - targets * output)))
 
 
@@ -170,13 +171,9 @@ def error_rate(output, targets):
     return T.mean(T.neq(T.argmax(output, axis=1), T.argmax(targets, axis=1)), dtype=theano.config.floatX)
 
 
-def lr_decay(lr_start, lr_fin, num_epochs):
-    """LR_decay = (LR_fin / LR_start) ** (1 / num_epochs); epoch e trains with LR_start * LR_decay**(e-1)."""
-    return (lr_fin / lr_start) ** (1. / num_epochs)
-
-
 def compile_functions(network, input_var, target_var, learning_rate):
-    """train_fn(x, t, LR) -> loss (applies the updates) and val_fn(x, t) -> [loss, error].
+    """The scripts' `train_fn` and `val_fn`: train_fn(x, t, LR) -> loss (applies the updates), val_fn(x, t) ->
+    [loss, error].
 
     The training graph (and its gradients) is built before the test graph, as §1.4 requires.
     """
@@ -191,7 +188,7 @@ def compile_functions(network, input_var, target_var, learning_rate):
 
 
 def shuffle_rows(X, y, order, parts=None):
-    """Permute the training rows with numpy's global rng (ORIGINALS.md §1.10).
+    """The originals' `shuffle(X, y)` inside `train`: permute the training rows with numpy's global rng (§1.10).
 
     parts=None: BinaryConnect's shuffle, one permutation of all rows and new arrays (twice the memory).
     parts=k: BinaryNet's shuffle, k contiguous chunks of floor(N / k) rows, each permuted in place through a
@@ -249,7 +246,7 @@ def print_epoch(e, num_epochs, seconds, LR, row):
 def train(train_fn, val_fn, model, batch_size, LR_start, LR_decay, num_epochs, X_train, y_train, X_val, y_val,
           X_test, y_test, state_vars=(), out_dir=None, resume=False, run_info=None, shuffle_parts=None,
           params_file="parameters.npz"):
-    """The training loop of the originals (ORIGINALS.md §1.10).
+    """The original `train` of binary_connect.py and binary_net.py (ORIGINALS.md §1.10).
 
     Shuffle once; then each epoch: train on floor(N / batch_size) minibatches with the epoch's LR, shuffle,
     validate; when the validation error is <= the best so far (ties go to the later epoch) evaluate the test
@@ -259,12 +256,13 @@ def train(train_fn, val_fn, model, batch_size, LR_start, LR_decay, num_epochs, X
     With out_dir, every epoch also appends a line to log.jsonl, rewrites results.json and a checkpoint (all
     parameters, optimizer and random-stream states in `state_vars`, numpy's rng, the row order), so that
     resume=True continues from the last finished epoch and ends with the numbers of an uninterrupted run.
-    shuffle_parts=None is BinaryConnect's copying shuffle; an integer is BinaryNet's in-place shuffle.
+    shuffle_parts=None is BinaryConnect's copying shuffle; an integer is BinaryNet's in-place shuffle (the one
+    difference between the two originals' `train`).
     Returns the summary written to results.json.
     """
-    run = results.Run(out_dir, run_info, state_vars, model, params_file)
+    run = runfiles.Run(out_dir, run_info, state_vars, model, params_file)
     order = np.arange(len(X_train))
-    progress = results.progress_bar("epoch") if results.show_progress() else None
+    progress = runfiles.progress_bar("epoch") if runfiles.show_progress() else None
     summary = dict(epochs=num_epochs, epochs_done=0, best_epoch=0, best_val_error=100., val_error=None,
                    test_error=None, test_loss=None, LR=LR_start, seconds=0.)
     if resume and run.has_checkpoint():
@@ -275,7 +273,7 @@ def train(train_fn, val_fn, model, batch_size, LR_start, LR_decay, num_epochs, X
         X_train, y_train, order = shuffle_rows(X_train, y_train, order, shuffle_parts)
     LR = summary["LR"]
     for epoch in range(summary["epochs_done"] + 1, num_epochs + 1):
-        start = results.clock()
+        start = runfiles.clock()
         train_loss = epoch_pass(train_fn, X_train, y_train, batch_size, LR, progress)
         X_train, y_train, order = shuffle_rows(X_train, y_train, order, shuffle_parts)
         val_loss, val_error = epoch_pass(val_fn, X_val, y_val, batch_size)
@@ -283,7 +281,7 @@ def train(train_fn, val_fn, model, batch_size, LR_start, LR_decay, num_epochs, X
             summary.update(best_val_error=val_error, best_epoch=epoch)
             summary["test_loss"], summary["test_error"] = epoch_pass(val_fn, X_test, y_test, batch_size)
             run.save_parameters()
-        seconds = results.clock() - start
+        seconds = runfiles.clock() - start
         row = dict(epoch=epoch, LR=LR, train_loss=train_loss, val_loss=val_loss, val_error=val_error,
                    best_epoch=summary["best_epoch"], best_val_error=summary["best_val_error"],
                    test_loss=summary["test_loss"], test_error=summary["test_error"], seconds=seconds)
@@ -292,3 +290,19 @@ def train(train_fn, val_fn, model, batch_size, LR_start, LR_decay, num_epochs, X
         summary.update(epochs_done=epoch, LR=LR, val_error=val_error, seconds=summary["seconds"] + seconds)
         run.end_epoch(row, summary, order)
     return run.summary(summary)
+
+
+def train_and_report(network, input_var, target_var, LR, hp, data, train_size, out_dir=None, resume=False,
+                     run_info=None, params_file="parameters.npz", shuffle_parts=None):
+    """What every experiment script does after building its network: compile, train on the first `train_size`
+    rows, print the test error at the best validation epoch beside the paper's. Returns the results summary."""
+    train_fn, val_fn, updates = compile_functions(network, input_var, target_var, LR)
+    print("Training...")
+    summary = train(train_fn, val_fn, network, hp["batch_size"], hp["LR_start"], hp["LR_decay"], hp["num_epochs"],
+                    data["X_train"][:train_size], data["y_train"][:train_size], data["X_val"], data["y_val"],
+                    data["X_test"], data["y_test"], state_vars=runfiles.state_variables(network, updates),
+                    out_dir=out_dir, resume=resume, run_info=run_info, shuffle_parts=shuffle_parts,
+                    params_file=params_file)
+    print("Test error at the best validation epoch ({}): {}% (paper: {}%)".format(
+        summary["best_epoch"], summary["test_error"], (run_info or {}).get("paper_test_error")))
+    return summary

@@ -18,13 +18,20 @@ where sign(v) = +1 if v >= 0 else -1 (§4.1, §7.3: zero maps to +1) and, in det
 Command line: python binary_inference.py --model M.npz [--data-dir DIR] [--kernels blas,baseline,xnor]
               [--device cpu|gpu|auto] [--export PACKED.npz] [--batch-size 10000]
 """
-import argparse
 import os
 import sys
 import time
 import zipfile
 
 import numpy as np
+from threadpoolctl import threadpool_info
+
+from kernels.cpu import available_paths, pack_cols, pack_rows, xnor_gemm_packed
+from plumbing import cli, datasets
+from plumbing.errors import ArchiveError
+
+# Theano (plumbing.compat, batch_norm, kernels.theano_ops) and the GPU modules are imported inside the functions
+# that use them: the packed run time (export_packed, run_packed) needs NumPy and kernels.cpu only.
 
 KERNELS = ("blas", "baseline", "xnor")
 DEVICES = ("cpu", "gpu", "auto")
@@ -33,7 +40,7 @@ PACKED_VERSION = 1
 ARRAYS_PER_BLOCK = 6  # W, b, beta, gamma, mean, inv_std (ORIGINALS.md §2.5)
 
 
-class InferenceError(Exception):
+class InferenceError(ArchiveError):
     """A problem the user can fix (bad model file, bad option, kernels that disagree): one line, no traceback."""
 
 
@@ -149,8 +156,8 @@ def build_network(blocks, kernel):
     float GPU kernel there; on this CPU the fastest float product is MKL, and using one product for the first
     layer in every run keeps the predictions of all kernels comparable.)
     """
-    import compat  # noqa: F401  (Theano flags, Lasagne patches)
-    from compat import T, lasagne, BatchNormLayer
+    from plumbing.compat import T, lasagne
+    from batch_norm import BatchNormLayer
     from kernels.theano_ops import DenseLayer
 
     def sign_theano(x):
@@ -176,8 +183,7 @@ def build_network(blocks, kernel):
 
 def compile_predictor(blocks, kernel):
     """A function X (N, fan_in) float32 -> predicted classes (N,), using the Theano graph of `build_network`."""
-    import compat  # noqa: F401
-    from compat import theano
+    from plumbing.compat import theano
     input_var, predictions = build_network(blocks, kernel)
     return theano.function([input_var], predictions)
 
@@ -185,8 +191,7 @@ def compile_predictor(blocks, kernel):
 def compile_first_layer(blocks):
     """Theano function X -> X · sign(W_1) + b_1 (float32), built like the first layer of `build_network`, so
     that MKL computes the same float32 sums (their order, hence their rounding, depends on the library)."""
-    import compat  # noqa: F401
-    from compat import T, lasagne, theano
+    from plumbing.compat import T, lasagne, theano
     from kernels.theano_ops import DenseLayer
     input_var = T.matrix("inputs")
     layer = lasagne.layers.InputLayer((None, blocks[0].W.shape[0]), input_var=input_var)
@@ -280,14 +285,9 @@ def evaluate(blocks, X, y, kernels=KERNELS, device="cpu", batch_size=10000):
 
 def describe_cpu_libraries():
     """One line naming the float BLAS Theano links (compat) and NumPy's, and the XNOR code path (ENVIRONMENT.md)."""
-    import compat
-    from kernels.cpu import available_paths
-    try:
-        from threadpoolctl import threadpool_info
-        numpy_blas = ", ".join("%s %s (%s)" % (i.get("internal_api"), i.get("version"), i.get("architecture"))
-                               for i in threadpool_info() if i.get("user_api") == "blas") or "unknown"
-    except ImportError:
-        numpy_blas = "unknown (threadpoolctl missing)"
+    from plumbing import compat
+    numpy_blas = ", ".join("%s %s (%s)" % (i.get("internal_api"), i.get("version"), i.get("architecture"))
+                           for i in threadpool_info() if i.get("user_api") == "blas") or "unknown"
     return "Theano BLAS: %s; NumPy BLAS: %s; XNOR path: %s; CPUs: %d" % (
         compat.BLAS_NAME, numpy_blas, available_paths()[0], len(os.sched_getaffinity(0)))
 
@@ -373,7 +373,6 @@ def export_packed(npz_path, out_path):
       dir{k}, tau{k}  int8 / int32 (units,)  hidden blocks 1 … L−2: a = +1 iff dir·s >= tau (`fold_threshold`)
     The first block's input is real-valued (float product), and the output needs the BN values for argmax.
     """
-    from kernels.cpu import pack_cols
     blocks = load_blocks(npz_path)
     arrays = {"format": np.array(PACKED_FORMAT), "version": np.array(PACKED_VERSION, dtype=np.int32),
               "widths": np.array([blocks[0].W.shape[0]] + [b.W.shape[1] for b in blocks], dtype=np.int64)}
@@ -425,7 +424,6 @@ def run_packed(packed_path, X, threads=None, first_layer=None):
     Hidden layers: s = xnor_gemm_packed (integer dot of ±1 vectors), a = [dir·s >= tau].
     Output: argmax of BN(s + b) in float32.
     """
-    from kernels.cpu import pack_rows, xnor_gemm_packed
     model = load_packed(packed_path)
     widths = [int(w) for w in model["widths"]]
     L = len(widths) - 1
@@ -468,8 +466,7 @@ def run(model_path, data_dir=None, kernels=KERNELS, device="cpu", export_path=No
         raise InferenceError("batch size must be positive, got %d" % batch_size)
     device = resolve_device(device)
     if X is None:
-        from datasets import load_mnist
-        data = load_mnist("binarynet", data_dir=data_dir)
+        data = datasets.load_mnist("pm1", data_dir=data_dir)
         X, y = data["X_test"], data["y_test"]
     results = {"kernels": evaluate(blocks, X, y, kernels, device, batch_size), "packed": None}
     if export_path:
@@ -519,23 +516,23 @@ def random_inputs(n, fan_in, seed=1):
 
 
 def add_arguments(parser):
-    """Options shared with mnist.py --runtime."""
-    parser.add_argument("--data-dir", default=None, help="folder with the MNIST IDX files (default: datasets.py)")
+    """Options shared with mnist.py --runtime (which has --data-dir and --batch-size of its own)."""
     parser.add_argument("--kernels", default=",".join(KERNELS),
                         help="comma-separated products to time: blas, baseline, xnor (default: all)")
     parser.add_argument("--device", default="cpu", choices=DEVICES,
                         help="cpu; gpu (error if none); auto (GPU if usable, else CPU)")
     parser.add_argument("--export", default=None, metavar="FILE", help="also write the bit-packed model here, "
                         "report its size and check its predictions")
-    parser.add_argument("--batch-size", type=int, default=10000, help="examples per call (default: all 10000)")
     return parser
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="BinaryNet MNIST run-time inference (ORIGINALS.md §4.5).")
+    parser = cli.Parser("BinaryNet MNIST run-time inference (ORIGINALS.md §4.5).")
     parser.add_argument("--model", required=True, help="trained parameters (.npz, arr_0 ... arr_23)")
-    parser.add_argument("--random-inputs", type=int, default=0, metavar="N",
+    parser.add_argument("--random-inputs", type=cli.positive_int, metavar="N",
                         help="time on N random inputs in [-1, 1] (random labels) instead of the MNIST test set")
+    parser.add_argument("--data-dir", help="folder with the MNIST IDX files (default: download)")
+    parser.add_argument("--batch-size", type=cli.positive_int, default=10000, help="examples per call")
     add_arguments(parser)
     args = parser.parse_args(argv)
     return run_from_args(args.model, args)
@@ -543,27 +540,15 @@ def main(argv=None):
 
 def run_from_args(model_path, args):
     """Call `run` with parsed options (data_dir, kernels, device, export, batch_size, random_inputs; missing ones
-    take their defaults); one line on stderr and exit status 1 on a user-fixable error. For mnist.py --runtime."""
-    errors = [InferenceError]
-    for module, names in (("kernels.cpu", ["KernelError"]), ("datasets", ["DataError"]),
-                          ("kernels.gpu", ["GpuUnavailable", "KernelCompileError", "KernelInputError"])):
-        for name in names:
-            try:
-                errors.append(getattr(__import__(module, fromlist=[name]), name))
-            except (ImportError, AttributeError):
-                pass
-    try:
-        X = y = None
-        if getattr(args, "random_inputs", 0):
-            X, y = random_inputs(args.random_inputs, load_blocks(model_path)[0].W.shape[0])
-        run(model_path, getattr(args, "data_dir", None), getattr(args, "kernels", KERNELS),
-            getattr(args, "device", "cpu"), getattr(args, "export", None), getattr(args, "batch_size", 10000), X, y)
-    except tuple(errors) as err:
-        message = str(err).splitlines()[0] if str(err) else type(err).__name__
-        print("error: %s" % message, file=sys.stderr)
-        return 1
+    take their defaults). For this file's main and mnist.py --runtime."""
+    X = y = None
+    if getattr(args, "random_inputs", None):
+        X, y = random_inputs(args.random_inputs, load_blocks(model_path)[0].W.shape[0])
+    run(model_path, getattr(args, "data_dir", None), getattr(args, "kernels", KERNELS),
+        getattr(args, "device", "cpu"), getattr(args, "export", None), getattr(args, "batch_size", None) or 10000,
+        X, y)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.main_guard(main))

@@ -9,48 +9,71 @@ Reads top to bottom like the originals: hyperparameters, data, network, training
 import sys
 from collections import OrderedDict
 
-import experiment
+import numpy as np
 
+from plumbing import cli, compat  # noqa: F401  (compat: Theano flags and Lasagne patches come first)
+from plumbing import preprocessing, runfiles
+from plumbing.compat import T
+
+import binary_connect
+import convnet
+
+# The original scripts' settings, in their print order.
+BINARYNET = OrderedDict(  # BinaryNet/Train-time/cifar10.py
+    batch_size=50, alpha=.1, epsilon=1e-4, activation="binary_net.binary_tanh_unit", binary=True,
+    stochastic=False, H=1., W_LR_scale="Glorot", num_epochs=500, LR_start=.001, LR_fin=3e-7)
+BINARYCONNECT = OrderedDict(  # BinaryConnect/cifar10.py ('float' is the same network without binarization)
+    batch_size=50, alpha=.1, epsilon=1e-4, num_epochs=500, binary=True, stochastic=True, H=1.,
+    W_LR_scale="Glorot", LR_start=.003, LR_fin=2e-6)
+# What each method changes in its family's table, and how its inputs are preprocessed (ORIGINALS.md §3.2).
+METHOD_SETTINGS = {"binarynet": {}, "bc-det": dict(stochastic=False), "bc-stoch": {},
+                   "float": dict(binary=False, stochastic=False)}
+INPUTS = {"binarynet": "pm1", "binaryconnect": "gcn-zca"}
 # Test errors (%) published for these methods on CIFAR-10: [BNN] Table 1 (Theano) and [BC] Table 2.
 PAPER_TEST_ERROR = {"binarynet": 11.40, "bc-det": 9.90, "bc-stoch": 8.27, "float": 10.64}
 TRAIN_SET_SIZE = 45000  # rows 0-44999 of the official training file; 45000-49999 validate
 
 
-def hyperparameters(args):
-    """The original scripts' settings, in their print order, with the command-line overrides applied."""
-    hp = OrderedDict()
-    if args.method == "binarynet":  # BinaryNet/Train-time/cifar10.py
-        hp.update(batch_size=50, alpha=.1, epsilon=1e-4, activation="binary_net.binary_tanh_unit", binary=True,
-                  stochastic=False, H=1., W_LR_scale="Glorot", num_epochs=500, LR_start=.001, LR_fin=3e-7)
-    else:  # BinaryConnect/cifar10.py (stochastic by default; 'float' is the same network without binarization)
-        hp.update(batch_size=50, alpha=.1, epsilon=1e-4, num_epochs=500, binary=args.method != "float",
-                  stochastic=args.method == "bc-stoch", H=1., W_LR_scale="Glorot", LR_start=.003, LR_fin=2e-6)
-    experiment.apply_overrides(hp, args)
-    hp["train_set_size"] = min(args.train_size or TRAIN_SET_SIZE, TRAIN_SET_SIZE)
-    if args.method == "binarynet":
+def hyperparameters(method, batch_size=None, epochs=None, train_size=None):
+    """The original script's table for `method`, with the command-line overrides applied."""
+    hp = OrderedDict(BINARYNET if cli.family(method) == "binarynet" else BINARYCONNECT)
+    hp.update(METHOD_SETTINGS[method])
+    cli.overrides(hp, batch_size, epochs)
+    hp["LR_decay"] = (hp["LR_fin"] / hp["LR_start"]) ** (1. / hp["num_epochs"])  # as the originals compute it
+    hp["train_set_size"] = min(train_size or TRAIN_SET_SIZE, TRAIN_SET_SIZE)
+    if method == "binarynet":
         hp["shuffle_parts"] = 1
     return hp
 
 
 def main(argv=None):
-    args = experiment.make_parser(__doc__.splitlines()[0], width_flag=True).parse_args(argv)
-    experiment.check_out_dir(args)
+    args = cli.experiment_parser(__doc__.splitlines()[0], width_flag=True).parse_args(argv)
+    cli.check_out_dir(args.out, args.resume)
 
-    import numpy as np
     np.random.seed(args.seed)
-    hp = hyperparameters(args)
-    experiment.print_hyperparameters(hp)
+    hp = hyperparameters(args.method, args.batch_size, args.epochs, args.train_size)
+    cli.print_hyperparameters(hp)
 
     print("Loading CIFAR-10 dataset...")
-    import convnet
-    import preprocessing
-    data = convnet.load(preprocessing.cifar10_data, args)
+    family = cli.family(args.method)
+    data = preprocessing.cifar10_data(INPUTS[family], data_dir=args.data_dir)
+    train_size = min(args.train_size or len(data["X_train"]), len(data["X_train"]))
+    cli.check_batches(hp["batch_size"], training=train_size, validation=len(data["X_val"]),
+                      test=len(data["X_test"]))
 
+    print("Building the CNN...")
     widths = tuple(convnet.scaled(f, args.width) for f in convnet.CIFAR10_WIDTHS)
     dense_units = convnet.scaled(convnet.DENSE_UNITS, args.width)
-    convnet.run("cifar10", args, hp, data, widths, dense_units, PAPER_TEST_ERROR[args.method])
+    input_var, target_var, LR = T.tensor4("inputs"), T.matrix("targets"), T.scalar("LR")
+    cnn = convnet.build_convnet(family, input_var, hp, widths, dense_units, data["X_train"].shape[1:])
+    shuffle_parts = hp.get("shuffle_parts")
+    info = runfiles.run_info("cifar10", args.method, args.seed, hp, PAPER_TEST_ERROR[args.method], train_size,
+                             width=args.width, conv_widths=list(widths), dense_units=dense_units,
+                             shuffle_parts=shuffle_parts)
+    binary_connect.train_and_report(cnn, input_var, target_var, LR, hp, data, train_size, args.out, args.resume,
+                                    info, "cifar10_parameters.npz", shuffle_parts)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(experiment.main_guard(main))
+    sys.exit(cli.main_guard(main))

@@ -11,34 +11,48 @@ BinaryConnect's original shuffle copies it (twice the memory) unless --shuffle-p
 import sys
 from collections import OrderedDict
 
-import experiment
+import numpy as np
 
+from plumbing import cli, compat  # noqa: F401  (compat: Theano flags and Lasagne patches come first)
+from plumbing import preprocessing, runfiles
+from plumbing.compat import T
+
+import binary_connect
+import convnet
+
+# The original scripts' settings, in their print order.
+BINARYNET = OrderedDict(  # BinaryNet/Train-time/svhn.py
+    batch_size=50, alpha=.1, epsilon=1e-4, activation="binary_net.binary_tanh_unit", binary=True,
+    stochastic=False, H=1., W_LR_scale="Glorot", num_epochs=200, LR_start=.001, LR_fin=1e-6)
+BINARYCONNECT = OrderedDict(  # BinaryConnect/svhn.py ('float' is the same network without binarization)
+    batch_size=50, alpha=.1, epsilon=1e-4, num_epochs=200, binary=True, stochastic=True, H=1.,
+    W_LR_scale="Glorot", LR_start=.01, LR_fin=3e-6)
+# What each method changes in its family's table, and how its inputs are preprocessed (ORIGINALS.md §3.3).
+METHOD_SETTINGS = {"binarynet": {}, "bc-det": dict(stochastic=False), "bc-stoch": {},
+                   "float": dict(binary=False, stochastic=False)}
+INPUTS = {"binarynet": "pm1", "binaryconnect": "gcn-lcn"}
 # Test errors (%) published for these methods on SVHN: [BNN] Table 1 (Theano) and [BC] Table 2.
 PAPER_TEST_ERROR = {"binarynet": 2.80, "bc-det": 2.30, "bc-stoch": 2.15, "float": 2.44}
 
 
-def hyperparameters(args):
-    """The original scripts' settings, in their print order, with the command-line overrides applied."""
-    hp = OrderedDict()
-    if args.method == "binarynet":  # BinaryNet/Train-time/svhn.py
-        hp.update(batch_size=50, alpha=.1, epsilon=1e-4, activation="binary_net.binary_tanh_unit", binary=True,
-                  stochastic=False, H=1., W_LR_scale="Glorot", num_epochs=200, LR_start=.001, LR_fin=1e-6)
-    else:  # BinaryConnect/svhn.py (stochastic by default; 'float' is the same network without binarization)
-        hp.update(batch_size=50, alpha=.1, epsilon=1e-4, num_epochs=200, binary=args.method != "float",
-                  stochastic=args.method == "bc-stoch", H=1., W_LR_scale="Glorot", LR_start=.01, LR_fin=3e-6)
-    experiment.apply_overrides(hp, args)
-    if args.method == "binarynet":
-        hp["shuffle_parts"] = args.shuffle_parts or 1
+def hyperparameters(method, batch_size=None, epochs=None, shuffle_parts=None):
+    """The original script's table for `method`, with the command-line overrides applied."""
+    hp = OrderedDict(BINARYNET if cli.family(method) == "binarynet" else BINARYCONNECT)
+    hp.update(METHOD_SETTINGS[method])
+    cli.overrides(hp, batch_size, epochs)
+    hp["LR_decay"] = (hp["LR_fin"] / hp["LR_start"]) ** (1. / hp["num_epochs"])  # as the originals compute it
+    if method == "binarynet":
+        hp["shuffle_parts"] = shuffle_parts or 1
     return hp
 
 
 def parse_args(argv):
-    p = experiment.make_parser(__doc__.splitlines()[0], width_flag=True)
+    p = cli.experiment_parser(__doc__.splitlines()[0], width_flag=True)
     p.add_argument("--no-extra", action="store_true",
                    help="leave out extra_32x32.mat (1.3 GB): train on 69257 images, validate on 4000")
     p.add_argument("--lcn-all-channels", action="store_true",
                    help="BinaryConnect: LCN on all three channels (the original normalized only red, §3.3)")
-    p.add_argument("--shuffle-parts", type=experiment.positive_int,
+    p.add_argument("--shuffle-parts", type=cli.positive_int,
                    help="shuffle the training set in place in this many chunks (BinaryNet's default 1; "
                         "BinaryConnect's default is a copying shuffle); 1, 2, 4, 7 or 14 divide 598388")
     return p.parse_args(argv)
@@ -46,26 +60,34 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(argv)
-    experiment.check_out_dir(args)
+    cli.check_out_dir(args.out, args.resume)
 
-    import numpy as np
     np.random.seed(args.seed)
-    hp = hyperparameters(args)
-    experiment.print_hyperparameters(hp)
+    hp = hyperparameters(args.method, args.batch_size, args.epochs, args.shuffle_parts)
+    cli.print_hyperparameters(hp)
 
     print("Loading SVHN dataset")
-    import convnet
-    import preprocessing
-    data = convnet.load(preprocessing.svhn_data, args, use_extra=not args.no_extra,
-                        lcn_all_channels=args.lcn_all_channels)
+    family = cli.family(args.method)
+    data = preprocessing.svhn_data(INPUTS[family], data_dir=args.data_dir, use_extra=not args.no_extra,
+                                   lcn_all_channels=args.lcn_all_channels)
+    train_size = min(args.train_size or len(data["X_train"]), len(data["X_train"]))
+    cli.check_batches(hp["batch_size"], training=train_size, validation=len(data["X_val"]),
+                      test=len(data["X_test"]))
 
+    print("Building the CNN...")
     widths = tuple(convnet.scaled(f, args.width) for f in convnet.SVHN_WIDTHS)
     dense_units = convnet.scaled(convnet.DENSE_UNITS, args.width)
-    convnet.run("svhn", args, hp, data, widths, dense_units, PAPER_TEST_ERROR[args.method],
-                shuffle_parts=args.shuffle_parts,
-                extra_info=dict(use_extra=not args.no_extra, lcn_all_channels=args.lcn_all_channels))
+    input_var, target_var, LR = T.tensor4("inputs"), T.matrix("targets"), T.scalar("LR")
+    cnn = convnet.build_convnet(family, input_var, hp, widths, dense_units, data["X_train"].shape[1:])
+    shuffle_parts = hp.get("shuffle_parts", args.shuffle_parts)
+    info = runfiles.run_info("svhn", args.method, args.seed, hp, PAPER_TEST_ERROR[args.method], train_size,
+                             width=args.width, conv_widths=list(widths), dense_units=dense_units,
+                             shuffle_parts=shuffle_parts, use_extra=not args.no_extra,
+                             lcn_all_channels=args.lcn_all_channels)
+    binary_connect.train_and_report(cnn, input_var, target_var, LR, hp, data, train_size, args.out, args.resume,
+                                    info, "svhn_parameters.npz", shuffle_parts)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(experiment.main_guard(main))
+    sys.exit(cli.main_guard(main))

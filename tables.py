@@ -6,10 +6,11 @@
 One row per run: data set, method, epochs done / planned, training rows, best-validation epoch, validation and
 test error at that epoch, and the published test error ([BC] Table 2, [BNN] Table 1; ORIGINALS.md §5).
 """
-import argparse
 import json
 import os
 import sys
+
+from plumbing import cli
 
 COLUMNS = ("dataset", "method", "epochs", "train rows", "best epoch", "val error %", "test error %", "paper %")
 
@@ -35,7 +36,7 @@ def format_table(rows, markdown=False):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = cli.Parser(__doc__.splitlines()[0])
     p.add_argument("folders", nargs="+", help="run folders (the --out of mnist.py, cifar10.py, svhn.py)")
     p.add_argument("--markdown", action="store_true", help="print a Markdown table")
     args = p.parse_args(argv)
@@ -54,4 +55,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.main_guard(main))

@@ -19,6 +19,8 @@ import tempfile
 
 import numpy as np
 
+from plumbing.errors import ArchiveError
+
 __all__ = ["KernelError", "pack_rows", "pack_cols", "xnor_gemm_packed", "xnor_gemm", "baseline_gemm",
            "cpu_features", "available_paths", "library_path", "PATHS"]
 
@@ -32,7 +34,7 @@ _ERRORS = {1: "the 'avx512' path needs AVX-512F and AVX-512 VPOPCNTDQ, which thi
 _lib = None
 
 
-class KernelError(Exception):
+class KernelError(ArchiveError):
     """Bad input to a CPU kernel, or the kernel library could not be built."""
 
 

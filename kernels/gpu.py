@@ -34,15 +34,15 @@ NO_DRIVER = "libcuda.so.1 not found: no NVIDIA driver on this machine; use --dev
 NO_PYCUDA = "pycuda or scikit-cuda not installed: pip install -r requirements-gpu.txt (on a GPU host)"
 
 
-class GpuUnavailable(Exception):
+class GpuUnavailable(ArchiveError):
     """No usable GPU: no driver, no device, or PyCUDA missing (one-line message)."""
 
 
-class KernelCompileError(Exception):
+class KernelCompileError(ArchiveError):
     """The CUDA source could not be compiled, or no compiler is installed (one-line message)."""
 
 
-class KernelInputError(ValueError):
+class KernelInputError(ArchiveError, ValueError):
     """Operands of a GPU product have the wrong shape or size (one-line message)."""
 
 

@@ -6,10 +6,8 @@
 Both take two float32 matrices and are inference-only, as in the original: asking for their gradient
 raises NoGradientError.  Import `compat` before this module (it configures Theano).
 """
-import compat  # noqa: F401  (Theano flags must be set before theano is imported)
-import lasagne
-import theano
-import theano.tensor as T
+from plumbing import compat  # noqa: F401  (Theano flags must be set before theano is imported)
+from plumbing.compat import T, lasagne, theano
 
 from kernels import cpu
 from kernels.cpu import KernelError

@@ -2,7 +2,7 @@
 
 1. The exact .cu compiles to cubins: nvcc for sm_75/80/90, NVRTC 12 (pip) for sm_50; the ELF is
    checked for the target, the four kernels, 2 KiB of shared tiles per GEMM and no device heap.
-2. The exact .cu runs on the CPU through kernels/cuda_on_cpu.h (fibers, one per CUDA thread) with
+2. The exact .cu runs on the CPU through tests/cuda_on_cpu/cuda_on_cpu.h (fibers, one per CUDA thread) with
    the launch geometry of kernels/gpu.py; results are compared exactly with NumPy.
 3. The harness catches the bugs it exists for: a missing barrier, barrier divergence, unguarded loads.
 4. Without a GPU, kernels.gpu reports a one-line reason and never a traceback.
@@ -21,7 +21,8 @@ from kernels import gpu
 
 REPO = Path(__file__).resolve().parents[1]
 KERNEL_DIR = REPO / "kernels"
-HARNESS_FILES = ("binary_kernels.cu", "cuda_on_cpu.h", "cuda_on_cpu_driver.cpp")
+HARNESS_DIR = Path(__file__).resolve().parent / "cuda_on_cpu"
+HARNESS_FILES = ((KERNEL_DIR, "binary_kernels.cu"), (HARNESS_DIR, "cuda_on_cpu.h"), (HARNESS_DIR, "driver.cpp"))
 NVCC_HINT = "nvcc not found: install the CUDA toolkit (CUDA 13, e.g. apt-get install cuda-nvcc-13-0) and put it on PATH"
 
 
@@ -64,15 +65,15 @@ def build_harness(directory, defines=(), edit=None):
     if shutil.which("g++") is None:
         pytest.fail("g++ not found: apt-get install g++ (needed to run the CUDA kernels on the CPU)")
     directory.mkdir(parents=True, exist_ok=True)
-    for name in HARNESS_FILES:
-        shutil.copy(KERNEL_DIR / name, directory / name)
+    for folder, name in HARNESS_FILES:
+        shutil.copy(folder / name, directory / name)
     if edit is not None:
         source = directory / "binary_kernels.cu"
         source.write_text(edit(source.read_text()))
     library = directory / "harness.so"
     command = ["g++", "-std=c++17", "-O2", "-shared", "-fPIC", "-fvisibility=hidden", "-Wall",
                "-Wno-unused-parameter", *[f"-D{d}" for d in defines],
-               str(directory / "cuda_on_cpu_driver.cpp"), "-o", str(library)]
+               str(directory / "driver.cpp"), "-o", str(library)]
     result = subprocess.run(command, capture_output=True, text=True)
     assert result.returncode == 0, f"harness build failed:\n{result.stderr}"
     return CpuHarness(library)
@@ -84,7 +85,7 @@ def replace_once(text, old, new):
 
 
 class CpuHarness:
-    """ctypes front end of kernels/cuda_on_cpu_driver.cpp, launching like kernels/gpu.py does."""
+    """ctypes front end of tests/cuda_on_cpu/driver.cpp, launching like kernels/gpu.py does."""
 
     def __init__(self, library):
         self.lib = ctypes.CDLL(str(library))

@@ -7,10 +7,9 @@ Folders: with ``data_dir=None`` files live under DEFAULT_DATA_DIR (``$BINARYNET_
 ``~/.cache/binarynet-archive/data``), in ``mnist/``, ``cifar10/`` and ``svhn/``, and are downloaded when missing.
 An explicit ``data_dir`` (the scripts' ``--data-dir``) is only read, never written: missing files raise DataError.
 
-Command line: ``python datasets.py {mnist,cifar10,svhn} [--data-dir DIR] [--no-extra]`` fetches (or checks) a
+Command line: ``python -m plumbing.datasets {mnist,cifar10,svhn} [--data-dir DIR] [--no-extra]`` fetches (or checks) a
 data set and prints the shapes of what it loads.
 """
-import argparse
 import gzip
 import hashlib
 import http.client
@@ -27,10 +26,10 @@ import urllib.request
 import zlib
 
 import numpy as np
+import scipy.io
 
-
-class DataError(Exception):
-    """A data file is missing, corrupt or cannot be downloaded. The message says what and how to fix it."""
+from plumbing import cli
+from plumbing.errors import DataError
 
 
 DEFAULT_DATA_DIR = os.path.abspath(os.path.expanduser(
@@ -51,7 +50,7 @@ MNIST_FILES = {
     "test_images": ("t10k-images-idx3-ubyte", 1648877, "9fb629c4189551a2d022fa330f9573f3"),
     "test_labels": ("t10k-labels-idx1-ubyte", 4542, "ec29112dd5afa0611ce80d1b7f02629c"),
 }
-MNIST_METHODS = ("binarynet", "bc-det", "bc-stoch", "float")
+MNIST_TRANSFORMS = ("pm1", "center")  # 2x - 1 (BinaryNet); minus the per-pixel mean (BinaryConnect)
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_TARBALL = "cifar-10-python.tar.gz"
@@ -346,33 +345,34 @@ def _mnist_pair(images_path, labels_path):
     return images, labels
 
 
-def _mnist_inputs(images, method):
-    """float32 (N, 1, 28, 28): x/255, then 2x-1 (binarynet) or minus this set's per-pixel mean (other methods)."""
+def _mnist_inputs(images, transform):
+    """float32 (N, 1, 28, 28): x/255, then 2x-1 ('pm1') or minus this set's per-pixel mean ('center')."""
     x = images.reshape(images.shape[0], 784).astype(np.float32) / np.float32(255)
-    if method == "binarynet":
+    if transform == "pm1":
         x = np.float32(2) * x - np.float32(1)
     else:
         x -= x.mean(axis=0, dtype=np.float64).astype(np.float32)
     return x.reshape(-1, 1, 28, 28)
 
 
-def load_mnist(method, data_dir=None, download=True):
+def load_mnist(transform, data_dir=None, download=True):
     """MNIST as the original scripts saw it (ORIGINALS.md §3.1).
 
     Returns dict X_train, y_train, X_val, y_val, X_test, y_test: X float32 (N, 1, 28, 28), y float32 (N, 10) in
     {-1, +1}. Split: validation = the last 10000 of the 60000 training rows (n // 6 for smaller files), no
     shuffle; test = t10k. Inputs x = pixel / 255, then
-    * 'binarynet': 2x - 1, in [-1, 1];
-    * 'bc-det', 'bc-stoch', 'float': pylearn2's center=True: train and validation minus the per-pixel mean of
+    * 'pm1' (BinaryNet): 2x - 1, in [-1, 1];
+    * 'center' (BinaryConnect): pylearn2's center=True: train and validation minus the per-pixel mean of
       all training-file images; the test set minus its own per-pixel mean (pylearn2's transductive quirk).
     """
-    if method not in MNIST_METHODS:
-        raise DataError("unknown MNIST method {!r}; use one of {}".format(method, ", ".join(MNIST_METHODS)))
+    if transform not in MNIST_TRANSFORMS:
+        raise DataError("unknown MNIST transform {!r}; use one of {}".format(transform,
+                                                                            ", ".join(MNIST_TRANSFORMS)))
     paths = mnist_files(data_dir, download)
     train_images, train_labels = _mnist_pair(paths["train_images"], paths["train_labels"])
     test_images, test_labels = _mnist_pair(paths["test_images"], paths["test_labels"])
     n_train = train_images.shape[0] - _mnist_split_size(train_images.shape[0])
-    x_all, x_test = _mnist_inputs(train_images, method), _mnist_inputs(test_images, method)
+    x_all, x_test = _mnist_inputs(train_images, transform), _mnist_inputs(test_images, transform)
     y_all = one_hot_pm1(train_labels)
     return {"X_train": x_all[:n_train], "y_train": y_all[:n_train],
             "X_val": x_all[n_train:], "y_val": y_all[n_train:],
@@ -525,7 +525,6 @@ def svhn_files(data_dir=None, download=True, use_extra=True):
 
 def _read_svhn_mat(path):
     """(X uint8 (32, 32, 3, N) as stored, labels int64 (N,) in 1..10) from one SVHN format-2 .mat file."""
-    import scipy.io
     try:
         mat = scipy.io.loadmat(path, variable_names=["X", "y"])
     except Exception as e:  # scipy raises many types for damaged files
@@ -625,30 +624,26 @@ def load_svhn_raw(data_dir=None, download=True, use_extra=True,
 # Command line
 # ---------------------------------------------------------------------------------------------------------
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Download (or check) a data set and print what loads.")
+    parser = cli.Parser("Download (or check) a data set and print what loads: python -m plumbing.datasets mnist")
     parser.add_argument("dataset", choices=["mnist", "cifar10", "svhn"])
     parser.add_argument("--data-dir", default=None,
                         help="read the files from this folder instead of downloading (default: {})".format(
                             DEFAULT_DATA_DIR))
     parser.add_argument("--no-extra", action="store_true", help="SVHN: do without extra_32x32.mat")
     args = parser.parse_args(argv)
-    try:
-        if args.dataset == "mnist":
-            arrays = load_mnist("binarynet", args.data_dir)
-            shapes = {k: v.shape for k, v in arrays.items()}
-        elif args.dataset == "cifar10":
-            x_train, y_train, x_test, y_test = load_cifar10_raw(args.data_dir)
-            shapes = {"X_train": x_train.shape, "X_test": x_test.shape}
-        else:
-            sets = load_svhn_raw(args.data_dir, use_extra=not args.no_extra)
-            shapes = {"X_" + k: v[0].shape for k, v in sets.items()}
-    except DataError as e:
-        sys.stderr.write("error: {}\n".format(e))
-        return 1
+    if args.dataset == "mnist":
+        arrays = load_mnist("pm1", args.data_dir)
+        shapes = {k: v.shape for k, v in arrays.items()}
+    elif args.dataset == "cifar10":
+        x_train, y_train, x_test, y_test = load_cifar10_raw(args.data_dir)
+        shapes = {"X_train": x_train.shape, "X_test": x_test.shape}
+    else:
+        sets = load_svhn_raw(args.data_dir, use_extra=not args.no_extra)
+        shapes = {"X_" + k: v[0].shape for k, v in sets.items()}
     for key, shape in shapes.items():
         print("{}: {}".format(key, shape))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.main_guard(main))

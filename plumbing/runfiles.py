@@ -6,20 +6,22 @@ any moment leaves either the previous or the new version, never a torn one.
 import io
 import json
 import os
+import platform
 import sys
 import tempfile
 import time
+from collections import OrderedDict
 
 import numpy as np
+
+from plumbing import compat
+from plumbing.compat import lasagne, theano
+from plumbing.errors import RunError
 
 CHECKPOINT = "checkpoint.npz"
 LOG = "log.jsonl"
 RESULTS = "results.json"
 RESUME_MUST_MATCH = ("dataset", "method", "train_size", "hyperparameters")
-
-
-class RunError(Exception):
-    """A problem with the output folder (one-line message)."""
 
 
 def clock():
@@ -50,6 +52,33 @@ def atomic_savez(path, *arrays, **named):
     buffer = io.BytesIO()
     np.savez(buffer, *arrays, **named)
     atomic_write_bytes(path, buffer.getvalue())
+
+
+def state_variables(model, updates):
+    """Every shared variable whose value a resumed run needs: parameters (incl. batch-norm statistics),
+    optimizer state (Adam's m, v and step counters) and the layers' random-stream states."""
+    seen, out = set(), []
+    candidates = list(lasagne.layers.get_all_params(model)) + list(updates.keys())
+    for layer in lasagne.layers.get_all_layers(model):
+        srng = getattr(layer, "_srng", None)
+        if srng is not None:
+            candidates += [update[0] for update in srng.state_updates]
+    for var in candidates:
+        if id(var) not in seen:
+            seen.add(id(var))
+            out.append(var)
+    return out
+
+
+def run_info(dataset, method, seed, hp, paper_test_error, train_size, **extra):
+    """What results.json says about a run besides its numbers: settings, command and software."""
+    hyper = OrderedDict(hp)
+    hyper["seed"] = seed
+    hyper.update(extra)
+    return dict(dataset=dataset, method=method, epochs=hp["num_epochs"], train_size=train_size,
+                paper_test_error=paper_test_error, hyperparameters=hyper, command=" ".join(sys.argv),
+                environment=dict(python=platform.python_version(), numpy=np.__version__,
+                                 theano=theano.__version__, blas=compat.BLAS_NAME, machine=platform.machine()))
 
 
 def show_progress():
@@ -89,7 +118,6 @@ class Run(object):
     def save_parameters(self):
         """All parameter values in get_all_param_values order as arr_0, arr_1, ... (ORIGINALS.md §2.5)."""
         if self.out_dir:
-            import lasagne
             atomic_savez(self.path(self.params_file), *lasagne.layers.get_all_param_values(self.model))
 
     def end_epoch(self, row, summary, order):

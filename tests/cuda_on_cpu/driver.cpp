@@ -1,7 +1,7 @@
-// cuda_on_cpu_driver.cpp -- C entry points that run kernels/binary_kernels.cu on the CPU (tests only).
+// tests/cuda_on_cpu/driver.cpp -- C entry points that run kernels/binary_kernels.cu on the CPU (tests only).
 //
 // Build (tests/test_cuda_kernels.py does this into a cache directory):
-//   g++ -std=c++17 -O2 -shared -fPIC -fvisibility=hidden -I kernels kernels/cuda_on_cpu_driver.cpp -o harness.so
+//   g++ -std=c++17 -O2 -shared -fPIC -fvisibility=hidden -I kernels -I tests/cuda_on_cpu tests/cuda_on_cpu/driver.cpp -o harness.so
 // Each entry point copies its inputs into "device" buffers that end right before an inaccessible
 // guard page, launches the kernel with the caller's grid and block through cuda_on_cpu::launch,
 // and copies the output back. A kernel that reads or writes past the end of a buffer hits the

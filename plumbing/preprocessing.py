@@ -9,7 +9,6 @@ CHUNK_ROWS images, does its float64 arithmetic on one chunk at a time and can wr
 Preprocessed arrays are cached on disk (one directory per cache key; the manifest is written last and the
 directory is renamed into place, so a half-written cache is never read).
 """
-import argparse
 import hashlib
 import json
 import os
@@ -20,9 +19,13 @@ import zlib
 import numpy as np
 import scipy.ndimage
 
+from plumbing import cli, datasets
+from plumbing.errors import DataError
+
 CHUNK_ROWS = 5000                 # images per chunk, as pylearn2's batch_size=5000 (spec §3.3)
 CACHE_FORMAT_VERSION = 1          # bump when the meaning of cached arrays changes
-METHODS = ('binarynet', 'bc-det', 'bc-stoch', 'float')
+CIFAR10_TRANSFORMS = ('pm1', 'gcn-zca')    # raw pixels in [-1, 1] (BinaryNet); GCN + ZCA (BinaryConnect)
+SVHN_TRANSFORMS = ('pm1', 'gcn-lcn')       # raw pixels in [-1, 1] (BinaryNet); GCN + LeCun LCN (BinaryConnect)
 CIFAR_GCN_SCALE = 55.0            # spec §3.2 step 1
 ZCA_FILTER_BIAS = 0.1             # spec §3.2 step 2
 LCN_KERNEL_SIZE = 7               # spec §3.3 step 2
@@ -31,7 +34,7 @@ LCN_THRESHOLD = 1e-4
 VALIDATION_DIVISOR = 10           # CIFAR-10: the last tenth of the training rows (45000-49999) validates
 
 
-class PreprocessingError(ValueError):
+class PreprocessingError(DataError):
     """Bad input to a preprocessing function; the message is one line naming the problem and the fix."""
 
 
@@ -348,17 +351,9 @@ def load_or_build(cache_dir, name, key, build):
 # The two data sets
 # ----------------------------------------------------------------------------------------------------
 
-def _datasets_module():
-    try:
-        import datasets
-    except ImportError as error:
-        raise PreprocessingError('cannot import datasets.py (%s); run from the project root' % error)
-    return datasets
-
-
-def _check_method(method):
-    if method not in METHODS:
-        raise PreprocessingError('unknown method %r; use one of %s' % (method, ', '.join(METHODS)))
+def _check_transform(transform, known):
+    if transform not in known:
+        raise PreprocessingError('unknown transform %r; use one of %s' % (transform, ', '.join(known)))
 
 
 def _check_images(X, what):
@@ -367,7 +362,7 @@ def _check_images(X, what):
                                  'reader' % (what, X.dtype, X.shape))
 
 
-def _default_cache_dir(datasets):
+def _default_cache_dir():
     """DEFAULT_DATA_DIR/preprocessed (an explicit data_dir is treated as read-only, as datasets.py does)."""
     return os.path.join(datasets.DEFAULT_DATA_DIR, 'preprocessed')
 
@@ -399,25 +394,24 @@ def _build_cifar10_bc(X_train_raw, X_test_raw, params):
     return _split_cifar(X_full, X_test)
 
 
-def cifar10_data(method, data_dir=None, cache_dir=None, download=True):
-    """CIFAR-10 for one method: dict X_train, y_train, X_val, y_val, X_test, y_test (spec §3.2).
+def cifar10_data(transform, data_dir=None, cache_dir=None, download=True):
+    """CIFAR-10 as a network sees it: dict X_train, y_train, X_val, y_val, X_test, y_test (spec §3.2).
 
     X float32 (N, 3, 32, 32); y float32 (N, 10) in {-1, +1}. Train = rows 0-44999, val = 45000-49999 of the
-    official training file (the last tenth), test = 10000. 'binarynet': x*(2/255) - 1. 'bc-det', 'bc-stoch',
-    'float': GCN(scale 55) + ZCA(filter_bias 0.1) fit on all 50000 training images, cached on disk.
+    official training file (the last tenth), test = 10000. 'pm1' (BinaryNet): x*(2/255) - 1. 'gcn-zca'
+    (BinaryConnect): GCN(scale 55) + ZCA(filter_bias 0.1) fit on all 50000 training images, cached on disk.
     """
-    _check_method(method)
-    datasets = _datasets_module()
+    _check_transform(transform, CIFAR10_TRANSFORMS)
     X_train_raw, y_train_raw, X_test_raw, y_test_raw = datasets.load_cifar10_raw(data_dir=data_dir,
                                                                                  download=download)
     _check_images(X_train_raw, 'CIFAR-10 training images')
     _check_images(X_test_raw, 'CIFAR-10 test images')
-    if method == 'binarynet':
+    if transform == 'pm1':
         X = _split_cifar(scale_to_pm1(X_train_raw), scale_to_pm1(X_test_raw))
     else:
         params = cifar10_params()
         key = cache_key(fingerprint_arrays([X_train_raw, X_test_raw]), params)
-        cache_dir = cache_dir or _default_cache_dir(datasets)
+        cache_dir = cache_dir or _default_cache_dir()
         X = load_or_build(cache_dir, 'cifar10-gcn-zca', key,
                           lambda: _build_cifar10_bc(X_train_raw, X_test_raw, params))
     n_train = len(X['X_train'])
@@ -444,25 +438,24 @@ def _gcn_lcn(X_raw, params):
                      channels=params['lcn_channels'], out=X)
 
 
-def svhn_data(method, data_dir=None, cache_dir=None, download=True, use_extra=True, lcn_all_channels=False):
-    """SVHN for one method: dict X_train, y_train, X_val, y_val, X_test, y_test (spec §3.3).
+def svhn_data(transform, data_dir=None, cache_dir=None, download=True, use_extra=True, lcn_all_channels=False):
+    """SVHN as a network sees it: dict X_train, y_train, X_val, y_val, X_test, y_test (spec §3.3).
 
     Splits come from datasets.load_svhn_raw (pylearn2's split: 598388 / 6000 / 26032 with extra).
-    'binarynet': x*(2/255) - 1. 'bc-det', 'bc-stoch', 'float': per image GCN (scale 1, L2 norm) then LeCun
+    'pm1' (BinaryNet): x*(2/255) - 1. 'gcn-lcn' (BinaryConnect): per image GCN (scale 1, L2 norm) then LeCun
     LCN 7x7 on channel 0 only (pylearn2 quirk) or on all channels with lcn_all_channels=True; cached on disk.
     """
-    _check_method(method)
-    datasets = _datasets_module()
+    _check_transform(transform, SVHN_TRANSFORMS)
     raw = datasets.load_svhn_raw(data_dir=data_dir, download=download, use_extra=use_extra)
     for part in ('train', 'valid', 'test'):
         _check_images(raw[part][0], 'SVHN %s images' % part)
     names = {'train': 'X_train', 'valid': 'X_val', 'test': 'X_test'}
-    if method == 'binarynet':
+    if transform == 'pm1':
         X = {names[part]: scale_to_pm1(raw[part][0]) for part in names}
     else:
         params = svhn_params(lcn_all_channels)
         key = cache_key(fingerprint_arrays([raw[part][0] for part in names]), params)
-        cache_dir = cache_dir or _default_cache_dir(datasets)
+        cache_dir = cache_dir or _default_cache_dir()
         X = load_or_build(cache_dir, 'svhn-gcn-lcn', key,
                           lambda: {names[part]: _gcn_lcn(raw[part][0], params) for part in names})
     labels = {'train': 'y_train', 'valid': 'y_val', 'test': 'y_test'}
@@ -470,34 +463,25 @@ def svhn_data(method, data_dir=None, cache_dir=None, download=True, use_extra=Tr
 
 
 def main(argv=None):
-    """Command line: build (or check) the preprocessed cache of one data set and method."""
-    parser = argparse.ArgumentParser(description='Preprocess CIFAR-10 or SVHN as the networks see them '
-                                                 'and cache the result (ORIGINALS.md §3.2-3.3).')
+    """Command line: build (or check) the preprocessed cache of one data set."""
+    parser = cli.Parser('Preprocess CIFAR-10 or SVHN as the BinaryConnect networks see them and cache the '
+                        'result (ORIGINALS.md §3.2-3.3): python -m plumbing.preprocessing cifar10')
     parser.add_argument('dataset', choices=['cifar10', 'svhn'])
-    parser.add_argument('method', choices=METHODS)
     parser.add_argument('--data-dir', default=None)
     parser.add_argument('--cache-dir', default=None)
     parser.add_argument('--no-download', action='store_true')
     parser.add_argument('--no-extra', action='store_true', help='SVHN: leave out extra_32x32.mat')
     parser.add_argument('--lcn-all-channels', action='store_true', help='SVHN: LCN on all 3 channels')
     args = parser.parse_args(argv)
-    try:
-        if args.dataset == 'cifar10':
-            data = cifar10_data(args.method, args.data_dir, args.cache_dir, not args.no_download)
-        else:
-            data = svhn_data(args.method, args.data_dir, args.cache_dir, not args.no_download,
-                             use_extra=not args.no_extra, lcn_all_channels=args.lcn_all_channels)
-    except Exception as error:   # one line, no traceback, for our own and datasets' errors
-        known = (PreprocessingError,) + ((sys.modules['datasets'].DataError,)
-                                         if 'datasets' in sys.modules else ())
-        if not isinstance(error, known):
-            raise
-        print('error: %s' % error, file=sys.stderr)
-        return 1
+    if args.dataset == 'cifar10':
+        data = cifar10_data('gcn-zca', args.data_dir, args.cache_dir, not args.no_download)
+    else:
+        data = svhn_data('gcn-lcn', args.data_dir, args.cache_dir, not args.no_download,
+                         use_extra=not args.no_extra, lcn_all_channels=args.lcn_all_channels)
     for name in sorted(data):
         print('%s %s %s' % (name, data[name].dtype, data[name].shape))
     return 0
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(cli.main_guard(main))

@@ -1,103 +1,15 @@
-"""Make the 2016 Theano + Lasagne code base run on today's stack.
+"""Batch normalization, one of the papers' rules: the two layers the originals used, and the block that puts
+batch norm and the activation after every weight layer.
 
-Import this module before anything imports theano or lasagne:
-
-    import compat                      # sets Theano flags, patches Lasagne 0.1
-    from compat import lasagne, theano, T
-
-What it does (ORIGINALS.md §7, ENVIRONMENT.md "Theano 1.0.5 and Lasagne"):
-
-* Theano flags: floatX=float32 and a BLAS that uses this CPU's vector units. Theano's own BLAS detection
-  crashes under NumPy 1.23, so `blas.ldflags` is set here: Intel MKL from PyPI (`libmkl_rt`, installed by
-  requirements.txt into the virtual environment), else a system OpenBLAS, else Theano's slow fallback.
-  Anything the user puts in THEANO_FLAGS wins over these defaults.
-* Lasagne 0.1 imports `theano.tensor.signal.downsample`, removed in Theano 0.9. A stand-in module with
-  `max_pool_2d` on top of `theano.tensor.signal.pool.pool_2d` is registered before Lasagne is imported.
-* Two batch-normalization layers (Lasagne 0.1 has none): `BatchNormLayer` (Lasagne 0.2 semantics, used by
-  BinaryNet) and `BCBatchNormLayer` (BinaryConnect's own layer).
-* `round_half_away_from_zero`: Theano 1.0 rounds half to even by default; the originals relied on the
-  2016 default, half away from zero (so hard_sigmoid(0) = 0.5 rounds to 1).
+Lasagne 0.1 has no batch norm. BinaryConnect shipped its own `batch_norm.py` (`BCBatchNormLayer` here); the
+BinaryNet scripts used Lasagne 0.2's `BatchNormLayer` followed by a separate activation layer (ORIGINALS.md §1.7).
 """
-import ctypes
-import ctypes.util
-import glob
-import os
-import sys
-import types
-import warnings
+from plumbing import compat  # noqa: F401  (Theano flags and Lasagne patches come first)
+from plumbing.compat import T, lasagne
+from lasagne import init
+from lasagne.layers import Layer
 
-
-def _blas_flags():
-    """Linker flags for the fastest BLAS found, and a short name of it (printed by benchmarks)."""
-    venv_lib = os.path.join(sys.prefix, "lib")
-    mkl = sorted(glob.glob(os.path.join(venv_lib, "libmkl_rt.so*")))
-    if mkl:
-        # Theano's ldflags take no rpath (it splits on commas), so the library is loaded here once, globally:
-        # the compiled modules then find it already loaded under its soname.
-        ctypes.CDLL(mkl[-1], mode=ctypes.RTLD_GLOBAL)
-        name = os.path.basename(mkl[-1])
-        return "-L{} -l:{}".format(venv_lib, name), "MKL ({})".format(name)
-    if ctypes.util.find_library("openblas"):
-        return "-lopenblas", "OpenBLAS (system)"
-    return "", "none (Theano's NumPy fallback)"
-
-
-BLAS_LDFLAGS, BLAS_NAME = _blas_flags()
-
-
-def _configure_theano():
-    compiledir = os.environ.get("BINARYNET_THEANO_CACHE", os.path.expanduser("~/.cache/binarynet-archive/theano"))
-    # Speed, not semantics: local_dot22_to_dot22scalar makes Theano compute the same big product once per
-    # scalar factor that consumes it (21 instead of 11 products per BinaryNet MLP step); openmp runs large
-    # elementwise ops (binarization, Adam) on all cores. Together: 1.0 s -> 0.3 s per MNIST minibatch here.
-    defaults = ["floatX=float32", "device=cpu", "base_compiledir=" + compiledir, "blas.ldflags=" + BLAS_LDFLAGS,
-                "gcc.cxxflags=-O2 -Wno-cpp", "openmp=True", "optimizer_excluding=local_dot22_to_dot22scalar"]
-    user = os.environ.get("THEANO_FLAGS", "")
-    os.environ["THEANO_FLAGS"] = ",".join(defaults + ([user] if user else []))
-    # MKL's default threading layer is Intel OpenMP; Theano's own C code uses GNU OpenMP. Use one runtime.
-    os.environ.setdefault("MKL_THREADING_LAYER", "GNU")
-
-
-if "theano" in sys.modules and sys.modules["theano"].config.floatX != "float32":
-    raise ImportError("compat must be imported before theano (floatX is not float32)")
-_configure_theano()
-
-import logging  # noqa: E402
-
-import numpy as np  # noqa: E402
-import theano  # noqa: E402
-import theano.tensor as T  # noqa: E402
-from theano.tensor.signal import pool  # noqa: E402
-
-
-def _install_downsample_shim():
-    """Register `theano.tensor.signal.downsample` (removed in Theano 0.9) for Lasagne 0.1."""
-    if "theano.tensor.signal.downsample" in sys.modules:
-        return
-    shim = types.ModuleType("theano.tensor.signal.downsample")
-
-    def max_pool_2d(input, ds, ignore_border=None, st=None, padding=(0, 0), mode="max"):
-        return pool.pool_2d(input, ws=ds, ignore_border=ignore_border, stride=st, pad=padding, mode=mode)
-
-    shim.max_pool_2d = max_pool_2d
-    sys.modules[shim.__name__] = shim
-    theano.tensor.signal.downsample = shim
-
-
-_install_downsample_shim()
-# Theano warns that it cannot find "libmkl_rt.so" in the library dir: the versioned file is linked on purpose.
-logging.getLogger("theano.tensor.blas").addFilter(
-    lambda record: "did not find a dynamic library" not in record.getMessage())
-# Lasagne 0.1 passes conv2d's old keyword `image_shape`; Theano 1.0 accepts it with a warning on every conv layer.
-warnings.filterwarnings("ignore", message="The `image_shape` keyword argument", category=UserWarning)
-import lasagne  # noqa: E402
-from lasagne import init  # noqa: E402
-from lasagne.layers import Layer  # noqa: E402
-
-
-def round_half_away_from_zero(x):
-    """Elementwise round with ties away from zero: 0.5 -> 1, -0.5 -> -1 (the pre-2017 Theano default)."""
-    return T.round(x, mode="half_away_from_zero")
+import binary_net
 
 
 def _norm_axes(axes, ndim):
@@ -193,5 +105,16 @@ def _running_average(shared, batch_value, alpha):
     return alias
 
 
-__all__ = ["theano", "T", "np", "lasagne", "BLAS_NAME", "BLAS_LDFLAGS", "BatchNormLayer", "BCBatchNormLayer",
-           "round_half_away_from_zero"]
+def batch_norm_and_activation(family, layer, epsilon, alpha, last=False):
+    """What follows every weight layer (ORIGINALS.md §1.7, §2.1).
+
+    family 'binarynet': Lasagne-0.2 batch norm, then a separate binary_tanh layer (none after the output layer);
+    family 'binaryconnect': BinaryConnect's own batch norm with ReLU inside (identity for the output layer).
+    """
+    if family == "binarynet":
+        layer = BatchNormLayer(layer, epsilon=epsilon, alpha=alpha)
+        if last:
+            return layer
+        return lasagne.layers.NonlinearityLayer(layer, nonlinearity=binary_net.binary_tanh_unit)
+    nonlinearity = lasagne.nonlinearities.identity if last else lasagne.nonlinearities.rectify
+    return BCBatchNormLayer(layer, epsilon=epsilon, alpha=alpha, nonlinearity=nonlinearity)
