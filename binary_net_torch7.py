@@ -14,6 +14,7 @@ import functools
 from collections import OrderedDict, namedtuple
 
 from plumbing import compat  # noqa: F401  (Theano flags and Lasagne patches come first)
+from plumbing import runfiles
 from plumbing.compat import T, lasagne, np, theano
 from lasagne import init
 from lasagne.layers import Layer
@@ -451,3 +452,26 @@ def compile_functions(network, rules, input_var, target_var, LR):
     train_fn = theano.function([input_var, target_var, LR], loss, updates=updates)
     val_fn = theano.function([input_var, target_var], [test_loss, binary_connect.error_rate(test_output, target_var)])
     return train_fn, val_fn, updates
+
+
+def train_and_report(network, rules, input_var, target_var, LR, hp, data, train_size, run=None, run_info=None):
+    """What mnist.py, cifar10.py and svhn.py do with this method once the network is built (§6).
+
+    Print the model file's counts, compile the Torch7 step, train with the archive's loop
+    (binary_connect.train: results.json, log, checkpoint and --resume as for every method) using the halving
+    schedule, the last partial minibatch and a fresh permutation of the training rows every epoch; print the
+    test error at the best validation epoch beside the paper's. Returns the results summary.
+    """
+    counts = describe_rules(rules)
+    print("#lrs==0: {lrs_zero}, #lrs~=0: {lrs_nonzero}, #clipV~=0: {clipped}, ==> {parameters} Parameters".format(
+        **counts))
+    train_fn, val_fn, updates = compile_functions(network, rules, input_var, target_var, LR)
+    print("Training...")
+    summary = binary_connect.train(
+        train_fn, val_fn, network, hp["batch_size"], hp["LR_start"], halving_schedule(hp["LR_halving_epochs"]),
+        hp["num_epochs"], data["X_train"][:train_size], data["y_train"][:train_size], data["X_val"], data["y_val"],
+        data["X_test"], data["y_test"], shuffle_parts=hp.get("shuffle_parts", 1), run=run, run_info=run_info,
+        state_vars=runfiles.state_variables(network, updates), partial_batch=True)
+    print("Test error at the best validation epoch ({}): {}% (paper, Torch7 column: {}%)".format(
+        summary["best_epoch"], summary["test_error"], (run_info or {}).get("paper_test_error")))
+    return summary

@@ -435,3 +435,133 @@ def test_tiny_convnet_step_clips_every_parameter_under_the_cifar_scheme():
     for r, old in zip(rules, before):
         value = r.param.get_value()
         assert r.clip and np.abs(value).max() <= 1 and not np.array_equal(value, old)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The loop and the scripts
+# ---------------------------------------------------------------------------------------------------------------
+def test_loop_halves_the_rate_and_runs_partial_batches():
+    """binary_connect.train with the Torch7 options: LR halved after epochs 2, 4; batches of 4, 4, 2 rows; the
+    validation error is over samples (3 of 10 rows wrong: 30 %, not the 33.3 % mean of batch errors)."""
+    calls = []
+
+    def train_fn(X, y, LR):
+        calls.append((len(X), LR))
+        return 0.5
+
+    def val_fn(X, y):
+        return np.float32(0.1), np.float32((X[:, 0] > 0).mean())
+
+    X = f32(np.arange(10).reshape(10, 1))
+    X_val = f32([[1], [0], [0], [0], [1], [0], [0], [0], [1], [0]])    # errors per batch: 1/4, 1/4, 1/2
+    y = f32(np.zeros((10, 10)))
+    summary = b7.binary_connect.train(train_fn, val_fn, None, 4, 1., b7.halving_schedule(2), 5, X, y, X_val, y,
+                                      X_val, y, shuffle_parts=1, partial_batch=True)
+    assert [n for n, _ in calls] == [4, 4, 2] * 5
+    assert [lr for _, lr in calls[::3]] == [1., 1., .5, .5, .25]
+    assert summary["best_val_error"] == pytest.approx(30.) and summary["test_error"] == pytest.approx(30.)
+    assert summary["LR"] == .25                      # epoch 5 is not a multiple of 2
+
+
+def write_idx(path, array, magic):
+    import gzip
+    import struct
+    with gzip.open(path, "wb") as f:
+        f.write(struct.pack(">ii", magic, len(array)) + b"".join(struct.pack(">i", d) for d in array.shape[1:]))
+        f.write(array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture(scope="module")
+def mnist_dir(tmp_path_factory):
+    """Ten classes, each a random 28x28 prototype plus noise, 600 training and 100 test images (IDX files)."""
+    folder = tmp_path_factory.mktemp("mnist")
+    rng = np.random.RandomState(0)
+    prototypes = rng.randint(0, 256, (10, 28, 28))
+    for prefix, n in (("train", 600), ("t10k", 100)):
+        labels = rng.randint(0, 10, n)
+        images = np.clip(prototypes[labels] + rng.randint(-60, 61, (n, 28, 28)), 0, 255)
+        write_idx(str(folder / (prefix + "-images-idx3-ubyte.gz")), images, 2051)
+        write_idx(str(folder / (prefix + "-labels-idx1-ubyte.gz")), labels, 2049)
+    return str(folder)
+
+
+def test_mnist_script_runs_the_torch7_method_and_resumes(mnist_dir, tmp_path, monkeypatch, capsys):
+    """mnist.py --method binarynet-torch7: the Torch7 table, the model file's counts, results.json with the paper's
+    Torch7 number; a run killed in epoch 2 resumes to the numbers of an uninterrupted one."""
+    import json
+    import os
+    import mnist
+    common = ["--method", "binarynet-torch7", "--units", "16", "--epochs", "3", "--train-size", "130",
+              "--batch-size", "50", "--data-dir", mnist_dir]
+    whole, broken = str(tmp_path / "whole"), str(tmp_path / "broken")
+    assert mnist.main(common + ["--out", whole]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[:4] == ["batch_size = 50", "num_units = 16", "n_hidden_layers = 3", "stochastic = True"]
+    n = 784 * 16 + 2 * 16 * 16 + 16 * 10
+    params = n + 3 * 16 * 3 + 3 * 10
+    assert "#lrs==0: 0, #lrs~=0: {0}, #clipV~=0: {1}, ==> {0} Parameters".format(params, n) in printed
+    with open(os.path.join(whole, "results.json")) as f:
+        results = json.load(f)
+    assert (results["method"], results["paper_test_error"], results["epochs_done"]) == ("binarynet-torch7", 1.4, 3)
+    assert results["hyperparameters"]["LR_halving_epochs"] == 20 and results["test_error"] < 50
+
+    real_epoch_pass = b7.binary_connect.epoch_pass
+    training_calls = []
+
+    def dying_epoch_pass(fn, X, y, batch_size, LR=None, progress=None, partial_batch=False):
+        if LR is not None:
+            training_calls.append(len(X))
+            if len(training_calls) == 2:   # in epoch 2's training pass, after one step
+                fn(X[:batch_size], y[:batch_size], LR)
+                raise KeyboardInterrupt
+        return real_epoch_pass(fn, X, y, batch_size, LR, progress, partial_batch)
+
+    monkeypatch.setattr(b7.binary_connect, "epoch_pass", dying_epoch_pass)
+    with pytest.raises(KeyboardInterrupt):
+        mnist.main(common + ["--out", broken])
+    monkeypatch.setattr(b7.binary_connect, "epoch_pass", real_epoch_pass)
+    assert mnist.main(common + ["--out", broken, "--resume"]) == 0
+    assert "Resuming after epoch 1 of 3" in capsys.readouterr().out
+
+    def rows(folder):
+        with open(os.path.join(folder, "log.jsonl")) as f:
+            return [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in f]
+    assert rows(broken) == rows(whole)
+    with np.load(os.path.join(whole, "mnist_parameters.npz")) as a, \
+            np.load(os.path.join(broken, "mnist_parameters.npz")) as b:
+        assert all(np.array_equal(a[key], b[key]) for key in a.files)
+
+
+@pytest.mark.parametrize("script_name,paper,clip_all", [("cifar10", 10.15, True), ("svhn", 2.53, False)])
+def test_convnet_scripts_run_the_torch7_method(script_name, paper, clip_all, tmp_path, monkeypatch, capsys):
+    """cifar10.py / svhn.py --method binarynet-torch7 on tiny generated images (the data pipelines are tested in
+    test_torch7_data.py): the Torch7 defaults, the model's clip mask, one epoch with a partial last batch."""
+    import importlib
+    import json
+    import os
+    from plumbing import torch7_data
+    script = importlib.import_module(script_name)
+    rng = np.random.RandomState(0)
+
+    def tiny(**kwargs):
+        def part(n):
+            labels = rng.randint(0, 10, n)
+            targets = -np.ones((n, 10), np.float32)
+            targets[np.arange(n), labels] = 1
+            return f32(rng.randn(n, 3, 8, 8)), targets
+        (X_train, y_train), (X_val, y_val), (X_test, y_test) = part(25), part(12), part(7)
+        return dict(X_train=X_train, y_train=y_train, X_val=X_val, y_val=y_val, X_test=X_test, y_test=y_test)
+    monkeypatch.setattr(torch7_data, script_name + "_data", tiny)
+    hp = script.hyperparameters("binarynet-torch7")
+    assert (hp["batch_size"], hp["LR_start"], hp["LR_halving_epochs"]) == (
+        (200, 2. ** -6, 50) if script_name == "cifar10" else (200, 2. ** -7, 20))
+    out = str(tmp_path / "run")
+    argv = ["--method", "binarynet-torch7", "--epochs", "1", "--width", str(1 / 64.), "--batch-size", "10",
+            "--out", out] + (["--no-extra"] if script_name == "svhn" else [])
+    assert script.main(argv) == 0
+    line = [x for x in capsys.readouterr().out.splitlines() if x.startswith("#lrs==0")][0]
+    params, clipped = (int(x.split()[-1]) for x in line.replace(" Parameters", "").split(",")[1:3])
+    with open(os.path.join(out, "results.json")) as f:
+        results = json.load(f)
+    assert (results["method"], results["paper_test_error"], results["epochs_done"]) == ("binarynet-torch7", paper, 1)
+    assert (clipped == params) == clip_all
