@@ -491,8 +491,10 @@ def load_packed(packed_path):
                              "python binary_inference.py --model M.npz --export %s" % (packed_path, packed_path))
     version = arrays.get("version")
     if version is None or version.shape != () or version.dtype.kind not in "iu" or int(version) != PACKED_VERSION:
+        found = "none" if version is None else (str(version) if version.shape == () and version.dtype.kind in "iu"
+                                                else "a %s array of shape %s" % (version.dtype, version.shape))
         raise InferenceError("%s has packed-format version %s, this code reads version %d; re-export it"
-                             % (packed_path, version, PACKED_VERSION))
+                             % (packed_path, found, PACKED_VERSION))
     widths = arrays.get("widths")
     if widths is None or widths.ndim != 1 or widths.dtype.kind not in "iu" or len(widths) < 3 or widths.min() < 1:
         raise InferenceError("%s is damaged: 'widths' must list at least 3 positive layer widths; re-export it"

@@ -10,6 +10,7 @@ An explicit ``data_dir`` (the scripts' ``--data-dir``) is only read, never writt
 Command line: ``python -m plumbing.datasets {mnist,cifar10,svhn} [--data-dir DIR] [--no-extra]`` fetches (or checks) a
 data set and prints the shapes of what it loads.
 """
+import codecs
 import gzip
 import hashlib
 import http.client
@@ -467,15 +468,62 @@ def load_mnist(transform, data_dir=None, download=True):
 CIFAR10_BATCHES = ["data_batch_{}".format(i) for i in range(1, 6)] + ["test_batch"]
 
 
-class _ArrayUnpickler(pickle.Unpickler):
-    """Unpickler that only rebuilds NumPy arrays (what the CIFAR-10 batches contain), nothing executable."""
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy", "ndarray"), ("numpy", "dtype"),
-               ("numpy.core.multiarray", "scalar"), ("_codecs", "encode")}
+class _ArrayUnpickler(pickle._Unpickler):
+    """Unpickler that only rebuilds plain NumPy arrays and Python containers (what the CIFAR-10 batches hold).
+
+    Built on the pure-Python unpickler: the C one grows its memo table to any index a file names (a few bytes
+    can make it allocate gigabytes). Globals are limited to what pickled arrays need, each replaced by a checked
+    version: arrays start empty and are filled only from the file's own bytes, dtypes are simple and never hold
+    Python objects, and BUILD accepts only the states NumPy writes for such arrays and dtypes.
+    """
 
     def find_class(self, module, name):
-        if (module, name) not in self.ALLOWED:
+        allowed = {("numpy.core.multiarray", "_reconstruct"): _empty_array, ("numpy", "ndarray"): _NDARRAY,
+                   ("numpy", "dtype"): _simple_dtype, ("numpy.core.multiarray", "scalar"): _simple_scalar,
+                   ("_codecs", "encode"): codecs.encode}
+        if (module, name) not in allowed:
             raise pickle.UnpicklingError("unexpected object {}.{} in the pickle".format(module, name))
-        return super().find_class(module, name)
+        return allowed[module, name]
+
+    def load_build(self):
+        state, target = self.stack[-1], self.stack[-2]
+        if isinstance(target, np.dtype):
+            ok = isinstance(state, tuple) and len(state) == 8 and state[0] == 3 and state[1] in ("|", "<", ">", "=") \
+                and state[2:] == (None, None, None, -1, -1, 0)
+        elif isinstance(target, np.ndarray):
+            ok = isinstance(state, tuple) and len(state) == 5 and isinstance(state[2], np.dtype) \
+                and not state[2].hasobject and state[2].names is None and isinstance(state[4], bytes)
+        else:
+            ok = False
+        if not ok:
+            raise pickle.UnpicklingError("unexpected object state in the pickle")
+        super().load_build()
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+    dispatch[pickle.BUILD[0]] = load_build
+
+
+_NDARRAY = object()  # stands for numpy.ndarray in a pickle: only as the first argument of _reconstruct
+
+
+def _empty_array(subtype, shape, typecode):
+    """numpy's _reconstruct as pickled arrays call it: an empty array, which BUILD then fills from the file."""
+    if subtype is not _NDARRAY or tuple(shape) != (0,):
+        raise pickle.UnpicklingError("unexpected array construction in the pickle")
+    return np.core.multiarray._reconstruct(np.ndarray, (0,), typecode)
+
+
+def _simple_dtype(*args):
+    dtype = np.dtype(*args)
+    if dtype.hasobject or dtype.names is not None or dtype.itemsize > 64:
+        raise pickle.UnpicklingError("unexpected data type {} in the pickle".format(dtype))
+    return dtype
+
+
+def _simple_scalar(dtype, *args):
+    if not isinstance(dtype, np.dtype) or dtype.hasobject:
+        raise pickle.UnpicklingError("unexpected scalar in the pickle")
+    return np.core.multiarray.scalar(dtype, *args)
 
 
 def cifar10_files(data_dir=None, download=True):
