@@ -657,9 +657,10 @@ def run_from_args(model_path, args):
         run(model_path, getattr(args, "data_dir", None), getattr(args, "kernels", KERNELS),
             getattr(args, "device", "cpu"), getattr(args, "export", None), batch_size, X, y)
     except MemoryError:
-        raise InferenceError("out of memory running the model on batches of %d examples; pass a smaller "
-                             "--batch-size%s" % (batch_size, " or fewer --random-inputs"
-                                                 if getattr(args, "random_inputs", None) else "")) from None
+        n_random = getattr(args, "random_inputs", None)
+        raise InferenceError("out of memory during run-time inference (batches of %d examples%s); pass a smaller "
+                             "--batch-size%s" % (batch_size, ", %d random inputs" % n_random if n_random else "",
+                                                 " or fewer --random-inputs" if n_random else "")) from None
     return 0
 
 
