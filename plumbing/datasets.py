@@ -77,7 +77,7 @@ CIFAR10_TARBALL = "cifar-10-python.tar.gz"
 CIFAR10_SIZE = 170498071
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
 CIFAR10_FOLDER = "cifar-10-batches-py"
-CIFAR10_UNKNOWN_NOTE = "unknown data in CIFAR-10's python format (MD5 differs from the official batches)"
+CIFAR10_UNKNOWN_NOTE = "unknown data in CIFAR-10's python format"
 CIFAR10_BATCH_MD5 = {
     "data_batch_1": "c99cafc152244af753f735de768cd75f",
     "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
@@ -649,11 +649,11 @@ def read_cifar10(data_dir=None, download=True):
     differ = [name for name in CIFAR10_BATCHES if md5s[name] != CIFAR10_BATCH_MD5[name]]
     if os.path.isdir(source):
         folder = source
-        files = [file_info(os.path.join(source, n), sizes[n], md5s[n], n not in differ, CIFAR10_UNKNOWN_NOTE)
-                 for n in CIFAR10_BATCHES]
+        note = CIFAR10_UNKNOWN_NOTE + " (MD5 differs from the official batch)"
+        files = [file_info(os.path.join(source, n), sizes[n], md5s[n], n not in differ, note) for n in CIFAR10_BATCHES]
     else:
         folder = os.path.dirname(source)
-        note = "{} ({} differ)".format(CIFAR10_UNKNOWN_NOTE, ", ".join(differ))
+        note = "{} (MD5 of {} differs from the official)".format(CIFAR10_UNKNOWN_NOTE, ", ".join(differ))
         files = [file_info(source, os.path.getsize(source), file_digest(source), not differ, note)]
     _accept_files(files, folder, "CIFAR-10", CIFAR10_UNKNOWN_NOTE, data_dir is None)
     train = [parts["data_batch_{}".format(i)] for i in range(1, 6)]
