@@ -462,6 +462,7 @@ def load_mnist(transform, data_dir=None, download=True):
             "X_val": x_all[n_train:], "y_val": y_all[n_train:],
             "X_test": x_test, "y_test": one_hot_pm1(test_labels), "files": files}
 
+
 # ---------------------------------------------------------------------------------------------------------
 # CIFAR-10 (ORIGINALS.md §3.2)
 # ---------------------------------------------------------------------------------------------------------
@@ -668,6 +669,7 @@ def load_cifar10_raw(data_dir=None, download=True):
     data = read_cifar10(data_dir, download)
     return data["X_train"], data["y_train"], data["X_test"], data["y_test"]
 
+
 # ---------------------------------------------------------------------------------------------------------
 # SVHN format 2 (ORIGINALS.md §3.3)
 # ---------------------------------------------------------------------------------------------------------
@@ -846,8 +848,8 @@ def main(argv=None):
     for key, shape in shapes.items():
         print("{}: {}".format(key, shape))
     for f in data["files"]:
-        print("file {}: {} bytes, MD5 {}, {}".format(f["name"], f["bytes"], f["md5"],
-                                                      "official" if f["official"] else "not official: " + f["note"]))
+        status = "official" if f["official"] else "not official: " + f["note"]
+        print("file {}: {} bytes, MD5 {}, {}".format(f["name"], f["bytes"], f["md5"], status))
     return 0
 
 

@@ -363,8 +363,8 @@ def test_model_bytes(folder, raw):
 
 
 array_values = st.builds(lambda shape, d, fill: np.full(shape, fill).astype(d),
-                         st.lists(st.integers(0, 4), max_size=3), st.sampled_from(["float32", "float64", "int32",
-                                                                                    "uint8", "float16"]),
+                         st.lists(st.integers(0, 4), max_size=3),
+                         st.sampled_from(["float32", "float64", "int32", "uint8", "float16"]),
                          st.sampled_from([0.0, 1.5, -1.0, np.inf, np.nan]))
 
 
