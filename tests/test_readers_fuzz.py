@@ -210,13 +210,13 @@ def check_idx(path):
         assert array.dtype == np.uint8 and array.ndim in (1, 3)
 
 
-@fuzz_settings(150)
+@fuzz_settings(250)
 @given(raw=any_bytes, packed=st.booleans())
 def test_idx_any_bytes(folder, raw, packed):
     check_idx(write(folder, "any.gz", gzip.compress(raw) if packed else raw))
 
 
-@fuzz_settings(150)
+@fuzz_settings(250)
 @given(which=st.sampled_from(VALID_IDX), ops=operations, packed=st.sampled_from(["plain", "gz", "gz-then-damage"]))
 def test_idx_mutations(folder, which, ops, packed):
     if packed == "plain":
@@ -228,7 +228,7 @@ def test_idx_mutations(folder, which, ops, packed):
     check_idx(write(folder, "mutated", raw))
 
 
-@fuzz_settings(100)
+@fuzz_settings(150)
 @given(magic=st.sampled_from([2049, 2051, 2050, -1]), dims=st.lists(st.integers(-2 ** 31, 2 ** 31 - 1),
                                                                     min_size=0, max_size=3),
        body=st.binary(max_size=64))
@@ -249,7 +249,7 @@ def check_batch(raw):
         assert labels.size == 0 or (labels.min() >= 0 and labels.max() <= 9)
 
 
-@fuzz_settings(150)
+@fuzz_settings(250)
 @given(raw=st.one_of(any_bytes, st.builds(mutate, st.just(cifar_batch()), operations)))
 def test_cifar_batch_bytes(raw):
     check_batch(raw)
@@ -270,7 +270,7 @@ data_values = st.one_of(
     label_values)
 
 
-@fuzz_settings(150)
+@fuzz_settings(250)
 @given(labels=label_containers, data=data_values)
 def test_cifar_batch_values(labels, data):
     check_batch(pickle.dumps({b"data": data, b"labels": labels}, protocol=2))
@@ -286,7 +286,7 @@ def check_tarball(folder, raw):
         assert len(data["files"]) == 1 and data["files"][0]["name"] == datasets.CIFAR10_TARBALL
 
 
-@fuzz_settings(100)
+@fuzz_settings(150)
 @given(raw=st.one_of(any_bytes, st.builds(gzip.compress, any_bytes),
                      st.builds(lambda ops: gzip.compress(mutate(VALID_TAR, ops)), operations),
                      st.builds(lambda ops: mutate(gzip.compress(VALID_TAR), ops), operations)))
@@ -313,7 +313,7 @@ def check_mat(path):
         assert y.size == 0 or (y.min() >= 1 and y.max() <= 10)
 
 
-@fuzz_settings(150)
+@fuzz_settings(250)
 @given(raw=st.one_of(any_bytes, st.builds(mutate, st.sampled_from(VALID_MATS), operations)))
 def test_svhn_mat_bytes(folder, raw):
     check_mat(write(folder, "any.mat", raw))
@@ -328,7 +328,7 @@ mat_values = st.one_of(
     st.just(SVHN_X), st.just(np.array([[10], [3]], np.uint8)), st.just(np.array([[10, 3]], np.float64)))
 
 
-@fuzz_settings(100)
+@fuzz_settings(150)
 @given(x=mat_values, y=mat_values, compress=st.booleans())
 def test_svhn_mat_values(folder, x, y, compress):
     check_mat(write(folder, "values.mat", mat_bytes({"X": x, "y": y}, compress)))
@@ -355,7 +355,7 @@ def check_packed(path, fan_in=None):
             assert predictions.shape == (2,)
 
 
-@fuzz_settings(150)
+@fuzz_settings(250)
 @given(raw=st.one_of(any_bytes, st.builds(lambda b: b"PK\x03\x04" + b, any_bytes),
                      st.builds(mutate, st.sampled_from(VALID_MODELS), operations)))
 def test_model_bytes(folder, raw):
@@ -368,7 +368,7 @@ array_values = st.builds(lambda shape, d, fill: np.full(shape, fill).astype(d),
                          st.sampled_from([0.0, 1.5, -1.0, np.inf, np.nan]))
 
 
-@fuzz_settings(100)
+@fuzz_settings(150)
 @given(edits=st.dictionaries(st.sampled_from(["arr_%d" % i for i in range(13)] + ["x", "arr_x"]),
                              st.one_of(st.none(), array_values), max_size=3))
 def test_model_values(folder, edits):
@@ -390,7 +390,7 @@ def packed_arrays(tmp_path_factory):
         return {key: data[key] for key in data.files}
 
 
-@fuzz_settings(100)
+@fuzz_settings(150)
 @given(edits=st.dictionaries(st.sampled_from(["format", "version", "widths", "w0", "w1", "bn0", "bn1", "extra"]),
                              st.one_of(st.none(), array_values,
                                        st.builds(lambda v: np.array(v, dtype=np.int64),
