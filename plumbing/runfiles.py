@@ -10,6 +10,7 @@ import platform
 import sys
 import tempfile
 import time
+import zipfile
 from collections import OrderedDict
 
 import numpy as np
@@ -153,7 +154,7 @@ class Run(object):
                 name, pos, has_gauss, cached = meta["rng"]
                 np.random.set_state((name, ckpt["rng_keys"], pos, has_gauss, cached))
                 order = ckpt["order"]
-        except (OSError, ValueError, KeyError) as e:
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
             raise RunError("cannot read the checkpoint in {} ({}); delete it to start over".format(self.out_dir, e))
         self._truncate_log(meta["summary"]["epochs_done"])
         return meta["summary"], order
