@@ -213,8 +213,8 @@ def test_the_two_adams_over_three_steps_with_batch_norm_and_separate_step_counte
 
     rng = np.random.RandomState(3)
     scale = np.sqrt((4 + 3) / 1.5)
-    state = {name: (np.zeros_like(value), np.zeros_like(value)) for name, value in (("W", W), ("gamma", gamma),
-                                                                                   ("beta", beta))}
+    state = {name: (np.zeros_like(value), np.zeros_like(value))  # Adam's m and v
+             for name, value in (("W", W), ("gamma", gamma), ("beta", beta))}
     clipped = 0
     for step, LR in ((1, 0.01), (2, 0.02), (3, 0.005)):
         t_W, t_other = (11, 3) if step == 3 else (step, step)
@@ -243,7 +243,7 @@ def test_the_two_adams_over_three_steps_with_batch_norm_and_separate_step_counte
 
 def test_one_adam_over_all_parameters_without_binary_layers():
     """The 'float' networks: no binary layer, so a single Adam updates everything (one step counter)."""
-    x_var, t_var, lr_var = T.matrix(), T.matrix(), T.scalar()
+    x_var, lr_var = T.matrix(), T.scalar()
     net = binary_connect.DenseLayer(lasagne.layers.InputLayer((None, 4), x_var), 3, binary=False)
     updates = binary_connect.adam_updates(T.sum(lasagne.layers.get_output(net)), net, lr_var)
     assert len([var for var in updates if var.ndim == 0]) == 1
@@ -361,7 +361,7 @@ def test_ties_go_to_the_later_epoch_and_the_test_set_runs_only_then(capsys):
     assert summary["epochs_done"] == 6 and summary["val_error"] == pytest.approx(40.)
     out = capsys.readouterr().out.splitlines()
     assert [int(line.split()[-1]) for line in out if "best epoch:" in line] == [1, 2, 3, 3, 5, 5]
-    assert [line.split()[-1] for line in out if "test error rate:" in line] == ["1.0%", "2.0%", "3.0%", "3.0%",
-                                                                                 "5.0%", "5.0%"]
+    test_errors = [line.split()[-1] for line in out if "test error rate:" in line]
+    assert test_errors == ["1.0%", "2.0%", "3.0%", "3.0%", "5.0%", "5.0%"]
     # epoch e trains with LR_start * LR_decay ** (e - 1), two minibatches per epoch (§1.9)
     assert LRs == [0.1 * 0.5 ** (e // 2) for e in range(12)]

@@ -394,6 +394,17 @@ def test_gpu_status_and_constructor():
     assert timing["agree"] is True and all(timing[key] > 0 for key in ("baseline", "cublas", "xnor", "xnor_nopack"))
 
 
+def test_status_command_prints_one_line(capsys):
+    ok, message = gpu.gpu_status()
+    status = gpu.main([])
+    captured = capsys.readouterr()
+    if ok:
+        assert status == 0 and captured.out.strip() == message
+    else:
+        assert status == 1 and captured.err == f"GPU unavailable: {message}\n" and captured.out == ""
+
+
+@pytest.mark.slow
 def test_module_entry_point_prints_one_line():
     result = subprocess.run([sys.executable, "-m", "kernels.gpu"], capture_output=True, text=True, cwd=REPO)
     ok, message = gpu.gpu_status()

@@ -19,7 +19,7 @@ from plumbing import cli
 from plumbing.compat import T, lasagne
 from plumbing.errors import RunError
 
-from conftest import REPO, error_lines
+from conftest import REPO, error_lines, run_command
 
 
 # --------------------------------------------------------------------------- the original scripts' settings
@@ -82,7 +82,9 @@ def test_binarynet_mlp_layer_by_layer():
         [("in", (1, 28, 28), None, 0), ("drop", (1, 28, 28), 0.2, 0), ("dense", (8,), None, 784 * 8 + 8)] + hidden
         + [("dense", (8,), None, 8 * 8 + 8)] + hidden + [("dense", (8,), None, 8 * 8 + 8)] + hidden
         + [("dense", (10,), None, 8 * 10 + 10), ("bn", (10,), None, 4 * 10)])
-    count = lambda **tags: sum(p.get_value().size for p in lasagne.layers.get_all_params(net, **tags))  # noqa: E731
+
+    def count(**tags):
+        return sum(p.get_value().size for p in lasagne.layers.get_all_params(net, **tags))
     assert count() == 6650
     assert count(binary=True) == 784 * 8 + 8 * 8 * 2 + 8 * 10          # W of the four dense layers
     assert count(trainable=True) == 3 * 8 * 3 + 3 * 10                  # b, beta, gamma
@@ -151,10 +153,8 @@ def test_bad_data_folders_give_one_line(tmp_path, write_mnist, capsys):
 
 
 # --------------------------------------------------------------------------- whole runs (slow)
-def run_script(args, **kwargs):
-    env = dict(os.environ, PYTHONPATH=REPO)
-    return subprocess.run([sys.executable, os.path.join(REPO, "mnist.py")] + args, capture_output=True,
-                          text=True, env=env, timeout=600, **kwargs)
+def run_script(args):
+    return run_command(["mnist.py"] + args)
 
 
 def read_log(folder):
@@ -269,8 +269,8 @@ def test_sigkilled_run_resumes_and_seed_decides_the_numbers(mnist_dir, tmp_path)
     whole, killed, other_seed = str(tmp_path / "whole"), str(tmp_path / "killed"), str(tmp_path / "seed")
     assert run_script(common + ["--out", whole]).returncode == 0
 
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "mnist.py")] + common + ["--out", killed],
+    env = dict(os.environ, PYTHONPATH=REPO)
+    proc = subprocess.Popen([sys.executable, os.path.join(REPO, "mnist.py")] + common + ["--out", killed],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     log = os.path.join(killed, "log.jsonl")
     deadline = time.time() + 300
@@ -287,8 +287,6 @@ def test_sigkilled_run_resumes_and_seed_decides_the_numbers(mnist_dir, tmp_path)
 
     assert run_script(common + ["--out", other_seed, "--seed", "99"]).returncode == 0
     assert comparable(read_log(other_seed)) != comparable(read_log(whole))
-
-
 
 
 @pytest.mark.slow
