@@ -238,7 +238,7 @@ def test_bad_model_files_give_one_line_errors(tmp_path, model):
     arrays = [a for block in blocks for a in block.arrays()]
     cases = {
         "missing": (str(tmp_path / "nope.npz"), "does not exist"),
-        "text": (_write(tmp_path / "text.npz", b"not a zip file"), "not a readable .npz"),
+        "text": (_write(tmp_path / "text.npz", b"not a zip file"), "is not a .npz file"),
         "count": (None, "6 arrays per"), "keys": (None, "6 arrays per"), "shape": (None, "W has shape"),
         "vector": (None, "gamma has shape"), "nan": (None, "not a finite"), "one": (None, "at least 2"),
     }

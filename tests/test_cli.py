@@ -1,7 +1,6 @@
 """plumbing/cli.py and plumbing/errors.py: value checks, the one-line parser, the shared flags, the guard's exit
 statuses, and the checks every experiment runs before loading data."""
 import argparse
-import os
 
 import pytest
 
@@ -99,18 +98,6 @@ def test_guard_lets_bugs_keep_their_traceback():
                                          gpu.KernelInputError])
 def test_every_user_error_is_an_archive_error(error_class):
     assert issubclass(error_class, ArchiveError)
-
-
-def test_out_folder_rules(tmp_path):
-    cli.check_out_dir(None, False)
-    cli.check_out_dir(str(tmp_path), False)   # an empty or new folder
-    cli.check_out_dir(str(tmp_path), True)    # resuming a folder without a checkpoint starts the run
-    with pytest.raises(UsageError, match="--resume needs --out"):
-        cli.check_out_dir(None, True)
-    open(os.path.join(tmp_path, "checkpoint.npz"), "wb").close()
-    with pytest.raises(UsageError, match="already holds a run; add --resume to continue it, or choose another"):
-        cli.check_out_dir(str(tmp_path), False)
-    cli.check_out_dir(str(tmp_path), True)
 
 
 def test_every_set_must_hold_one_minibatch():

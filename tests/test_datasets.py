@@ -94,9 +94,9 @@ def test_mnist_missing_files_name_folder_and_files(tmp_path):
 
 def test_mnist_unofficial_files_are_read_with_a_note(tmp_path, write_mnist, capsys):
     write_mnist(str(tmp_path), n_train=12, n_test=2)
-    datasets.mnist_files(str(tmp_path))
+    datasets.load_mnist("pm1", str(tmp_path))
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "differ from the official MNIST" in err
+    assert err.count("\n") == 1 and "unknown data in MNIST's format" in err
 
 
 def test_mnist_bad_transform_and_mismatched_files(tmp_path, write_mnist, idx_bytes):
@@ -149,7 +149,7 @@ def test_load_cifar10_raw(tmp_path, tarball, cifar10_batches, write_cifar10):
 def test_cifar10_md5_note_for_user_folder_error_for_download_cache(tmp_path, capsys, monkeypatch, write_cifar10):
     write_cifar10(str(tmp_path / "user"), rows=3)
     datasets.load_cifar10_raw(str(tmp_path / "user"))
-    assert "differ from the official CIFAR-10" in capsys.readouterr().err
+    assert "unknown data in CIFAR-10's python format" in capsys.readouterr().err
 
     blobs = write_cifar10(str(tmp_path / "cache" / "cifar10"), rows=3).blobs
     monkeypatch.setattr(datasets, "DEFAULT_DATA_DIR", str(tmp_path / "cache"))
