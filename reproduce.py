@@ -70,6 +70,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 FOLDER_MUST_MATCH = ("budget", "data_dir")
 ROW_MUST_MATCH = ("dataset", "method", "flags", "data_folder")
 POLL_SECONDS = 1.0
+# Slurm job states in which a job still holds or will get a node (squeue's long names).
+ACTIVE_STATES = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD",
+                 "RESIZING", "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT", "SPECIAL_EXIT", "RESV_DEL_HOLD"}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -372,7 +375,7 @@ class StatusBoard(object):
     def __init__(self, rows, stream=sys.stdout):
         self.rows, self.stream, self.tty = rows, stream, stream.isatty()
         self.texts, self.drawn = OrderedDict((row, "waiting") for row in rows), 0
-        self.width = max(len(row) for row in rows)
+        self.width = max([len(row) for row in rows] + [1])
 
     def update(self, row, text):
         if self.texts[row] == text:
@@ -522,16 +525,26 @@ def job_ids(runs, row):
 
 
 def queue_states(ids):
-    """{job id: (state, elapsed)} for the jobs Slurm still lists (queued, running, requeued, ...)."""
+    """{job id: (state, time used)} for the jobs Slurm still lists (finished ones stay listed for MinJobAge)."""
     if not ids:
         return {}
-    result = slurm_command("squeue", "-h", "-o", "%i|%T|%M", "-j", ",".join(ids))
+    result = slurm_command("squeue", "-h", "-t", "all", "-o", "%i|%T|%M", "-j", ",".join(ids))
+    if result.returncode != 0 and len(ids) > 1:  # one id already forgotten by Slurm: ask one by one
+        states = {}
+        for job in ids:
+            states.update(queue_states([job]))
+        return states
     states = {}
     for line in result.stdout.splitlines():
         parts = line.strip().split("|")
-        if len(parts) == 3:
+        if len(parts) == 3 and parts[0] in ids:
             states[parts[0]] = (parts[1], parts[2])
     return states
+
+
+def active_jobs(ids):
+    """The jobs among `ids` that are queued, running or about to run again (requeued)."""
+    return {job: state for job, state in queue_states(ids).items() if state[0] in ACTIVE_STATES}
 
 
 def accounting_state(job):
@@ -545,7 +558,7 @@ def submit_slurm(runs, rows, budget, data_dir, slurm_args, stream=sys.stdout):
     """One sbatch job per row not finished and not already queued; returns {row: job id}."""
     submitted = {}
     for row in rows:
-        active = queue_states(job_ids(runs, row)[-1:])
+        active = active_jobs(job_ids(runs, row)[-1:])
         if active:
             job, (state, elapsed) = next(iter(active.items()))
             stream.write("{}: already in the queue as job {} ({})\n".format(row, job, state))
@@ -566,7 +579,7 @@ def submit_slurm(runs, rows, budget, data_dir, slurm_args, stream=sys.stdout):
     return submitted
 
 
-def row_status(runs, row):
+def row_status(runs, row, elapsed=True):
     """One status line for --status: Slurm's state of the row's last job and the runs folder's progress."""
     folder = os.path.join(runs, row)
     if not os.path.exists(os.path.join(folder, tables.RUN_SETTINGS)):
@@ -577,11 +590,11 @@ def row_status(runs, row):
     ids = job_ids(runs, row)
     if ids:
         states = queue_states(ids[-1:])
-        if states:
-            state, elapsed = states[ids[-1]]
+        if ids[-1] in states and states[ids[-1]][0] in ACTIVE_STATES:
+            state, time_used = states[ids[-1]]
             what = "queued" if state == "PENDING" else state.lower()
-            return "{} (job {}, {}), {}".format(what, ids[-1], elapsed, progress)
-        final = accounting_state(ids[-1]) or "no longer in the queue"
+            return "{} (job {}{}), {}".format(what, ids[-1], ", " + time_used if elapsed else "", progress)
+        final = states[ids[-1]][0] if ids[-1] in states else accounting_state(ids[-1]) or "no longer in the queue"
         tail = last_line(os.path.join(folder, "slurm-{}.out".format(ids[-1])))
         return "failed or stopped (job {}: {}), {}; last log line: {}".format(ids[-1], final, progress, tail)
     attempts = [json.loads(line) for line in open(os.path.join(folder, "attempts.jsonl"))] \
@@ -597,14 +610,14 @@ def wait_slurm(runs, rows, report_rows, stream=sys.stdout):
     board = StatusBoard(rows, stream)
     epochs_seen = {row: -1 for row in rows}
     while True:
-        active = queue_states([ids[-1] for ids in (job_ids(runs, row) for row in rows) if ids])
+        active = active_jobs([ids[-1] for ids in (job_ids(runs, row) for row in rows) if ids])
         changed = []
         for row in rows:
             epochs = len(tables.read_log(os.path.join(runs, row, "log.jsonl")))
             if epochs != epochs_seen[row]:
                 epochs_seen[row] = epochs
                 changed.append(row)
-            board.update(row, row_status(runs, row))
+            board.update(row, row_status(runs, row, elapsed=board.tty))
         if changed:
             tables.write_report(runs, report_rows, curves_for=changed)
         board.draw()
@@ -618,6 +631,11 @@ def wait_slurm(runs, rows, report_rows, stream=sys.stdout):
 # Command line
 # ---------------------------------------------------------------------------------------------------------
 def parse_args(argv):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for i in range(len(argv) - 1):  # "--slurm-args --time=1:00" would read the value as an option of ours
+        if argv[i] == "--slurm-args":
+            argv[i:i + 2] = ["--slurm-args=" + argv[i + 1]]
+            break
     p = cli.Parser(__doc__.splitlines()[0])
     p.add_argument("--only", metavar="ROWS",
                    help="comma list of rows or globs, e.g. 'mnist-*' (default: all): " + ", ".join(ROWS))
@@ -694,7 +712,9 @@ def main(argv=None):
     for row in rows:
         if plans[row] == "skip":
             print("{}: finished, skipped ({})".format(row, progress_text(runs, row)))
-    if args.engine == "slurm":
+    if not todo:
+        failed = []
+    elif args.engine == "slurm":
         submit_slurm(runs, todo, args.budget, args.data_dir, args.slurm_args)
         failed = wait_slurm(runs, rows, list(ROWS)) if args.wait else []
     else:

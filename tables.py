@@ -28,6 +28,7 @@ RUN_SETTINGS = "reproduce.json"   # RUNS/reproduce.json (the folder) and RUNS/RO
 HOST = "host.json"                # RUNS/ROW/host.json: the machine a row last ran on
 DATA_CACHE = "data_identity.json"  # RUNS/data_identity.json: digests of the data files, by path, size and mtime
 TABLE_MD, TABLE_JSON = "TABLE.md", "TABLE.json"
+DATA_LABEL = "DATA_LABEL.txt"     # optional first line describing a data folder (scripts/stand_in_data.py writes it)
 DATASET_NAMES = {"mnist": "MNIST", "cifar10": "CIFAR-10", "svhn": "SVHN"}
 
 
@@ -141,12 +142,24 @@ def data_identity(dataset, folder, cache=None):
     if not files:
         return dict(label="unknown: no {} files in {}".format(name, folder), official=None, files=[])
     if any(f["official"] is False for f in files):
-        return dict(label="not the official {0} data set: files in the official {0} format (MD5 differs)".format(
-            name), official=False, files=files)
-    if all(f["official"] for f in files):
-        return dict(label="official {} files (MD5 verified)".format(name), official=True, files=files)
-    return dict(label="{} files without an official MD5 to compare (unpacked?)".format(name), official=None,
-                files=files)
+        label, verdict = "not the official {0} data set: files in the official {0} format (MD5 differs)".format(
+            name), False
+    elif all(f["official"] for f in files):
+        label, verdict = "official {} files (MD5 verified)".format(name), True
+    else:
+        label, verdict = "{} files without an official MD5 to compare (unpacked?)".format(name), None
+    description = data_label(folder)
+    return dict(label=label + ("; described as: " + description if description else ""), official=verdict,
+                description=description, files=files)
+
+
+def data_label(folder):
+    """The first line of FOLDER/DATA_LABEL.txt (what the files are, in the words of whoever put them there)."""
+    try:
+        with open(os.path.join(folder, DATA_LABEL), errors="replace") as f:
+            return f.readline().strip()[:200]
+    except OSError:
+        return ""
 
 
 # ---------------------------------------------------------------------------------------------------------
