@@ -51,8 +51,8 @@ SCRIPTS = {"mnist": "mnist.py", "cifar10": "cifar10.py", "svhn": "svhn.py"}
 # on 2 cores (docs/reproduce.md has the times and errors measured here). "tiny" is for the tests (seconds).
 BUDGETS = OrderedDict([
     ("smoke", {"mnist": "--units 128 --train-size 5000 --epochs 2",
-               "cifar10": "--width 0.125 --train-size 2000 --epochs 2",
-               "svhn": "--no-extra --width 0.125 --train-size 2000 --epochs 2"}),
+               "cifar10": "--width 0.125 --train-size 2000 --epochs 1",
+               "svhn": "--no-extra --width 0.125 --train-size 2000 --epochs 1"}),
     ("short", {"mnist-bnn": "--epochs 15",
                "mnist": "--epochs 20",
                "cifar10": "--width 0.25 --epochs 15",
@@ -307,11 +307,16 @@ def cpu_model():
     return platform.processor() or platform.machine()
 
 
+def load_average():
+    """The 1-minute load average: how busy the machine was (a row's time means little on a crowded machine)."""
+    return round(os.getloadavg()[0], 2)
+
+
 def describe_host(threads=None):
     return OrderedDict(hostname=platform.node(), cpu=cpu_model(), cpus=cpu_count(),
                        memory_gib=round(memory_gib("MemTotal"), 1), threads=threads or os.environ.get("OMP_NUM_THREADS"),
                        slurm_job=os.environ.get("SLURM_JOB_ID"), python=platform.python_version(),
-                       time=time.strftime("%Y-%m-%d %H:%M:%S"))
+                       time=time.strftime("%Y-%m-%d %H:%M:%S"), load_average=load_average())
 
 
 def append_jsonl(path, record):
@@ -473,6 +478,7 @@ def _start(runs, row, budget, data_dir, threads):
 def _record_exit(runs, row, proc, code, started, threads):
     append_jsonl(os.path.join(runs, row, "attempts.jsonl"), dict(
         engine="local", pid=proc.pid, started=started, ended=time.time(), returncode=code,
+        load_average_at_end=load_average(),
         environment={name: str(threads) for name in THREAD_VARIABLES}, hostname=platform.node()))
 
 

@@ -311,8 +311,9 @@ def markdown(table):
             out.append("    * `{}` {} bytes, MD5 {}{}".format(f["path"], f["size"], f["md5"],
                                                            " (official)" if f["official"] else ""))
         if host:
-            out.append("  * hardware: {} ({}), {} CPUs, {} GiB, {} threads per run".format(
-                host.get("cpu"), host.get("hostname"), host.get("cpus"), host.get("memory_gib"), host.get("threads")))
+            out.append("  * hardware: {} ({}), {} CPUs, {} GiB, {} threads per run; load average {} at the start".format(
+                host.get("cpu"), host.get("hostname"), host.get("cpus"), host.get("memory_gib"), host.get("threads"),
+                host.get("load_average")))
         if env:
             out.append("  * software: " + ", ".join("{} {}".format(k, v) for k, v in sorted(env.items())))
         if r["published"] and r["published"]["note"]:
