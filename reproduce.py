@@ -53,10 +53,9 @@ BUDGETS = OrderedDict([
     ("smoke", {"mnist": "--units 128 --train-size 5000 --epochs 2",
                "cifar10": "--width 0.125 --train-size 2000 --epochs 1",
                "svhn": "--no-extra --width 0.125 --train-size 2000 --epochs 1"}),
-    ("short", {"mnist-bnn": "--epochs 15",
-               "mnist": "--epochs 20",
-               "cifar10": "--width 0.25 --epochs 15",
-               "svhn": "--no-extra --width 0.25 --epochs 15"}),
+    ("short", {"mnist": "--units 1024 --epochs 30",
+               "cifar10": "--width 0.25 --train-size 20000 --epochs 10",
+               "svhn": "--no-extra --width 0.25 --epochs 10"}),
     ("paper", {"mnist": "", "cifar10": "", "svhn": ""}),
     ("tiny", {"mnist": "--units 16 --batch-size 50 --epochs 12",
               "cifar10": "--width 0.03 --batch-size 20 --train-size 100 --epochs 2",
@@ -70,6 +69,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 FOLDER_MUST_MATCH = ("budget", "data_dir")
 ROW_MUST_MATCH = ("dataset", "method", "flags", "data_folder")
 POLL_SECONDS = 1.0
+RUNNING = "running.json"  # RUNS/ROW/running.json: pid and host of a local run while it runs
 # Slurm job states in which a job still holds or will get a node (squeue's long names).
 ACTIVE_STATES = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD",
                  "RESIZING", "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT", "SPECIAL_EXIT", "RESV_DEL_HOLD"}
@@ -472,10 +472,25 @@ def _start(runs, row, budget, data_dir, threads):
     log_file.flush()
     proc = subprocess.Popen(command, cwd=HERE, env=env, stdout=log_file, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL)
+    tables.write_text(os.path.join(folder, RUNNING), json.dumps(dict(pid=proc.pid, hostname=platform.node())))
     return proc, log_file, time.time()
 
 
+def running_here(folder):
+    """The pid of a local run of this row that is still alive on this machine, else None."""
+    info = tables.read_json(os.path.join(folder, RUNNING))
+    if not info or info.get("hostname") != platform.node():
+        return None
+    try:
+        os.kill(info["pid"], 0)
+    except (OSError, KeyError, TypeError):
+        return None
+    return info["pid"]
+
+
 def _record_exit(runs, row, proc, code, started, threads):
+    if os.path.exists(os.path.join(runs, row, RUNNING)):
+        os.remove(os.path.join(runs, row, RUNNING))
     append_jsonl(os.path.join(runs, row, "attempts.jsonl"), dict(
         engine="local", pid=proc.pid, started=started, ended=time.time(), returncode=code,
         load_average_at_end=load_average(),
@@ -603,8 +618,10 @@ def row_status(runs, row, elapsed=True):
         final = states[ids[-1]][0] if ids[-1] in states else accounting_state(ids[-1]) or "no longer in the queue"
         tail = last_line(os.path.join(folder, "slurm-{}.out".format(ids[-1])))
         return "failed or stopped (job {}: {}), {}; last log line: {}".format(ids[-1], final, progress, tail)
-    attempts = [json.loads(line) for line in open(os.path.join(folder, "attempts.jsonl"))] \
-        if os.path.exists(os.path.join(folder, "attempts.jsonl")) else []
+    pid = running_here(folder)
+    if pid:
+        return "running (pid {}), {}".format(pid, progress)
+    attempts = tables.read_log(os.path.join(folder, "attempts.jsonl"))
     if attempts and attempts[-1]["returncode"] not in (0, None):
         return "failed (exit {}), {}; last log line: {}".format(attempts[-1]["returncode"], progress,
                                                                  last_line(os.path.join(folder, "run.log")))
@@ -721,7 +738,8 @@ def main(argv=None):
     if not todo:
         failed = []
     elif args.engine == "slurm":
-        submit_slurm(runs, todo, args.budget, args.data_dir, args.slurm_args)
+        with RunsLock(runs):
+            submit_slurm(runs, todo, args.budget, args.data_dir, args.slurm_args)
         failed = wait_slurm(runs, rows, list(ROWS)) if args.wait else []
     else:
         with RunsLock(runs):

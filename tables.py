@@ -295,7 +295,8 @@ def markdown(table):
             _verdict(r), r["budget"] or "—", epochs, _duration(r["seconds"]), r["data"]["label"]))
     out += ["", "Agreement rule: within {} published standard deviations where the paper gives mean ± std "
             "(6 runs), else within {:.0f} % of the published error. Only paper-budget runs on the official data "
-            "are compared.".format(published.SIGMAS, 100 * published.TOLERANCE_RELATIVE), ""]
+            "are compared. Time: the epochs' training and evaluation (compilation and data loading not "
+            "included).".format(published.SIGMAS, 100 * published.TOLERANCE_RELATIVE), ""]
     out += ["## What each row ran", ""]
     for r in table["rows"]:
         if r["command"] is None:

@@ -412,3 +412,19 @@ def test_an_interrupted_local_run_resumes_to_the_uninterrupted_numbers(tmp_path,
     assert "Resuming after epoch {}".format(stopped["epochs_done"]) in open(
         os.path.join(runs, "mnist-bnn", "run.log")).read()
     assert log_values(log) == log_values(os.path.join(str(tmp_path / "reference"), "mnist-bnn", "log.jsonl"))
+
+
+def test_status_names_a_local_run_that_is_alive(tmp_path):
+    folder = write_row(tmp_path, "mnist-bnn", "smoke", results(5.0, epochs=10, done=3), log=LOG)
+    tables.write_text(os.path.join(folder, reproduce.RUNNING), json.dumps(dict(pid=os.getpid(),
+                                                                           hostname=reproduce.platform.node())))
+    assert reproduce.row_status(str(tmp_path), "mnist-bnn").startswith("running (pid {}), epoch".format(os.getpid()))
+
+
+def test_status_of_a_failed_local_run_shows_its_last_log_line(tmp_path):
+    folder = write_row(tmp_path, "mnist-bnn", "smoke")
+    reproduce.append_jsonl(os.path.join(folder, "attempts.jsonl"), dict(returncode=2))
+    with open(os.path.join(folder, "run.log"), "w") as f:
+        f.write("Loading MNIST dataset...\nerror: MNIST files missing in /x\n")
+    assert reproduce.row_status(str(tmp_path), "mnist-bnn") == \
+        "failed (exit 2), no finished epoch yet; last log line: error: MNIST files missing in /x"
