@@ -428,3 +428,31 @@ def test_status_of_a_failed_local_run_shows_its_last_log_line(tmp_path):
         f.write("Loading MNIST dataset...\nerror: MNIST files missing in /x\n")
     assert reproduce.row_status(str(tmp_path), "mnist-bnn") == \
         "failed (exit 2), no finished epoch yet; last log line: error: MNIST files missing in /x"
+
+
+def test_report_and_tables_commands_rebuild_the_report(tmp_path, capsys):
+    write_row(tmp_path, "mnist-bc-det", "smoke", results(1.5), log=LOG)
+    assert reproduce.main(["--report", "--runs", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.startswith("# NOT a reproduction of the papers")
+    os.remove(str(tmp_path / "TABLE.md"))
+    assert tables.main([str(tmp_path)]) == 0
+    assert os.path.exists(str(tmp_path / "TABLE.md"))
+
+
+def test_report_refuses_a_folder_reproduce_did_not_make(tmp_path):
+    with pytest.raises(UsageError, match="not a runs folder made by reproduce.py"):
+        reproduce.main(["--report", "--runs", str(tmp_path)])
+
+
+def test_stand_in_data_is_in_the_official_formats(tmp_path):
+    done = subprocess.run([sys.executable, "scripts/stand_in_data.py", str(tmp_path), "--small"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    x_train, y_train, x_test, y_test = datasets.load_cifar10_raw(str(tmp_path / "cifar10"))
+    assert x_train.shape == (5000, 3, 32, 32) and x_test.shape == (1000, 3, 32, 32)
+    svhn = datasets.load_svhn_raw(str(tmp_path / "svhn"), use_extra=False)
+    assert svhn["valid"][0].shape == (4000, 3, 32, 32) and svhn["train"][0].shape == (2000, 3, 32, 32)
+    assert datasets.load_mnist("pm1", str(tmp_path / "mnist"))["X_test"].shape == (1000, 1, 28, 28)
+    for dataset in ("mnist", "cifar10", "svhn"):
+        identity = tables.data_identity(dataset, str(tmp_path / dataset))
+        assert identity["official"] is False and "random-pixel stand-in" in identity["label"]
