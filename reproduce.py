@@ -319,6 +319,18 @@ def describe_host(threads=None):
                        time=time.strftime("%Y-%m-%d %H:%M:%S"), load_average=load_average())
 
 
+def cpu_seconds(pid):
+    """CPU time (user + system) a process has used so far, from /proc; None where it cannot be read.
+
+    On a crowded machine this, not the wall time, tells how long a row takes on a quiet one (one thread each)."""
+    try:
+        with open("/proc/{}/stat".format(pid)) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def append_jsonl(path, record):
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
@@ -413,7 +425,7 @@ def run_local(runs, rows, budget, data_dir, jobs, threads, report_rows, stream=s
     """Run the rows as parallel processes, `jobs` at a time with `threads` BLAS/OpenMP threads each; the report
     is rebuilt after every finished epoch. Returns the rows that failed."""
     board = StatusBoard(rows, stream)
-    waiting, running, failed = list(rows), {}, []
+    waiting, running, failed, cpu = list(rows), {}, [], {}
     epochs_seen = {row: len(tables.read_log(os.path.join(runs, row, "log.jsonl"))) for row in rows}
     old_handler = signal.signal(signal.SIGTERM, _raise_interrupted)
     try:
@@ -432,11 +444,12 @@ def run_local(runs, rows, budget, data_dir, jobs, threads, report_rows, stream=s
                     epochs_seen[row] = epochs
                     changed.append(row)
                 if code is None:
+                    cpu[row] = cpu_seconds(proc.pid) or cpu.get(row)
                     board.update(row, progress_text(runs, row))
                     continue
                 del running[row]
                 log_file.close()
-                _record_exit(runs, row, proc, code, started, threads)
+                _record_exit(runs, row, proc, code, started, threads, cpu.get(row))
                 changed.append(row)
                 if code == 0 and finished(runs, row):
                     board.update(row, progress_text(runs, row))
@@ -453,7 +466,7 @@ def run_local(runs, rows, budget, data_dir, jobs, threads, report_rows, stream=s
         for row, (proc, log_file, started) in running.items():
             code = proc.wait()
             log_file.close()
-            _record_exit(runs, row, proc, code, started, threads)
+            _record_exit(runs, row, proc, code, started, threads, cpu.get(row))
         tables.write_report(runs, report_rows)
         stream.write("interrupted: every row keeps its last finished epoch; rerun the same command to continue\n")
         raise KeyboardInterrupt
@@ -488,12 +501,12 @@ def running_here(folder):
     return info["pid"]
 
 
-def _record_exit(runs, row, proc, code, started, threads):
+def _record_exit(runs, row, proc, code, started, threads, cpu=None):
     if os.path.exists(os.path.join(runs, row, RUNNING)):
         os.remove(os.path.join(runs, row, RUNNING))
     append_jsonl(os.path.join(runs, row, "attempts.jsonl"), dict(
         engine="local", pid=proc.pid, started=started, ended=time.time(), returncode=code,
-        load_average_at_end=load_average(),
+        cpu_seconds=None if cpu is None else round(cpu, 1), load_average_at_end=load_average(),
         environment={name: str(threads) for name in THREAD_VARIABLES}, hostname=platform.node()))
 
 

@@ -26,6 +26,7 @@ from plumbing.errors import RunError  # noqa: E402
 
 RUN_SETTINGS = "reproduce.json"   # RUNS/reproduce.json (the folder) and RUNS/ROW/reproduce.json (one row)
 HOST = "host.json"                # RUNS/ROW/host.json: the machine a row last ran on
+ATTEMPTS = "attempts.jsonl"       # RUNS/ROW/attempts.jsonl: one line per local process (times, exit, CPU time)
 DATA_CACHE = "data_identity.json"  # RUNS/data_identity.json: digests of the data files, by path, size and mtime
 TABLE_MD, TABLE_JSON = "TABLE.md", "TABLE.json"
 DATA_LABEL = "DATA_LABEL.txt"     # optional first line describing a data folder (scripts/stand_in_data.py writes it)
@@ -75,7 +76,8 @@ def row_state(runs, row):
     return dict(settings=read_json(os.path.join(folder, RUN_SETTINGS)),
                 results=read_json(os.path.join(folder, "results.json")),
                 log=read_log(os.path.join(folder, "log.jsonl")),
-                host=read_json(os.path.join(folder, HOST)))
+                host=read_json(os.path.join(folder, HOST)),
+                attempts=read_log(os.path.join(folder, ATTEMPTS)))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -183,6 +185,12 @@ def compare(cell, ours):
     return diff, tol, rule, abs(diff) <= tol + 1e-9
 
 
+def _total_cpu(attempts):
+    """CPU seconds of a row's processes over all attempts (None unless every attempt measured it)."""
+    values = [a.get("cpu_seconds") for a in attempts]
+    return round(sum(values), 1) if values and None not in values else None
+
+
 def table_row(row, state, data):
     """The report's record of one row (TABLE.json); `data` is the data identity of the row's files."""
     cell = published.cell(row)
@@ -212,6 +220,8 @@ def table_row(row, state, data):
         epochs_done=results.get("epochs_done") if results else len(log) or None,
         epochs_planned=results.get("epochs") if results else settings.get("epochs"),
         seconds=results.get("seconds") if results else None,
+        wall_seconds=sum(a["ended"] - a["started"] for a in state["attempts"]) if state["attempts"] else None,
+        cpu_seconds=_total_cpu(state["attempts"]), processes=len(state["attempts"]),
         data=data, environment=results.get("environment") if results else None, host=state["host"],
         command=settings.get("command"))
     return record
@@ -305,6 +315,11 @@ def markdown(table):
         env, host = r["environment"] or {}, r["host"] or {}
         out.append("* **{}** ({}): `{}`".format(r["row"], r["status"], " ".join(r["command"])))
         out.append("  * budget {}; reductions: {}".format(r["budget"], "; ".join(r["reductions"]) or "none"))
+        if r["wall_seconds"] is not None:
+            out.append("  * wall time {} over {} process(es){}".format(
+                _duration(r["wall_seconds"]), r["processes"],
+                "" if r["cpu_seconds"] is None else ", CPU time {} (compilation by g++ not counted)".format(
+                    _duration(r["cpu_seconds"]))))
         if r["best_epoch"] is not None:
             out.append("  * best validation error {} at epoch {}".format(_pct(r["best_val_error"]), r["best_epoch"]))
         out.append("  * data: {}".format(r["data"]["label"]))

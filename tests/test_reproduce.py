@@ -456,3 +456,22 @@ def test_stand_in_data_is_in_the_official_formats(tmp_path):
     for dataset in ("mnist", "cifar10", "svhn"):
         identity = tables.data_identity(dataset, str(tmp_path / dataset))
         assert identity["official"] is False and "random-pixel stand-in" in identity["label"]
+
+
+def test_cpu_seconds_reads_this_process():
+    spent = reproduce.cpu_seconds(os.getpid())
+    sum(i * i for i in range(200000))
+    assert 0 < spent <= reproduce.cpu_seconds(os.getpid())
+    assert reproduce.cpu_seconds(2 ** 22 + 12345) is None
+
+
+def test_wall_and_cpu_time_add_up_over_attempts(tmp_path):
+    folder = write_row(tmp_path, "mnist-bnn", "smoke", results(5.0), log=LOG)
+    reproduce.append_jsonl(os.path.join(folder, "attempts.jsonl"), dict(started=10, ended=70, cpu_seconds=50.0,
+                                                                         returncode=130))
+    reproduce.append_jsonl(os.path.join(folder, "attempts.jsonl"), dict(started=100, ended=130, cpu_seconds=25.5,
+                                                                         returncode=0))
+    r = record(tables.build_table(str(tmp_path), ["mnist-bnn"]), "mnist-bnn")
+    assert (r["wall_seconds"], r["cpu_seconds"], r["processes"]) == (90, 75.5, 2)
+    assert "wall time 1m30s over 2 process(es), CPU time 1m16s" in tables.markdown(
+        tables.build_table(str(tmp_path), ["mnist-bnn"]))
