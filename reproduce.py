@@ -475,12 +475,13 @@ def run_local(runs, rows, budget, data_dir, jobs, threads, report_rows, stream=s
     return failed
 
 
-def _start(runs, row, budget, data_dir, threads):
+def _start(runs, row, budget, data_dir, threads, log_to="run.log"):
+    """Start one row's run with `threads` threads; its output goes to RUNS/ROW/run.log (log_to=None: to ours)."""
     folder = os.path.join(runs, row)
     command = row_command(row, budget, runs, data_dir)
     env = dict(os.environ, PYTHONUNBUFFERED="1", **thread_env(threads))
     tables.write_text(os.path.join(folder, tables.HOST), json.dumps(describe_host(threads), indent=2) + "\n")
-    log_file = open(os.path.join(folder, "run.log"), "a")
+    log_file = open(os.path.join(folder, log_to), "a") if log_to else sys.stdout
     log_file.write("=== {} {}\n".format(time.strftime("%Y-%m-%d %H:%M:%S"), shlex.join(command)))
     log_file.flush()
     proc = subprocess.Popen(command, cwd=HERE, env=env, stdout=log_file, stderr=subprocess.STDOUT,
@@ -501,11 +502,12 @@ def running_here(folder):
     return info["pid"]
 
 
-def _record_exit(runs, row, proc, code, started, threads, cpu=None):
+def _record_exit(runs, row, proc, code, started, threads, cpu=None, engine="local"):
     if os.path.exists(os.path.join(runs, row, RUNNING)):
         os.remove(os.path.join(runs, row, RUNNING))
     append_jsonl(os.path.join(runs, row, "attempts.jsonl"), dict(
-        engine="local", pid=proc.pid, started=started, ended=time.time(), returncode=code,
+        engine=engine, job=os.environ.get("SLURM_JOB_ID"), pid=proc.pid, started=started, ended=time.time(),
+        returncode=code,
         cpu_seconds=None if cpu is None else round(cpu, 1), load_average_at_end=load_average(),
         environment={name: str(threads) for name in THREAD_VARIABLES}, hostname=platform.node()))
 
@@ -514,34 +516,54 @@ def _record_exit(runs, row, proc, code, started, threads, cpu=None):
 # Slurm engine
 # ---------------------------------------------------------------------------------------------------------
 def job_script(runs, row, budget, data_dir, python=None):
-    """The sbatch script of one row: requeue-safe (always --resume), SIGTERM 2 minutes before the time limit
-    goes to the run itself (it keeps every finished epoch), then the report is rebuilt."""
+    """The sbatch script of one row. Requeue-safe: a requeued job runs the same script, and the row's command
+    always has --resume. SIGTERM two minutes before the time limit goes to the supervisor (--run-row), which
+    passes it on to the run: every finished epoch is kept."""
     folder = os.path.join(os.path.abspath(runs), row)
     python = python or sys.executable
-    command = shlex.join(row_command(row, budget, runs, data_dir, python))
-    threads = "${SLURM_CPUS_PER_TASK:-${SLURM_CPUS_ON_NODE:-1}}"
-    exports = "\n".join("export {}={}".format(name, threads) for name in THREAD_VARIABLES)
+    supervisor = [python, "reproduce.py", "--run-row", row, "--runs", os.path.abspath(runs), "--budget", budget]
+    if data_dir is not None:
+        supervisor += ["--data-dir", os.path.abspath(data_dir)]
     return """#!/bin/bash
 #SBATCH --job-name=reproduce-{row}
 #SBATCH --output={folder}/slurm-%j.out
 #SBATCH --open-mode=append
 #SBATCH --requeue
 #SBATCH --signal=B:TERM@120
-# Written by reproduce.py. The run continues from its last finished epoch when the job is requeued.
+# Written by reproduce.py. Runs, with one BLAS/OpenMP thread per CPU of the job:
+#   {command}
+# then rebuilds the report. A requeued job continues from the last finished epoch.
 cd {here}
-{exports}
-export PYTHONUNBUFFERED=1
-{python} reproduce.py --describe-host {folder} || true
-{command} &
-child=$!
-trap 'kill -TERM $child' TERM INT
-wait $child
-status=$?
-if kill -0 $child 2>/dev/null; then wait $child; status=$?; fi
-{python} reproduce.py --runs {runs} --report --quiet || true
-exit $status
-""".format(row=row, folder=shlex.quote(folder), here=shlex.quote(HERE), exports=exports, python=shlex.quote(python),
-           command=command, runs=shlex.quote(os.path.abspath(runs)))
+exec {supervisor}
+""".format(row=row, folder=folder, here=shlex.quote(HERE), supervisor=shlex.join(supervisor),
+           command=shlex.join(row_command(row, budget, runs, data_dir, python)))
+
+
+def slurm_threads():
+    """The CPUs Slurm gave this job (one BLAS/OpenMP thread each)."""
+    for name in ("SLURM_CPUS_PER_TASK", "SLURM_CPUS_ON_NODE"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 1
+
+
+def supervise_row(runs, row, budget, data_dir, threads, report_rows):
+    """Run one row in the foreground (inside a Slurm job): SIGTERM/SIGINT are passed on to the run, the attempt
+    (times, exit status, CPU time) is recorded and the report rebuilt at the end. Returns the run's exit status."""
+    proc, log_file, started = _start(runs, row, budget, data_dir, threads, log_to=None)
+    forward = lambda signum, frame: proc.send_signal(signal.SIGTERM)  # noqa: E731
+    old = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    cpu = None
+    try:
+        while proc.poll() is None:
+            cpu = cpu_seconds(proc.pid) or cpu
+            time.sleep(POLL_SECONDS)
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+    _record_exit(runs, row, proc, proc.returncode, started, threads, cpu, engine="slurm")
+    tables.write_report(runs, report_rows, curves_for=[row])
+    return proc.returncode
 
 
 def slurm_command(name, *args):
@@ -690,8 +712,7 @@ def parse_args(argv):
     p.add_argument("--report", action="store_true", help="only rebuild TABLE.md, TABLE.json and the plots")
     p.add_argument("--dry-run", action="store_true", help="print the exact commands, run nothing")
     p.add_argument("--status", action="store_true", help="print each row's state (queue and runs folder)")
-    p.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--describe-host", metavar="FOLDER", help=argparse.SUPPRESS)
+    p.add_argument("--run-row", metavar="ROW", help=argparse.SUPPRESS)  # inside a Slurm job (job.sh)
     args = p.parse_args(argv)
     args.runs = args.runs or os.path.join("runs", args.budget)
     return args
@@ -717,9 +738,10 @@ def dry_run(runs, rows, budget, data_dir, engine, jobs, threads, slurm_args, str
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.describe_host:
-        tables.write_text(os.path.join(args.describe_host, tables.HOST), json.dumps(describe_host(), indent=2) + "\n")
-        return 0
+    if args.run_row:
+        if args.run_row not in ROWS:
+            raise UsageError("unknown row {!r}; rows are {}".format(args.run_row, ", ".join(ROWS)))
+        return supervise_row(args.runs, args.run_row, args.budget, args.data_dir, slurm_threads(), list(ROWS))
     rows = select_rows(args.only)
     runs = args.runs
     if args.report or args.status:
@@ -732,7 +754,7 @@ def main(argv=None):
             for row in rows:
                 print("{}  {}".format(row.ljust(width), row_status(runs, row)))
         table = tables.write_report(runs, settings["rows"])
-        if args.report and not args.quiet:
+        if args.report:
             print(tables.markdown(table))
         return 0
     check_data_dir(args.data_dir, rows)

@@ -134,7 +134,16 @@ def test_job_script_is_requeue_safe(tmp_path):
     script = reproduce.job_script(str(tmp_path), "svhn-bnn", "short", "/data")
     assert "#SBATCH --requeue" in script and "#SBATCH --signal=B:TERM@120" in script
     assert "svhn.py --method binarynet --no-extra --width 0.25" in script and "--resume" in script
-    assert "export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-${SLURM_CPUS_ON_NODE:-1}}" in script
+    assert script.rstrip().endswith("reproduce.py --run-row svhn-bnn --runs {} --budget short --data-dir /data".format(
+        tmp_path))
+
+
+def test_a_slurm_job_gets_one_thread_per_cpu(monkeypatch):
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+    monkeypatch.setenv("SLURM_CPUS_ON_NODE", "3")
+    assert reproduce.slurm_threads() == 3
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "8")
+    assert reproduce.slurm_threads() == 8
 
 
 def test_slurm_args_may_start_with_dashes():

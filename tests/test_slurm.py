@@ -116,6 +116,10 @@ def test_slurm_runs_rows_and_resumes_cancelled_and_requeued_jobs(slurm, slow_dat
     assert final.stdout.count("done: test") == 2, final.stdout
     table = json.load(open(os.path.join(interrupted, "TABLE.json")))
     assert [r["epochs_done"] for r in table["rows"] if r["row"] in ROWS.split(",")] == [EPOCHS, EPOCHS]
+    for row in ROWS.split(","):  # the supervisor recorded each job's attempt with its CPU time and 1 thread
+        attempts = [json.loads(line) for line in open(os.path.join(interrupted, row, "attempts.jsonl"))]
+        assert [a["job"] for a in attempts][-1] == last_job(interrupted, row) and attempts[-1]["returncode"] == 0
+        assert attempts[-1]["cpu_seconds"] > 0 and attempts[-1]["environment"]["OMP_NUM_THREADS"] == "1"
 
 
 def test_slurm_status_of_a_folder_without_jobs(slurm, tmp_path):
