@@ -287,12 +287,22 @@ def _duration(seconds):
         "{}m{:02d}s".format(seconds // 60, seconds % 60)
 
 
+def short_data(data):
+    """The data column of TABLE.md: the MD5 verdict in a few words (the full label is below the table)."""
+    if data.get("official") is True:
+        return "official (MD5 verified)"
+    if data.get("official") is False:
+        return "NOT the official data" + (": " + data["description"] if data.get("description") else "")
+    return "—" if data.get("label") == "—" else "unknown"
+
+
 def markdown(table):
     """TABLE.md: the comparison, then per row what was run and on what."""
     out = ["# " + table["title"], "",
            "Runs folder `{}`, written {}. Errors in percent: test error at the best validation epoch.".format(
                table["runs"], table["generated"]), "",
-           "| row | paper cell | published | ours | difference | agrees | budget | epochs | time | data |",
+           "| row | paper cell | published | ours | difference | agrees | budget | epochs | time: epochs / wall / CPU "
+           "| data |",
            "|---|---|---|---|---|---|---|---|---|---|"]
     for r in table["rows"]:
         p = r["published"]
@@ -302,11 +312,13 @@ def markdown(table):
         diff = "—" if r["difference"] is None else "{:+.2f}".format(r["difference"])
         out.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
             r["row"], cell, _pct(p and p["error"], p and p["spread"]) if p else "—", _pct(r["ours"]), diff,
-            _verdict(r), r["budget"] or "—", epochs, _duration(r["seconds"]), r["data"]["label"]))
+            _verdict(r), r["budget"] or "—", epochs, " / ".join(_duration(r[k]) for k in (
+                "seconds", "wall_seconds", "cpu_seconds")), short_data(r["data"])))
     out += ["", "Agreement rule: within {} published standard deviations where the paper gives mean ± std "
             "(6 runs), else within {:.0f} % of the published error. Only paper-budget runs on the official data "
-            "are compared. Time: the epochs' training and evaluation (compilation and data loading not "
-            "included).".format(published.SIGMAS, 100 * published.TOLERANCE_RELATIVE), ""]
+            "are compared. Time: the epochs' training and evaluation; the wall time of the run's processes (with "
+            "compilation and data loading); their CPU time (one thread each: about the wall time on a quiet "
+            "machine).".format(published.SIGMAS, 100 * published.TOLERANCE_RELATIVE), ""]
     out += ["## What each row ran", ""]
     for r in table["rows"]:
         if r["command"] is None:
