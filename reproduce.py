@@ -694,16 +694,16 @@ def parse_args(argv):
         if argv[i] == "--slurm-args":
             argv[i:i + 2] = ["--slurm-args=" + argv[i + 1]]
             break
-    p = cli.Parser(__doc__.splitlines()[0])
+    p = cli.Parser(__doc__.splitlines()[0], formatter_class=None)  # the help texts name their defaults
     p.add_argument("--only", metavar="ROWS",
                    help="comma list of rows or globs, e.g. 'mnist-*' (default: all): " + ", ".join(ROWS))
     p.add_argument("--budget", default="paper", choices=list(BUDGETS), metavar="{smoke,short,paper}",
                    help="smoke: minutes per row (plumbing check); short: about an hour per row on 2 cores; "
-                        "paper: the original schedules")
+                        "paper: the original schedules (the default)")
     p.add_argument("--data-dir", help="folder holding mnist/, cifar10/, svhn/ (default: the scripts download)")
     p.add_argument("--runs", help="runs folder (default: runs/BUDGET)")
     p.add_argument("--engine", choices=["local", "slurm"], default="local",
-                   help="local: parallel processes here; slurm: one sbatch job per row")
+                   help="local (the default): parallel processes here; slurm: one sbatch job per row")
     p.add_argument("--jobs", type=cli.positive_int,
                    help="local engine: rows run at once (default: from the cores and the free memory)")
     p.add_argument("--slurm-args", default="", help='options for sbatch, e.g. "--partition=cpu --time=2-0 '

@@ -230,11 +230,14 @@ def table_row(row, state, data):
 # ---------------------------------------------------------------------------------------------------------
 # The whole report
 # ---------------------------------------------------------------------------------------------------------
-def title(budgets, all_official):
+def title(budgets, all_official, unfinished=0, ran=1):
     """The table's title; anything but the paper budget on official data says it is not a reproduction."""
     budgets = sorted(b for b in budgets if b)
+    if not ran:
+        return "No results yet (budget {}): the published test errors".format(", ".join(budgets) or "unknown")
     if budgets == ["paper"] and all_official:
-        return "Reproduction of the published test errors (paper schedules, official data)"
+        return "Reproduction of the published test errors (paper schedules, official data{})".format(
+            "; {} row(s) still running or interrupted".format(unfinished) if unfinished else "")
     parts = []
     if budgets != ["paper"]:
         parts.append("reduced budget: {}".format(", ".join(budgets) or "unknown"))
@@ -260,7 +263,8 @@ def build_table(runs, rows, folder_settings=None, data_cache=None):
     ran = [r for r in records if r["ours"] is not None]
     budgets = {r["budget"] for r in ran} or {folder_settings.get("budget")}
     all_official = bool(ran) and all(r["data"].get("official") is True for r in ran)
-    return dict(title=title(budgets, all_official), generated=time.strftime("%Y-%m-%d %H:%M:%S"),
+    unfinished = sum(1 for r in ran if r["status"] != "finished")
+    return dict(title=title(budgets, all_official, unfinished, len(ran)), generated=time.strftime("%Y-%m-%d %H:%M:%S"),
                 budget=folder_settings.get("budget"), runs=os.path.abspath(runs), rows=records,
                 report_host=dict(hostname=platform.node(), python=platform.python_version()))
 

@@ -484,3 +484,15 @@ def test_wall_and_cpu_time_add_up_over_attempts(tmp_path):
     assert (r["wall_seconds"], r["cpu_seconds"], r["processes"]) == (90, 75.5, 2)
     assert "wall time 1m30s over 2 process(es), CPU time 1m16s" in tables.markdown(
         tables.build_table(str(tmp_path), ["mnist-bnn"]))
+
+
+def test_a_paper_table_with_an_unfinished_row_says_so(tmp_path):
+    write_row(tmp_path, "mnist-bc-det", "paper", results(1.30, epochs=250, done=250))
+    write_row(tmp_path, "mnist-float", "paper", results(1.30, epochs=250, done=20))
+    assert tables.build_table(str(tmp_path), ["mnist-bc-det", "mnist-float"])["title"].endswith(
+        "official data; 1 row(s) still running or interrupted)")
+
+
+def test_a_folder_without_results_has_no_results_yet(tmp_path):
+    reproduce.write_settings(str(tmp_path), "short", None, ["mnist-bnn"])
+    assert tables.build_table(str(tmp_path), ["mnist-bnn"])["title"].startswith("No results yet (budget short)")
