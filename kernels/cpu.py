@@ -22,14 +22,18 @@ import numpy as np
 from plumbing.errors import ArchiveError
 
 __all__ = ["KernelError", "pack_rows", "pack_cols", "xnor_gemm_packed", "xnor_gemm", "baseline_gemm",
-           "cpu_features", "available_paths", "library_path", "PATHS"]
+           "cpu_features", "available_paths", "tuning_info", "set_tuning", "measure_rate", "library_path", "PATHS", "RATES"]
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "xnor_cpu.c")
 CFLAGS = ["-O3", "-shared", "-fPIC", "-pthread", "-fvisibility=hidden", "-std=gnu11"]
-PATHS = {"auto": 0, "avx512": 1, "portable": 2}
-_ERRORS = {1: "the 'avx512' path needs AVX-512F and AVX-512 VPOPCNTDQ, which this CPU lacks; use path='auto' "
-              "or 'portable'",
-           2: "unknown path code", 3: "bad thread count"}
+PATHS = {"auto": 0, "avx512": 1, "portable": 2, "avx2": 3, "neon": 4}
+# What each path needs from the CPU (for the error message when it is missing).
+NEEDS = {"avx512": "AVX-512 F, DQ, VL, BW and VPOPCNTDQ", "avx2": "AVX2", "neon": "an AArch64 CPU (Advanced SIMD)",
+         "portable": "nothing"}
+# Instruction loops xnor_measure_rate times (see benchmark.py): code -> description.
+RATES = {"popcnt512": (0, "vpopcntq zmm instructions"), "product512": (1, "512-bit xor + vpopcntq + vpaddq products"),
+         "add512": (2, "vpaddq zmm instructions"), "add256": (3, "vpaddq ymm instructions")}
+_ERRORS = {1: "the requested code path cannot run on this CPU", 2: "unknown path code", 3: "bad thread count", 4: "out of memory for the packed operands"}
 
 _lib = None
 
@@ -93,6 +97,10 @@ def _load():
     signatures = {
         "xnor_has_avx512_vpopcntdq": [],
         "xnor_has_popcnt": [],
+        "xnor_path_available": [i32],
+        "xnor_tuning_info": [ctypes.c_char_p, i32, ptr, ptr, ptr],
+        "xnor_measure_rate": [i32, i32, ctypes.c_double, ptr],
+        "xnor_gemm_f32": [ptr, ptr, i64, i64, i64, ptr, i32, i32],
         "xnor_pack_rows": [ptr, i64, i64, ptr, i32, i32],
         "xnor_pack_cols": [ptr, i64, i64, ptr, i32, i32],
         "xnor_gemm_packed": [ptr, ptr, i64, i64, i64, ptr, i32, i32],
@@ -101,6 +109,7 @@ def _load():
     for name, args in signatures.items():
         fn = getattr(lib, name)
         fn.argtypes, fn.restype = args, ctypes.c_int
+    lib.xnor_set_tuning.argtypes, lib.xnor_set_tuning.restype = [i32, ctypes.c_double, i32], None
     _lib = lib
     return lib
 
@@ -119,6 +128,9 @@ def _threads(threads):
 def _path(path):
     if path not in PATHS:
         raise KernelError("path must be one of {}, got {!r}".format(sorted(PATHS), path))
+    if path != "auto" and not _load().xnor_path_available(PATHS[path]):
+        raise KernelError("the {!r} path needs {}, which this CPU lacks; use path='auto' (available here: {})"
+                          .format(path, NEEDS[path], ", ".join(available_paths())))
     return PATHS[path]
 
 
@@ -197,9 +209,15 @@ def _check_product(A, B):
 
 
 def xnor_gemm(A, B, threads=None, path="auto"):
-    """sign(A) @ sign(B) as float32, sign(0) = +1, by packing both and running the XNOR-popcount GEMM (§4.3)."""
+    """sign(A) @ sign(B) as float32, sign(0) = +1, by packing both and running the XNOR-popcount GEMM (§4.3).
+
+    One C call: the packing is fused into the GEMM's pipeline (docs/kernels.md), same result as
+    xnor_gemm_packed(pack_rows(A), pack_cols(B), n)."""
     A, B = _check_product(A, B)
-    return xnor_gemm_packed(pack_rows(A, threads, path), pack_cols(B, threads, path), A.shape[1], threads, path)
+    C = np.empty((A.shape[0], B.shape[1]), dtype=np.float32)
+    _check(_load().xnor_gemm_f32(_ptr(A), _ptr(B), A.shape[0], A.shape[1], B.shape[1], _ptr(C),
+                                 _threads(threads), _path(path)))
+    return C
 
 
 def baseline_gemm(A, B, threads=None):
@@ -238,4 +256,37 @@ def cpu_features():
 
 def available_paths():
     """Code paths that run on this CPU, fastest first ('auto' picks the first)."""
-    return (["avx512"] if _load().xnor_has_avx512_vpopcntdq() else []) + ["portable"]
+    lib = _load()
+    return [name for name in ("avx512", "avx2", "neon", "portable") if lib.xnor_path_available(PATHS[name])]
+
+
+def tuning_info():
+    """The microarchitecture the GEMM's tuning was chosen for (from cpuid) and the tuning values."""
+    name = ctypes.create_string_buffer(160)
+    l2, rows, share = ctypes.c_int64(), ctypes.c_int(), ctypes.c_double()
+    code = _load().xnor_tuning_info(name, len(name), ctypes.byref(l2), ctypes.byref(rows), ctypes.byref(share))
+    return {"uarch": name.value.decode(), "uarch_code": code, "l2_bytes": l2.value, "task_rows": rows.value,
+            "block_share": share.value}
+
+
+def set_tuning(task_rows=None, block_share=None, prefetch=None):
+    """Override the GEMM tuning chosen for this CPU (benchmarks and tests); None keeps a value.  task_rows is
+    rounded up to a multiple of 24; block_share is the share of L2 a column block of packed B may take."""
+    if task_rows is not None and (isinstance(task_rows, bool) or not isinstance(task_rows, int) or task_rows < 1):
+        raise KernelError("task_rows must be a positive integer, got {!r}".format(task_rows))
+    if block_share is not None and not (isinstance(block_share, (int, float)) and block_share > 0):
+        raise KernelError("block_share must be a positive number, got {!r}".format(block_share))
+    _load().xnor_set_tuning(task_rows or 0, float(block_share or 0), -1 if prefetch is None else int(bool(prefetch)))
+
+
+def measure_rate(which, threads=1, seconds=0.05):
+    """Instructions (or 512-bit products) per second of a register-only loop, summed over `threads` threads
+    running it at once: which is a key of RATES.  None when this CPU lacks the instructions."""
+    if which not in RATES:
+        raise KernelError("which must be one of {}, got {!r}".format(sorted(RATES), which))
+    rate = ctypes.c_double()
+    code = _load().xnor_measure_rate(RATES[which][0], _threads(threads) or 1, float(seconds), ctypes.byref(rate))
+    if code == 1:
+        return None
+    _check(code)
+    return rate.value
