@@ -22,7 +22,8 @@ import numpy as np
 from plumbing.errors import ArchiveError
 
 __all__ = ["KernelError", "pack_rows", "pack_cols", "xnor_gemm_packed", "xnor_gemm", "baseline_gemm",
-           "cpu_features", "available_paths", "tuning_info", "set_tuning", "measure_rate", "library_path", "PATHS", "RATES"]
+           "cpu_features", "available_paths", "resolved_path", "tuning_info", "set_tuning", "measure_rate",
+           "library_path", "PATHS", "NEEDS", "RATES"]
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "xnor_cpu.c")
 CFLAGS = ["-O3", "-shared", "-fPIC", "-pthread", "-fvisibility=hidden", "-std=gnu11"]
@@ -98,7 +99,7 @@ def _load():
         "xnor_has_avx512_vpopcntdq": [],
         "xnor_has_popcnt": [],
         "xnor_path_available": [i32],
-        "xnor_tuning_info": [ctypes.c_char_p, i32, ptr, ptr, ptr],
+        "xnor_tuning_info": [ctypes.c_char_p, i32, ptr, ptr, ptr, ptr],
         "xnor_measure_rate": [i32, i32, ctypes.c_double, ptr],
         "xnor_gemm_f32": [ptr, ptr, i64, i64, i64, ptr, i32, i32],
         "xnor_pack_rows": [ptr, i64, i64, ptr, i32, i32],
@@ -109,7 +110,7 @@ def _load():
     for name, args in signatures.items():
         fn = getattr(lib, name)
         fn.argtypes, fn.restype = args, ctypes.c_int
-    lib.xnor_set_tuning.argtypes, lib.xnor_set_tuning.restype = [i32, ctypes.c_double, i32], None
+    lib.xnor_set_tuning.argtypes, lib.xnor_set_tuning.restype = [i32, ctypes.c_double, i32, ctypes.c_double], None
     _lib = lib
     return lib
 
@@ -260,23 +261,34 @@ def available_paths():
     return [name for name in ("avx512", "avx2", "neon", "portable") if lib.xnor_path_available(PATHS[name])]
 
 
+def resolved_path(path="auto"):
+    """The code path `path` runs on this CPU ('auto' = the first of available_paths())."""
+    _path(path)
+    return available_paths()[0] if path == "auto" else path
+
+
 def tuning_info():
     """The microarchitecture the GEMM's tuning was chosen for (from cpuid) and the tuning values."""
     name = ctypes.create_string_buffer(160)
-    l2, rows, share = ctypes.c_int64(), ctypes.c_int(), ctypes.c_double()
-    code = _load().xnor_tuning_info(name, len(name), ctypes.byref(l2), ctypes.byref(rows), ctypes.byref(share))
+    l2, rows, share, first = ctypes.c_int64(), ctypes.c_int(), ctypes.c_double(), ctypes.c_double()
+    code = _load().xnor_tuning_info(name, len(name), ctypes.byref(l2), ctypes.byref(rows), ctypes.byref(share),
+                                    ctypes.byref(first))
     return {"uarch": name.value.decode(), "uarch_code": code, "l2_bytes": l2.value, "task_rows": rows.value,
-            "block_share": share.value}
+            "block_share": share.value, "first_block": first.value}
 
 
-def set_tuning(task_rows=None, block_share=None, prefetch=None):
+def set_tuning(task_rows=None, block_share=None, prefetch=None, first_block=None):
     """Override the GEMM tuning chosen for this CPU (benchmarks and tests); None keeps a value.  task_rows is
-    rounded up to a multiple of 24; block_share is the share of L2 a column block of packed B may take."""
+    rounded up to a multiple of 24; block_share is the share of L2 a column block of packed B may take;
+    first_block the width of block 0 (packed before any product) as a share of a block."""
     if task_rows is not None and (isinstance(task_rows, bool) or not isinstance(task_rows, int) or task_rows < 1):
         raise KernelError("task_rows must be a positive integer, got {!r}".format(task_rows))
     if block_share is not None and not (isinstance(block_share, (int, float)) and block_share > 0):
         raise KernelError("block_share must be a positive number, got {!r}".format(block_share))
-    _load().xnor_set_tuning(task_rows or 0, float(block_share or 0), -1 if prefetch is None else int(bool(prefetch)))
+    if first_block is not None and not (isinstance(first_block, (int, float)) and 0 < first_block <= 1):
+        raise KernelError("first_block must be in (0, 1], got {!r}".format(first_block))
+    _load().xnor_set_tuning(task_rows or 0, float(block_share or 0), -1 if prefetch is None else int(bool(prefetch)),
+                            float(first_block or 0))
 
 
 def measure_rate(which, threads=1, seconds=0.05):

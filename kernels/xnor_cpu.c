@@ -180,12 +180,13 @@ typedef struct {
     int64_t l2_bytes;
     int task_rows;       /* rows of A per task (a multiple of every kernel's MR) */
     double block_share;  /* column block of packed B = this share of L2 */
+    double first_block;  /* block 0 (packed before any product, not overlapped) = this share of a block */
     int prefetch;        /* 1: prefetch the next task's packing inputs while computing */
 } tuning_t;
 
 static tuning_t choose_tuning(void)
 {
-    tuning_t t = {detect_uarch(), 0, 48, 0.5, 1};
+    tuning_t t = {detect_uarch(), 0, 48, 0.5, 0.5, 1};
     long l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
     t.l2_bytes = l2 > 0 ? l2 : 1 << 20;
     switch (t.uarch) {
@@ -217,7 +218,8 @@ static const tuning_t *get_tuning(void)
 }
 
 /* The microarchitecture name and the tuning values, for reports.  Returns the uarch code. */
-EXPORT int xnor_tuning_info(char *name, int name_len, int64_t *l2_bytes, int *task_rows, double *block_share)
+EXPORT int xnor_tuning_info(char *name, int name_len, int64_t *l2_bytes, int *task_rows, double *block_share,
+                            double *first_block)
 {
     const tuning_t *t = get_tuning();
     if (name && name_len > 0) {
@@ -230,11 +232,13 @@ EXPORT int xnor_tuning_info(char *name, int name_len, int64_t *l2_bytes, int *ta
         *task_rows = t->task_rows;
     if (block_share)
         *block_share = t->block_share;
+    if (first_block)
+        *first_block = t->first_block;
     return t->uarch;
 }
 
-/* Override the tuning (benchmarks): values <= 0 keep the current one. */
-EXPORT void xnor_set_tuning(int task_rows, double block_share, int prefetch)
+/* Override the tuning (benchmarks, tests): values <= 0 (prefetch < 0) keep the current one. */
+EXPORT void xnor_set_tuning(int task_rows, double block_share, int prefetch, double first_block)
 {
     get_tuning();
     if (task_rows > 0)
@@ -243,6 +247,8 @@ EXPORT void xnor_set_tuning(int task_rows, double block_share, int prefetch)
         tuning.block_share = block_share;
     if (prefetch >= 0)
         tuning.prefetch = prefetch;
+    if (first_block > 0)
+        tuning.first_block = MIN(first_block, 1.0);
 }
 
 /* ------------------------------------------------------------------------------------------------------ */
@@ -466,7 +472,7 @@ struct gemm_job {
     float *C;
     int64_t m, n, k, W;
     int64_t task_rows, row_groups;   /* rows of A per task, number of row groups */
-    int64_t panels, block_panels, blocks;
+    int64_t panels, block_panels, first_panels, blocks; /* block 0: first_panels, the others block_panels */
     int64_t slices;                  /* slices per block of B (fused: W word groups; packed: panels) */
     int64_t ntasks;
     int prefetch;
@@ -700,23 +706,23 @@ static const kernel_t *kernel_for(int path)
 
 enum { BAND_COLS = 1024 };
 
-/* Packs the word group into words[0 .. c1 - c0) using a scratch of 2 * BAND_COLS uint32 per chunk. */
+/* Packs the word group into words[0 .. c1 - c0) (any width), using scratch[2 * (c1 - c0)] (uint32).  The rows
+ * of the group are read one after the other, each from c0 to c1: with c0 = 0 and c1 = k that is one sequential
+ * stream through memory, which the hardware prefetchers follow at full bandwidth. */
 static void pack_word_group(const kernel_t *kern, const float *B, int64_t n, int64_t k, int64_t w, int64_t c0,
-                            int64_t c1, uint64_t *words)
+                            int64_t c1, uint64_t *words, uint32_t *scratch)
 {
-    uint32_t lo[BAND_COLS], hi[BAND_COLS];
     int rows = (int)MIN(64, n - 64 * w);
-    for (int64_t j0 = c0; j0 < c1; j0 += BAND_COLS) {
-        int64_t cols = MIN(BAND_COLS, c1 - j0);
-        const float *src = B + 64 * w * k + j0;
-        kern->pack_band(src, k, MIN(rows, 32), cols, lo);
-        if (rows > 32)
-            kern->pack_band(src + 32 * k, k, rows - 32, cols, hi);
-        else
-            memset(hi, 0, sizeof(uint32_t) * (size_t)cols);
-        for (int64_t j = 0; j < cols; j++)
-            words[j0 - c0 + j] = (uint64_t)hi[j] << 32 | lo[j];
-    }
+    int64_t cols = c1 - c0;
+    uint32_t *lo = scratch, *hi = scratch + cols;
+    const float *src = B + 64 * w * k + c0;
+    kern->pack_band(src, k, MIN(rows, 32), cols, lo);
+    if (rows > 32)
+        kern->pack_band(src + 32 * k, k, rows - 32, cols, hi);
+    else
+        memset(hi, 0, sizeof(uint32_t) * (size_t)cols);
+    for (int64_t j = 0; j < cols; j++)
+        words[j] = (uint64_t)hi[j] << 32 | lo[j];
 }
 
 /* ------------------------------------------------------------------------------------------------------ */
@@ -725,12 +731,12 @@ static void pack_word_group(const kernel_t *kern, const float *B, int64_t n, int
 /* Columns of block `cb` of B, and the panels they cover. */
 INLINE int64_t block_first_panel(const gemm_job *g, int64_t cb)
 {
-    return cb * g->block_panels;
+    return cb == 0 ? 0 : MIN(g->panels, g->first_panels + (cb - 1) * g->block_panels);
 }
 
 INLINE int64_t block_end_panel(const gemm_job *g, int64_t cb)
 {
-    return MIN(g->panels, (cb + 1) * g->block_panels);
+    return MIN(g->panels, g->first_panels + cb * g->block_panels);
 }
 
 /* Slice s of block cb of B into the panels.  Fused: word group s of the block's columns, from the floats.
@@ -742,10 +748,11 @@ static void produce_slice(const gemm_job *g, int64_t cb, int64_t s)
     if (g->Bf) {
         int64_t c0 = p0 * nb, c1 = MIN(g->k, p1 * nb);
         uint64_t words[BAND_COLS];
+        uint32_t scratch[2 * BAND_COLS];
         for (int64_t j0 = c0; j0 < p1 * nb; j0 += BAND_COLS) {
             int64_t j1 = MIN(p1 * nb, j0 + BAND_COLS);
             if (j0 < c1)
-                pack_word_group(g->kern, g->Bf, g->n, g->k, s, j0, MIN(j1, c1), words);
+                pack_word_group(g->kern, g->Bf, g->n, g->k, s, j0, MIN(j1, c1), words, scratch);
             for (int64_t j = MAX(j0, c1); j < j1; j++)
                 words[j - j0] = 0; /* columns past k in the last panel */
             for (int64_t j = j0; j < j1; j++)
@@ -901,6 +908,39 @@ static void *aligned_buffer(size_t bytes)
     return aligned_alloc(64, (bytes + 63) / 64 * 64 + 64);
 }
 
+/* A workspace kept between calls (up to WORKSPACE_KEEP bytes), so a call does not pay the page faults of fresh
+ * memory; a concurrent call, or a bigger one, gets its own allocation. */
+#define WORKSPACE_KEEP ((size_t)256 << 20)
+static pthread_mutex_t workspace_lock = PTHREAD_MUTEX_INITIALIZER;
+static char *workspace;
+static size_t workspace_bytes;
+
+static char *workspace_acquire(size_t bytes, int *cached)
+{
+    *cached = 0;
+    if (bytes <= WORKSPACE_KEEP && pthread_mutex_trylock(&workspace_lock) == 0) {
+        if (workspace_bytes < bytes) {
+            free(workspace);
+            workspace = aligned_buffer(bytes);
+            workspace_bytes = workspace ? bytes : 0;
+        }
+        if (workspace) {
+            *cached = 1;
+            return workspace;
+        }
+        pthread_mutex_unlock(&workspace_lock);
+    }
+    return aligned_buffer(bytes);
+}
+
+static void workspace_release(char *ws, int cached)
+{
+    if (cached)
+        pthread_mutex_unlock(&workspace_lock);
+    else
+        free(ws);
+}
+
 /* Shared driver of the fused (floats in) and packed (words in) GEMMs. */
 static int run_gemm(const float *Af, const float *Bf, const uint64_t *Ap, const uint64_t *Bp, int64_t m,
                     int64_t n, int64_t k, float *C, int threads, int path)
@@ -927,27 +967,29 @@ static int run_gemm(const float *Af, const float *Bf, const uint64_t *Ap, const 
     g.panels = (k + kern->nb - 1) / kern->nb;
     int64_t block_bytes = (int64_t)(tune->l2_bytes * tune->block_share);
     g.block_panels = MAX(1, block_bytes / (g.W * 8 * kern->nb));
-    g.blocks = (g.panels + g.block_panels - 1) / g.block_panels;
+    g.first_panels = MIN(g.panels, MAX(1, (int64_t)(g.block_panels * tune->first_block)));
+    g.blocks = 1 + (g.panels - g.first_panels + g.block_panels - 1) / g.block_panels;
     g.slices = Bf ? g.W : g.block_panels;
     g.ntasks = g.row_groups * g.blocks;
 
-    g.Bpan = aligned_buffer(sizeof(uint64_t) * (size_t)(g.panels * g.W * kern->nb));
-    g.Aws = Af ? aligned_buffer(sizeof(uint64_t) * (size_t)(m * g.W)) : NULL;
-    g.rows_ready = calloc((size_t)g.row_groups, sizeof(int64_t));
-    g.slices_done = calloc((size_t)g.blocks, sizeof(int64_t));
-    int status = OK;
-    if (!g.Bpan || (Af && !g.Aws) || !g.rows_ready || !g.slices_done) {
-        status = ERR_MEMORY;
-    } else {
-        g.A = Af ? g.Aws : Ap;
-        int nthreads = thread_count(threads, (double)m * k * g.W, MIN_GEMM_WORK, MAX(g.ntasks, 1));
-        run_workers(nthreads, gemm_worker, &g);
-    }
-    free(g.Bpan);
-    free(g.Aws);
-    free(g.rows_ready);
-    free(g.slices_done);
-    return status;
+    /* One workspace: B's panels, A's packed rows (fused call), the flags. */
+    size_t bpan_bytes = ((size_t)(g.panels * g.W * kern->nb) * sizeof(uint64_t) + 63) / 64 * 64;
+    size_t aws_bytes = Af ? ((size_t)(m * g.W) * sizeof(uint64_t) + 63) / 64 * 64 : 0;
+    size_t flag_bytes = (size_t)(g.row_groups + g.blocks) * sizeof(int64_t);
+    int cached;
+    char *ws = workspace_acquire(bpan_bytes + aws_bytes + flag_bytes, &cached);
+    if (!ws)
+        return ERR_MEMORY;
+    g.Bpan = (uint64_t *)ws;
+    g.Aws = Af ? (uint64_t *)(ws + bpan_bytes) : NULL;
+    g.rows_ready = (int64_t *)(ws + bpan_bytes + aws_bytes);
+    g.slices_done = g.rows_ready + g.row_groups;
+    memset(g.rows_ready, 0, flag_bytes);
+    g.A = Af ? g.Aws : Ap;
+    int nthreads = thread_count(threads, (double)m * k * g.W, MIN_GEMM_WORK, MAX(g.ntasks, 1));
+    run_workers(nthreads, gemm_worker, &g);
+    workspace_release(ws, cached);
+    return OK;
 }
 
 /* C (m x k, float32) from Ap (m x W) and Bp (k x W), W = ceil(n / 64), padding bits zero. */
@@ -984,15 +1026,32 @@ static void pack_rows_task(const void *vctx, int64_t t)
         c->kern->pack_row(c->src + r * c->cols, c->cols, c->dst + r * c->words);
 }
 
-/* Task t: word group t / chunks of the column chunk t % chunks; B is (rows = n) x (cols = k). */
+/* Task t: word group t / chunks of the column chunk t % chunks (chunks of PACK_COLS_CHUNK columns, so the
+ * scratch stays in L2); B is (rows = n) x (cols = k). */
+enum { PACK_COLS_CHUNK = 16384 };
+
 static void pack_cols_task(const void *vctx, int64_t t)
 {
     const pack_ctx *c = (const pack_ctx *)vctx;
-    int64_t w = t / c->chunks, j0 = (t % c->chunks) * BAND_COLS, j1 = MIN(c->cols, j0 + BAND_COLS);
-    uint64_t words[BAND_COLS];
-    pack_word_group(c->kern, c->src, c->rows, c->cols, w, j0, j1, words);
-    for (int64_t j = j0; j < j1; j++)
-        c->dst[j * c->words + w] = words[j - j0];
+    int64_t w = t / c->chunks, j0 = (t % c->chunks) * PACK_COLS_CHUNK, j1 = MIN(c->cols, j0 + PACK_COLS_CHUNK);
+    uint64_t *words = malloc(sizeof(uint64_t) * (size_t)(j1 - j0));
+    uint32_t *scratch = malloc(2 * sizeof(uint32_t) * (size_t)(j1 - j0));
+    if (!words || !scratch) { /* tiny fallback chunks instead of failing */
+        uint64_t wbuf[BAND_COLS];
+        uint32_t sbuf[2 * BAND_COLS];
+        for (int64_t a = j0; a < j1; a += BAND_COLS) {
+            int64_t b = MIN(j1, a + BAND_COLS);
+            pack_word_group(c->kern, c->src, c->rows, c->cols, w, a, b, wbuf, sbuf);
+            for (int64_t j = a; j < b; j++)
+                c->dst[j * c->words + w] = wbuf[j - a];
+        }
+    } else {
+        pack_word_group(c->kern, c->src, c->rows, c->cols, w, j0, j1, words, scratch);
+        for (int64_t j = j0; j < j1; j++)
+            c->dst[j * c->words + w] = words[j - j0];
+    }
+    free(words);
+    free(scratch);
 }
 
 /* Pack the rows of A (m x n) into out (m x ceil(n/64)). */
@@ -1012,7 +1071,7 @@ EXPORT int xnor_pack_cols(const float *B, int64_t n, int64_t k, uint64_t *out, i
     int p = resolve_path(path);
     if (p < 0)
         return p == -1 ? ERR_PATH_UNAVAILABLE : ERR_BAD_PATH;
-    pack_ctx c = {kernel_for(p), B, n, k, (n + 63) / 64, (k + BAND_COLS - 1) / BAND_COLS, out};
+    pack_ctx c = {kernel_for(p), B, n, k, (n + 63) / 64, (k + PACK_COLS_CHUNK - 1) / PACK_COLS_CHUNK, out};
     return parallel_for(threads, c.words * c.chunks, pack_cols_task, &c, (double)n * k, MIN_PACK_WORK);
 }
 
