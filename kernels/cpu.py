@@ -280,7 +280,7 @@ def tuning_info():
 def set_tuning(task_rows=None, block_share=None, prefetch=None, first_block=None):
     """Override the GEMM tuning chosen for this CPU (benchmarks and tests); None keeps a value.  task_rows is
     rounded up to a multiple of 24; block_share is the share of L2 a column block of packed B may take;
-    first_block the width of block 0 (packed before any product) as a share of a block."""
+    first_block the width of block 0 (packed before any product) as a share of B's columns."""
     if task_rows is not None and (isinstance(task_rows, bool) or not isinstance(task_rows, int) or task_rows < 1):
         raise KernelError("task_rows must be a positive integer, got {!r}".format(task_rows))
     if block_share is not None and not (isinstance(block_share, (int, float)) and block_share > 0):

@@ -180,13 +180,14 @@ typedef struct {
     int64_t l2_bytes;
     int task_rows;       /* rows of A per task (a multiple of every kernel's MR) */
     double block_share;  /* column block of packed B = this share of L2 */
-    double first_block;  /* block 0 (packed before any product, not overlapped) = this share of a block */
+    double first_block;  /* block 0 = this share of B's columns (packed before any product; all of A is
+                            packed while block 0 is computed, so it must not be too small either) */
     int prefetch;        /* 1: prefetch the next task's packing inputs while computing */
 } tuning_t;
 
 static tuning_t choose_tuning(void)
 {
-    tuning_t t = {detect_uarch(), 0, 48, 0.5, 0.5, 1};
+    tuning_t t = {detect_uarch(), 0, 48, 0.5, 0.25, 1};
     long l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
     t.l2_bytes = l2 > 0 ? l2 : 1 << 20;
     switch (t.uarch) {
@@ -413,53 +414,18 @@ static void pack_row_neon(const float *x, int64_t n, uint64_t *dst)
 }
 #endif
 
-/* Packing a band of up to 32 rows of a row-major matrix column-wise: acc[j] bit r = [src[r * ld + j] >= 0].
- * The same plain loop is compiled for each instruction set (the compiler vectorises it). */
-typedef void (*pack_band_fn)(const float *src, int64_t ld, int rows, int64_t ncols, uint32_t *acc);
-
-INLINE void pack_band_body(const float *src, int64_t ld, int rows, int64_t ncols, uint32_t *acc)
-{
-    memset(acc, 0, sizeof(uint32_t) * (size_t)ncols);
-    for (int r = 0; r < rows; r++) {
-        const float *row = src + r * ld;
-        const uint32_t bit = 1u << r;
-        for (int64_t j = 0; j < ncols; j++)
-            acc[j] |= row[j] >= 0.0f ? bit : 0u;
-    }
-}
-
-__attribute__((optimize("O3", "tree-vectorize"))) static void
-pack_band_portable(const float *src, int64_t ld, int rows, int64_t ncols, uint32_t *acc)
-{
-    pack_band_body(src, ld, rows, ncols, acc);
-}
-
-#ifdef XNOR_X86
-AVX512 __attribute__((optimize("O3", "tree-vectorize"))) static void
-pack_band_avx512(const float *src, int64_t ld, int rows, int64_t ncols, uint32_t *acc)
-{
-    pack_band_body(src, ld, rows, ncols, acc);
-}
-
-AVX2 __attribute__((optimize("O3", "tree-vectorize"))) static void
-pack_band_avx2(const float *src, int64_t ld, int rows, int64_t ncols, uint32_t *acc)
-{
-    pack_band_body(src, ld, rows, ncols, acc);
-}
-#endif
-
 /* ------------------------------------------------------------------------------------------------------ */
 /* Micro kernels.  Each computes C[i .. i + MR) x [panel columns] from MR packed rows of A and one panel.    */
 
 typedef struct gemm_job gemm_job;
-typedef void (*tile_fn)(const gemm_job *g, int64_t i, int64_t panel);
+/* pf[2w], pf[2w + 1] (w < W) are cache lines to prefetch at word step w: the packing between tiles reads them. */
+typedef void (*tile_fn)(const gemm_job *g, int64_t i, int64_t panel, const char *const *pf);
 
 typedef struct {
     int nb;              /* columns per panel of B */
     int mr;              /* rows of A per micro tile */
     tile_fn tile;
     pack_row_fn pack_row;
-    pack_band_fn pack_band;
 } kernel_t;
 
 struct gemm_job {
@@ -477,7 +443,8 @@ struct gemm_job {
     int64_t ntasks;
     int prefetch;
     /* shared state */
-    int64_t next_task, next_slice0;
+    int64_t next_task, next_slice0, next_slot;
+    uint64_t *thread_words;          /* per thread: block_panels * nb words, then 2 * that many uint32 */
     int64_t *rows_ready;             /* per row group: 1 when its rows of A are packed (fused) */
     int64_t *slices_done;            /* per block: slices of B packed */
 };
@@ -492,7 +459,7 @@ INLINE int64_t tile_cols(const gemm_job *g, int64_t panel)
 #ifdef XNOR_X86
 __attribute__((target_clones("popcnt", "default")))
 #endif
-static void tile_portable(const gemm_job *g, int64_t i, int64_t panel)
+static void tile_portable(const gemm_job *g, int64_t i, int64_t panel, const char *const *pf)
 {
     enum { MR = 4, NB = 4 };
     const int64_t W = g->W;
@@ -502,21 +469,24 @@ static void tile_portable(const gemm_job *g, int64_t i, int64_t panel)
     for (int r = 0; r < MR; r++)
         a[r] = g->A + (i + MIN(r, rows - 1)) * W;
     uint64_t h[MR][NB] = {{0}};
-    for (int64_t w = 0; w < W; w++)
+    for (int64_t w = 0; w < W; w++) {
+        __builtin_prefetch(pf[2 * w], 0, 3);
+        __builtin_prefetch(pf[2 * w + 1], 0, 3);
         for (int r = 0; r < MR; r++)
             for (int c = 0; c < NB; c++)
                 h[r][c] += (uint64_t)__builtin_popcountll(a[r][w] ^ b[w * NB + c]);
+    }
     for (int r = 0; r < rows; r++)
         for (int c = 0; c < cols; c++)
             g->C[(i + r) * g->k + panel * NB + c] = (float)(g->n - 2 * (int64_t)h[r][c]);
 }
 
-static const kernel_t KERNEL_PORTABLE = {4, 4, tile_portable, pack_row_portable, pack_band_portable};
+static const kernel_t KERNEL_PORTABLE = {4, 4, tile_portable, pack_row_portable};
 
 #ifdef XNOR_X86
 /* --- AVX-512: 8 rows x 24 columns (3 vectors of 8 lanes), 24 accumulators ------------------------------ */
 
-AVX512 static void tile_avx512(const gemm_job *g, int64_t i, int64_t panel)
+AVX512 static void tile_avx512(const gemm_job *g, int64_t i, int64_t panel, const char *const *pf)
 {
     enum { MR = 8, NV = 3, NB = 8 * NV };
     const int64_t W = g->W;
@@ -530,6 +500,8 @@ AVX512 static void tile_avx512(const gemm_job *g, int64_t i, int64_t panel)
         for (int v = 0; v < NV; v++)
             h[r][v] = _mm512_setzero_si512();
     for (int64_t w = 0; w < W; w++) {
+        _mm_prefetch(pf[2 * w], _MM_HINT_T0);
+        _mm_prefetch(pf[2 * w + 1], _MM_HINT_T0);
         __m512i bv[NV];
         for (int v = 0; v < NV; v++)
             bv[v] = _mm512_load_si512((const void *)(b + w * NB + 8 * v));
@@ -554,7 +526,7 @@ AVX512 static void tile_avx512(const gemm_job *g, int64_t i, int64_t panel)
     }
 }
 
-static const kernel_t KERNEL_AVX512 = {24, 8, tile_avx512, pack_row_avx512, pack_band_avx512};
+static const kernel_t KERNEL_AVX512 = {24, 8, tile_avx512, pack_row_avx512};
 
 /* --- AVX2: Harley-Seal over groups of 8 words, 1 row x 8 columns (2 vectors of 4 lanes); 16 registers -- */
 
@@ -577,7 +549,7 @@ AVX2 INLINE __m256i popcount_lanes_avx2(__m256i x)
     return _mm256_sad_epu8(_mm256_add_epi8(lo, hi), _mm256_setzero_si256());
 }
 
-AVX2 static void tile_avx2(const gemm_job *g, int64_t i, int64_t panel)
+AVX2 static void tile_avx2(const gemm_job *g, int64_t i, int64_t panel, const char *const *pf)
 {
     enum { MR = 1, NV = 2, NB = 4 * NV };
     const int64_t W = g->W;
@@ -594,6 +566,8 @@ AVX2 static void tile_avx2(const gemm_job *g, int64_t i, int64_t panel)
                                     _mm256_load_si256((const __m256i *)(b + (w) * NB + 4 * (v))))
     int64_t w = 0;
     for (; w + 8 <= W; w += 8) {
+        for (int q = 0; q < 16; q++)
+            _mm_prefetch(pf[2 * w + q], _MM_HINT_T0);
         for (int r = 0; r < MR; r++)
             for (int v = 0; v < NV; v++) {
                 __m256i twosA, twosB, foursA, foursB, eight;
@@ -632,13 +606,13 @@ AVX2 static void tile_avx2(const gemm_job *g, int64_t i, int64_t panel)
 }
 #undef CSA
 
-static const kernel_t KERNEL_AVX2 = {8, 1, tile_avx2, pack_row_avx2, pack_band_avx2};
+static const kernel_t KERNEL_AVX2 = {8, 1, tile_avx2, pack_row_avx2};
 #endif /* XNOR_X86 */
 
 #ifdef XNOR_NEON
 /* --- NEON: 4 rows x 4 columns (2 vectors of 2 lanes); byte counts widened every 31 words --------------- */
 
-static void tile_neon(const gemm_job *g, int64_t i, int64_t panel)
+static void tile_neon(const gemm_job *g, int64_t i, int64_t panel, const char *const *pf)
 {
     enum { MR = 4, NV = 2, NB = 2 * NV, BYTE_STEPS = 31 }; /* 31 * 8 <= 255: byte counters cannot wrap */
     const int64_t W = g->W;
@@ -658,6 +632,8 @@ static void tile_neon(const gemm_job *g, int64_t i, int64_t panel)
             for (int v = 0; v < NV; v++)
                 bytes[r][v] = vdupq_n_u8(0);
         for (int64_t w = w0; w < w1; w++) {
+            __builtin_prefetch(pf[2 * w], 0, 3);
+            __builtin_prefetch(pf[2 * w + 1], 0, 3);
             uint64x2_t bv[NV];
             for (int v = 0; v < NV; v++)
                 bv[v] = vld1q_u64(b + w * NB + 2 * v);
@@ -680,7 +656,7 @@ static void tile_neon(const gemm_job *g, int64_t i, int64_t panel)
     }
 }
 
-static const kernel_t KERNEL_NEON = {4, 4, tile_neon, pack_row_neon, pack_band_portable};
+static const kernel_t KERNEL_NEON = {4, 4, tile_neon, pack_row_neon};
 #endif
 
 static const kernel_t *kernel_for(int path)
@@ -704,25 +680,42 @@ static const kernel_t *kernel_for(int path)
 /* ------------------------------------------------------------------------------------------------------ */
 /* Packing B column-wise: word group w (source rows 64w .. 64w + 63) of columns [c0, c1).                  */
 
-enum { BAND_COLS = 1024 };
+/* Transpose a 64 x 64 bit matrix in place: bit c of a[r] <-> bit r of a[c] (block swaps of 32, 16, ..., 1). */
+static void transpose64(uint64_t a[64])
+{
+    uint64_t mask = 0x00000000FFFFFFFFULL;
+    for (int j = 32; j != 0; j >>= 1, mask ^= mask << j)
+        for (int k = 0; k < 64; k = ((k | j) + 1) & ~j) {
+            uint64_t t = ((a[k] >> j) ^ a[k | j]) & mask;
+            a[k] ^= t << j;
+            a[k | j] ^= t;
+        }
+}
 
-/* Packs the word group into words[0 .. c1 - c0) (any width), using scratch[2 * (c1 - c0)] (uint32).  The rows
- * of the group are read one after the other, each from c0 to c1: with c0 = 0 and c1 = k that is one sequential
- * stream through memory, which the hardware prefetchers follow at full bandwidth. */
+/* Column words from row words: rows[r * stride + q] holds bits [64q, 64q + 64) of row r of a 64-row group;
+ * words[j] (j < cols) receives bit r = bit j of row r (rows past `nrows` count as 0). */
+static void rows_to_columns(const uint64_t *rows, int64_t stride, int nrows, int64_t cols, uint64_t *words)
+{
+    uint64_t block[64];
+    for (int64_t q = 0; 64 * q < cols; q++) {
+        for (int r = 0; r < 64; r++)
+            block[r] = r < nrows ? rows[r * stride + q] : 0;
+        transpose64(block);
+        memcpy(words + 64 * q, block, sizeof(uint64_t) * (size_t)MIN(64, cols - 64 * q));
+    }
+}
+
+/* Packs word group w (source rows 64w .. 64w + 63) of columns [c0, c1) of B (n x k) into words[0 .. c1 - c0):
+ * each source row is read once, in order (a sequential stream when c0 = 0 and c1 = k), packed like a row of A,
+ * and the 64 x 64 bit blocks are transposed.  scratch holds 64 * ceil((c1 - c0) / 64) words. */
 static void pack_word_group(const kernel_t *kern, const float *B, int64_t n, int64_t k, int64_t w, int64_t c0,
-                            int64_t c1, uint64_t *words, uint32_t *scratch)
+                            int64_t c1, uint64_t *words, uint64_t *scratch)
 {
     int rows = (int)MIN(64, n - 64 * w);
-    int64_t cols = c1 - c0;
-    uint32_t *lo = scratch, *hi = scratch + cols;
-    const float *src = B + 64 * w * k + c0;
-    kern->pack_band(src, k, MIN(rows, 32), cols, lo);
-    if (rows > 32)
-        kern->pack_band(src + 32 * k, k, rows - 32, cols, hi);
-    else
-        memset(hi, 0, sizeof(uint32_t) * (size_t)cols);
-    for (int64_t j = 0; j < cols; j++)
-        words[j] = (uint64_t)hi[j] << 32 | lo[j];
+    int64_t cols = c1 - c0, stride = (cols + 63) / 64;
+    for (int r = 0; r < rows; r++)
+        kern->pack_row(B + (64 * w + r) * k + c0, cols, scratch + r * stride);
+    rows_to_columns(scratch, stride, rows, cols, words);
 }
 
 /* ------------------------------------------------------------------------------------------------------ */
@@ -739,165 +732,247 @@ INLINE int64_t block_end_panel(const gemm_job *g, int64_t cb)
     return MIN(g->panels, g->first_panels + cb * g->block_panels);
 }
 
-/* Slice s of block cb of B into the panels.  Fused: word group s of the block's columns, from the floats.
- * Packed: panel s of the block, transposed from the packed rows of B. */
-static void produce_slice(const gemm_job *g, int64_t cb, int64_t s)
+/* Columns [c0, c1) of block cb: c1 runs to the end of its last panel (columns past k are zero padding). */
+INLINE void block_columns(const gemm_job *g, int64_t cb, int64_t *c0, int64_t *c1)
+{
+    *c0 = block_first_panel(g, cb) * g->kern->nb;
+    *c1 = block_end_panel(g, cb) * g->kern->nb;
+}
+
+/* Fused call: words[j - c0] for columns [c0, c1) of word group s, into B's panels (zero past k). */
+static void store_word_group(const gemm_job *g, int64_t s, int64_t c0, int64_t c1, const uint64_t *words)
 {
     const int nb = g->kern->nb;
-    const int64_t W = g->W, p0 = block_first_panel(g, cb), p1 = block_end_panel(g, cb);
+    for (int64_t j = c0; j < c1; j++)
+        g->Bpan[(j / nb) * g->W * nb + s * nb + j % nb] = j < g->k ? words[j - c0] : 0;
+}
+
+/* Packed call: panel p of B from the packed rows of B (transposed into [w][c], zero past k). */
+static void repack_panel(const gemm_job *g, int64_t p)
+{
+    const int nb = g->kern->nb;
+    const int64_t W = g->W;
+    uint64_t *dst = g->Bpan + p * W * nb;
+    for (int c = 0; c < nb; c++) {
+        int64_t j = p * nb + c;
+        const uint64_t *src = g->Bp + j * W;
+        for (int64_t w = 0; w < W; w++)
+            dst[w * nb + c] = j < g->k ? src[w] : 0;
+    }
+}
+
+/* Slice s of block cb, all at once (block 0, before any product).  Fused: word group s of the block's
+ * columns; packed: panel s of the block. */
+static void produce_slice(const gemm_job *g, int64_t cb, int64_t s, uint64_t *words, uint64_t *scratch)
+{
+    int64_t c0, c1;
+    block_columns(g, cb, &c0, &c1);
     if (g->Bf) {
-        int64_t c0 = p0 * nb, c1 = MIN(g->k, p1 * nb);
-        uint64_t words[BAND_COLS];
-        uint32_t scratch[2 * BAND_COLS];
-        for (int64_t j0 = c0; j0 < p1 * nb; j0 += BAND_COLS) {
-            int64_t j1 = MIN(p1 * nb, j0 + BAND_COLS);
-            if (j0 < c1)
-                pack_word_group(g->kern, g->Bf, g->n, g->k, s, j0, MIN(j1, c1), words, scratch);
-            for (int64_t j = MAX(j0, c1); j < j1; j++)
-                words[j - j0] = 0; /* columns past k in the last panel */
-            for (int64_t j = j0; j < j1; j++)
-                g->Bpan[(j / nb) * W * nb + s * nb + j % nb] = words[j - j0];
-        }
-    } else {
-        int64_t p = p0 + s;
-        if (p >= p1)
-            return;
-        uint64_t *dst = g->Bpan + p * W * nb;
-        for (int c = 0; c < nb; c++) {
-            int64_t j = p * nb + c;
-            if (j < g->k) {
-                const uint64_t *src = g->Bp + j * W;
-                for (int64_t w = 0; w < W; w++)
-                    dst[w * nb + c] = src[w];
-            } else {
-                for (int64_t w = 0; w < W; w++)
-                    dst[w * nb + c] = 0;
-            }
-        }
+        if (c0 < g->k)
+            pack_word_group(g->kern, g->Bf, g->n, g->k, s, c0, MIN(c1, g->k), words, scratch);
+        store_word_group(g, s, c0, c1, words);
+    } else if (block_first_panel(g, cb) + s < block_end_panel(g, cb)) {
+        repack_panel(g, block_first_panel(g, cb) + s);
     }
 }
 
-/* Rows of row group rg of A, packed from the floats (fused call only). */
-static void produce_rows(const gemm_job *g, int64_t rg)
-{
-    int64_t r1 = MIN(g->m, (rg + 1) * g->task_rows);
-    for (int64_t r = rg * g->task_rows; r < r1; r++)
-        g->kern->pack_row(g->Af + r * g->n, g->n, g->Aws + r * g->W);
-}
+/* The packing a task does between its micro tiles, in units of at most a few KiB, each unit's input prefetched
+ * one unit ahead (so the reads from memory overlap the popcount work):
+ *   A units   (fused, when the thread's next task is in block 0): the next task's rows of A, 1024 floats a unit;
+ *   B units   the slices of block cb + 1 this task owes: fused, one source row of a word group a unit (the
+ *             column-wise bits collect in the thread's scratch); packed, one panel a unit. */
+enum { A_UNIT = 1024 };
 
-/* Slices of block cb + 1 that the task of row group rg in block cb packs. */
-INLINE void next_block_slices(const gemm_job *g, int64_t rg, int64_t *s0, int64_t *s1)
-{
-    *s0 = rg * g->slices / g->row_groups;
-    *s1 = (rg + 1) * g->slices / g->row_groups;
-}
-
-/* Prefetching the inputs of the packing a task will do: up to two strided byte ranges. */
 typedef struct {
-    const char *base[2];
-    int64_t rows[2], stride[2], bytes[2];
-    int range;
-    int64_t row, offset, total_lines;
-} prefetch_plan;
+    const gemm_job *g;
+    int64_t a0, a1, a_units;        /* rows of A [a0, a1), pieces of A_UNIT floats */
+    int64_t cb, s0, s1, b_units;    /* block cb, slices [s0, s1) */
+    int64_t c0, c1;                 /* that block's columns */
+    int64_t units, done;
+    uint64_t *words;                /* thread scratch: one word per block column */
+    uint64_t *scratch;              /* thread scratch: 64 rows x (block columns / 64) words */
+    int64_t pf_unit;                /* prefetch cursor: unit, */
+    const char *pf_base;            /* its input, */
+    int64_t pf_bytes, pf_offset;    /* its size and the next offset */
+} owed_t;
 
-static void plan_add(prefetch_plan *pl, const void *base, int64_t rows, int64_t stride, int64_t bytes)
+INLINE int64_t a_pieces(const gemm_job *g)
 {
-    int i = pl->base[0] ? 1 : 0;
-    if (rows <= 0 || bytes <= 0)
-        return;
-    pl->base[i] = (const char *)base;
-    pl->rows[i] = rows;
-    pl->stride[i] = stride;
-    pl->bytes[i] = bytes;
-    pl->total_lines += rows * ((bytes + 63) / 64);
+    return (g->n + A_UNIT - 1) / A_UNIT;
 }
 
-INLINE void plan_step(prefetch_plan *pl, int64_t lines)
+INLINE int64_t slice_rows(const gemm_job *g, int64_t s)
 {
-    while (lines-- > 0 && pl->range < 2 && pl->base[pl->range]) {
-        __builtin_prefetch(pl->base[pl->range] + pl->row * pl->stride[pl->range] + pl->offset, 0, 2);
-        pl->offset += 64;
-        if (pl->offset >= pl->bytes[pl->range]) {
-            pl->offset = 0;
-            if (++pl->row >= pl->rows[pl->range]) {
-                pl->row = 0;
-                pl->range++;
+    return MIN(64, g->n - 64 * s);
+}
+
+/* Unit u: the bytes it reads (for prefetching). */
+static void unit_source(const owed_t *o, int64_t u, const char **base, int64_t *bytes, int64_t *stride,
+                        int64_t *rows)
+{
+    const gemm_job *g = o->g;
+    *stride = 0;
+    *rows = 1;
+    if (u < o->a_units) {
+        int64_t r = o->a0 + u / a_pieces(g), piece = u % a_pieces(g);
+        *base = (const char *)(g->Af + r * g->n + piece * A_UNIT);
+        *bytes = 4 * MIN(A_UNIT, g->n - piece * A_UNIT);
+        return;
+    }
+    u -= o->a_units;
+    if (g->Bf) {
+        int64_t s = o->s0 + u / 64, i = u % 64;
+        *base = (const char *)(g->Bf + (64 * s + i) * g->k + o->c0);
+        *bytes = i < slice_rows(g, s) && o->c0 < g->k ? 4 * (MIN(o->c1, g->k) - o->c0) : 0;
+    } else {
+        int64_t j0 = o->c0 + (o->s0 + u) * g->kern->nb, j1 = MIN(g->k, j0 + g->kern->nb);
+        *base = (const char *)(g->Bp + j0 * g->W);
+        *bytes = j1 > j0 ? (j1 - j0) * g->W * 8 : 0;
+    }
+}
+
+enum { PREFETCH_UNITS = 2 }; /* how far the prefetching runs ahead of the packing */
+
+/* pf[0 .. 2W): the next cache lines of the units [done, done + PREFETCH_UNITS), then `idle` (a line in cache). */
+static void fill_prefetch(owed_t *o, const char **pf, int64_t W, const char *idle)
+{
+    int64_t limit = MIN(o->units, o->done + PREFETCH_UNITS), w = 0;
+    if (o->g->prefetch) {
+        if (o->pf_unit < o->done) {
+            o->pf_unit = o->done;
+            o->pf_base = NULL;
+        }
+        while (w < W && o->pf_unit < limit) {
+            if (!o->pf_base) {
+                int64_t stride, rows;
+                unit_source(o, o->pf_unit, &o->pf_base, &o->pf_bytes, &stride, &rows);
+                o->pf_offset = 0;
             }
+            if (o->pf_offset >= o->pf_bytes) {
+                o->pf_unit++;
+                o->pf_base = NULL;
+                continue;
+            }
+            pf[w++] = o->pf_base + o->pf_offset;
+            o->pf_offset += 64;
         }
     }
+    for (; w < W; w++)
+        pf[w] = idle;
 }
 
-static void plan_for_task(const gemm_job *g, int64_t t, prefetch_plan *pl)
+static void do_unit(owed_t *o, int64_t u)
 {
-    memset(pl, 0, sizeof(*pl));
-    if (t >= g->ntasks || !g->prefetch)
+    const gemm_job *g = o->g;
+    if (u < o->a_units) {
+        int64_t r = o->a0 + u / a_pieces(g), piece = u % a_pieces(g);
+        g->kern->pack_row(g->Af + r * g->n + piece * A_UNIT, MIN(A_UNIT, g->n - piece * A_UNIT),
+                          g->Aws + r * g->W + piece * (A_UNIT / 64));
         return;
-    int64_t cb = t / g->row_groups, rg = t % g->row_groups;
-    if (g->Af && cb == 0) {
-        int64_t r0 = rg * g->task_rows, r1 = MIN(g->m, r0 + g->task_rows);
-        plan_add(pl, g->Af + r0 * g->n, r1 - r0, g->n * 4, g->n * 4);
     }
-    if (cb + 1 < g->blocks) {
-        int64_t s0, s1;
-        next_block_slices(g, rg, &s0, &s1);
-        const int nb = g->kern->nb;
-        int64_t c0 = block_first_panel(g, cb + 1) * nb, c1 = MIN(g->k, block_end_panel(g, cb + 1) * nb);
-        if (g->Bf && s1 > s0) {
-            int64_t rr0 = 64 * s0, rr1 = MIN(g->n, 64 * s1);
-            plan_add(pl, g->Bf + rr0 * g->k + c0, rr1 - rr0, g->k * 4, (c1 - c0) * 4);
-        } else if (!g->Bf && s1 > s0) {
-            int64_t j0 = c0 + s0 * nb, j1 = MIN(c1, c0 + s1 * nb);
-            plan_add(pl, g->Bp + j0 * g->W, 1, 0, (j1 - j0) * g->W * 8);
-        }
+    u -= o->a_units;
+    if (!g->Bf) {
+        int64_t p = block_first_panel(g, o->cb) + o->s0 + u;
+        if (p < block_end_panel(g, o->cb))
+            repack_panel(g, p);
+        return;
+    }
+    int64_t s = o->s0 + u / 64, i = u % 64, cols = MIN(o->c1, g->k) - o->c0, stride = (cols + 63) / 64;
+    if (i < slice_rows(g, s) && cols > 0)
+        g->kern->pack_row(g->Bf + (64 * s + i) * g->k + o->c0, cols, o->scratch + i * stride);
+    if (i == 63) {
+        if (cols > 0)
+            rows_to_columns(o->scratch, stride, (int)slice_rows(g, s), cols, o->words);
+        store_word_group(g, s, o->c0, o->c1, o->words);
     }
 }
 
-static void run_task(gemm_job *g, int64_t t, prefetch_plan *next)
+/* Do units until `target` are done, prefetching one ahead. */
+INLINE void owed_until(owed_t *o, int64_t target)
 {
-    int64_t cb = t / g->row_groups, rg = t % g->row_groups;
-    /* 1. the packing this task owes to later tasks (never waits, so the pipeline cannot deadlock) */
-    if (g->Af && cb == 0) {
-        produce_rows(g, rg);
+    for (; o->done < target; o->done++)
+        do_unit(o, o->done);
+}
+
+/* Slices of block cb + 1 owed by the task of row group rg: spread over all but the last two row groups, so
+ * that the last tasks of a block, which other threads may be waiting behind, owe nothing. */
+INLINE void owed_slices(const gemm_job *g, int64_t rg, int64_t *s0, int64_t *s1)
+{
+    int64_t owners = g->row_groups > 2 ? g->row_groups - 2 : g->row_groups;
+    *s0 = rg < owners ? rg * g->slices / owners : g->slices;
+    *s1 = rg < owners ? (rg + 1) * g->slices / owners : g->slices;
+}
+
+static void rows_of_group(const gemm_job *g, int64_t rg, int64_t *r0, int64_t *r1)
+{
+    *r0 = rg * g->task_rows;
+    *r1 = MIN(g->m, *r0 + g->task_rows);
+}
+
+static void run_task(gemm_job *g, int64_t t, int64_t next, uint64_t *words, uint64_t *scratch, const char **pf)
+{
+    int64_t cb = t / g->row_groups, rg = t % g->row_groups, r0, r1;
+    rows_of_group(g, rg, &r0, &r1);
+    /* 1. this task's rows of A, unless the previous task of this thread packed them already */
+    if (g->Af && cb == 0 && !__atomic_load_n(&g->rows_ready[rg], __ATOMIC_ACQUIRE)) {
+        for (int64_t r = r0; r < r1; r++)
+            g->kern->pack_row(g->Af + r * g->n, g->n, g->Aws + r * g->W);
         __atomic_store_n(&g->rows_ready[rg], 1, __ATOMIC_RELEASE);
     }
-    if (cb + 1 < g->blocks) {
-        int64_t s0, s1;
-        next_block_slices(g, rg, &s0, &s1);
-        for (int64_t s = s0; s < s1; s++)
-            produce_slice(g, cb + 1, s);
-        if (s1 > s0)
-            __atomic_fetch_add(&g->slices_done[cb + 1], s1 - s0, __ATOMIC_RELEASE);
-    }
-    /* 2. what this task needs from earlier tasks */
+    /* 2. what it needs from earlier tasks */
     wait_for(&g->slices_done[cb], g->slices);
     if (g->Af)
         wait_for(&g->rows_ready[rg], 1);
-    /* 3. the products, with the next task's packing inputs prefetched along the way */
+    /* 3. the packing it owes to later tasks, done between its micro tiles */
+    owed_t o;
+    memset(&o, 0, sizeof(o));
+    o.g = g;
+    o.words = words;
+    o.scratch = scratch;
+    if (g->Af && next < g->ntasks && next / g->row_groups == 0) {
+        rows_of_group(g, next % g->row_groups, &o.a0, &o.a1);
+        o.a_units = (o.a1 - o.a0) * a_pieces(g);
+    }
+    if (cb + 1 < g->blocks) {
+        o.cb = cb + 1;
+        owed_slices(g, rg, &o.s0, &o.s1);
+        block_columns(g, cb + 1, &o.c0, &o.c1);
+        o.b_units = (o.s1 - o.s0) * (g->Bf ? 64 : 1);
+    }
+    o.units = o.a_units + o.b_units;
+    /* 4. the products */
     const kernel_t *kern = g->kern;
-    int64_t r0 = rg * g->task_rows, r1 = MIN(g->m, r0 + g->task_rows);
     int64_t p0 = block_first_panel(g, cb), p1 = block_end_panel(g, cb);
-    int64_t tiles = (p1 - p0) * ((r1 - r0 + kern->mr - 1) / kern->mr);
-    int64_t per_tile = tiles > 0 ? (next->total_lines + tiles - 1) / tiles : 0;
+    int64_t tiles = (p1 - p0) * ((r1 - r0 + kern->mr - 1) / kern->mr), tile = 0;
     for (int64_t p = p0; p < p1; p++)
         for (int64_t i = r0; i < r1; i += kern->mr) {
-            kern->tile(g, i, p);
-            plan_step(next, per_tile);
+            fill_prefetch(&o, pf, 2 * g->W, (const char *)(g->Bpan + p * g->W * kern->nb));
+            kern->tile(g, i, p, pf);
+            owed_until(&o, o.units * ++tile / tiles);
         }
+    owed_until(&o, o.units);
+    if (o.a_units)
+        __atomic_store_n(&g->rows_ready[next % g->row_groups], 1, __ATOMIC_RELEASE);
+    if (o.s1 > o.s0)
+        __atomic_fetch_add(&g->slices_done[cb + 1], o.s1 - o.s0, __ATOMIC_RELEASE);
 }
 
 static void *gemm_worker(void *arg)
 {
     gemm_job *g = (gemm_job *)arg;
+    int64_t cols = MAX(g->block_panels, g->first_panels) * g->kern->nb;
+    int64_t slot = __atomic_fetch_add(&g->next_slot, 1, __ATOMIC_RELAXED);
+    uint64_t *words = g->thread_words + slot * (2 * cols + 64 + 2 * g->W);
+    uint64_t *scratch = words + cols;
+    const char **pf = (const char **)(scratch + cols + 64);
     for (int64_t s; (s = __atomic_fetch_add(&g->next_slice0, 1, __ATOMIC_RELAXED)) < g->slices;) {
-        produce_slice(g, 0, s);
+        produce_slice(g, 0, s, words, scratch);
         __atomic_fetch_add(&g->slices_done[0], 1, __ATOMIC_RELEASE);
     }
     int64_t t = __atomic_fetch_add(&g->next_task, 1, __ATOMIC_RELAXED);
     while (t < g->ntasks) {
         int64_t next = __atomic_fetch_add(&g->next_task, 1, __ATOMIC_RELAXED);
-        prefetch_plan plan;
-        plan_for_task(g, next, &plan);
-        run_task(g, t, &plan);
+        run_task(g, t, next, words, scratch, pf);
         t = next;
     }
     return NULL;
@@ -967,7 +1042,7 @@ static int run_gemm(const float *Af, const float *Bf, const uint64_t *Ap, const 
     g.panels = (k + kern->nb - 1) / kern->nb;
     int64_t block_bytes = (int64_t)(tune->l2_bytes * tune->block_share);
     g.block_panels = MAX(1, block_bytes / (g.W * 8 * kern->nb));
-    g.first_panels = MIN(g.panels, MAX(1, (int64_t)(g.block_panels * tune->first_block)));
+    g.first_panels = MIN(g.panels, MAX(1, (int64_t)((double)g.panels * tune->first_block + 0.5)));
     g.blocks = 1 + (g.panels - g.first_panels + g.block_panels - 1) / g.block_panels;
     g.slices = Bf ? g.W : g.block_panels;
     g.ntasks = g.row_groups * g.blocks;
@@ -976,17 +1051,20 @@ static int run_gemm(const float *Af, const float *Bf, const uint64_t *Ap, const 
     size_t bpan_bytes = ((size_t)(g.panels * g.W * kern->nb) * sizeof(uint64_t) + 63) / 64 * 64;
     size_t aws_bytes = Af ? ((size_t)(m * g.W) * sizeof(uint64_t) + 63) / 64 * 64 : 0;
     size_t flag_bytes = (size_t)(g.row_groups + g.blocks) * sizeof(int64_t);
+    int nthreads = thread_count(threads, (double)m * k * g.W, MIN_GEMM_WORK, MAX(g.ntasks, 1));
+    size_t scratch_bytes = (size_t)nthreads *
+                           (size_t)(2 * MAX(g.block_panels, g.first_panels) * kern->nb + 64 + 2 * g.W) * sizeof(uint64_t);
     int cached;
-    char *ws = workspace_acquire(bpan_bytes + aws_bytes + flag_bytes, &cached);
+    char *ws = workspace_acquire(bpan_bytes + aws_bytes + flag_bytes + scratch_bytes, &cached);
     if (!ws)
         return ERR_MEMORY;
     g.Bpan = (uint64_t *)ws;
     g.Aws = Af ? (uint64_t *)(ws + bpan_bytes) : NULL;
     g.rows_ready = (int64_t *)(ws + bpan_bytes + aws_bytes);
     g.slices_done = g.rows_ready + g.row_groups;
+    g.thread_words = (uint64_t *)(ws + bpan_bytes + aws_bytes + flag_bytes);
     memset(g.rows_ready, 0, flag_bytes);
     g.A = Af ? g.Aws : Ap;
-    int nthreads = thread_count(threads, (double)m * k * g.W, MIN_GEMM_WORK, MAX(g.ntasks, 1));
     run_workers(nthreads, gemm_worker, &g);
     workspace_release(ws, cached);
     return OK;
@@ -1035,12 +1113,12 @@ static void pack_cols_task(const void *vctx, int64_t t)
     const pack_ctx *c = (const pack_ctx *)vctx;
     int64_t w = t / c->chunks, j0 = (t % c->chunks) * PACK_COLS_CHUNK, j1 = MIN(c->cols, j0 + PACK_COLS_CHUNK);
     uint64_t *words = malloc(sizeof(uint64_t) * (size_t)(j1 - j0));
-    uint32_t *scratch = malloc(2 * sizeof(uint32_t) * (size_t)(j1 - j0));
-    if (!words || !scratch) { /* tiny fallback chunks instead of failing */
-        uint64_t wbuf[BAND_COLS];
-        uint32_t sbuf[2 * BAND_COLS];
-        for (int64_t a = j0; a < j1; a += BAND_COLS) {
-            int64_t b = MIN(j1, a + BAND_COLS);
+    uint64_t *scratch = malloc(sizeof(uint64_t) * (size_t)((j1 - j0) + 64));
+    if (!words || !scratch) { /* small chunks on the stack instead of failing */
+        enum { SMALL = 512 };
+        uint64_t wbuf[SMALL], sbuf[SMALL + 64];
+        for (int64_t a = j0; a < j1; a += SMALL) {
+            int64_t b = MIN(j1, a + SMALL);
             pack_word_group(c->kern, c->src, c->rows, c->cols, w, a, b, wbuf, sbuf);
             for (int64_t j = a; j < b; j++)
                 c->dst[j * c->words + w] = wbuf[j - a];
