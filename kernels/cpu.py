@@ -34,7 +34,8 @@ NEEDS = {"avx512": "AVX-512 F, DQ, VL, BW and VPOPCNTDQ", "avx2": "AVX2", "neon"
 # Instruction loops xnor_measure_rate times (see benchmark.py): code -> description.
 RATES = {"popcnt512": (0, "vpopcntq zmm instructions"), "product512": (1, "512-bit xor + vpopcntq + vpaddq products"),
          "add512": (2, "vpaddq zmm instructions"), "add256": (3, "vpaddq ymm instructions")}
-_ERRORS = {1: "the requested code path cannot run on this CPU", 2: "unknown path code", 3: "bad thread count", 4: "out of memory for the packed operands"}
+_ERRORS = {1: "the requested code path cannot run on this CPU", 2: "unknown path code", 3: "bad thread count",
+           4: "out of memory for the packed operands"}
 
 _lib = None
 
@@ -99,7 +100,7 @@ def _load():
         "xnor_has_avx512_vpopcntdq": [],
         "xnor_has_popcnt": [],
         "xnor_path_available": [i32],
-        "xnor_tuning_info": [ctypes.c_char_p, i32, ptr, ptr, ptr, ptr],
+        "xnor_tuning_info": [ctypes.c_char_p, i32, ptr, ptr, ptr, ptr, ptr],
         "xnor_measure_rate": [i32, i32, ctypes.c_double, ptr],
         "xnor_gemm_f32": [ptr, ptr, i64, i64, i64, ptr, i32, i32],
         "xnor_pack_rows": [ptr, i64, i64, ptr, i32, i32],
@@ -110,7 +111,7 @@ def _load():
     for name, args in signatures.items():
         fn = getattr(lib, name)
         fn.argtypes, fn.restype = args, ctypes.c_int
-    lib.xnor_set_tuning.argtypes, lib.xnor_set_tuning.restype = [i32, ctypes.c_double, i32, ctypes.c_double], None
+    lib.xnor_set_tuning.argtypes, lib.xnor_set_tuning.restype = [i32, ctypes.c_double, i32, ctypes.c_double, i32], None
     _lib = lib
     return lib
 
@@ -270,17 +271,19 @@ def resolved_path(path="auto"):
 def tuning_info():
     """The microarchitecture the GEMM's tuning was chosen for (from cpuid) and the tuning values."""
     name = ctypes.create_string_buffer(160)
-    l2, rows, share, first = ctypes.c_int64(), ctypes.c_int(), ctypes.c_double(), ctypes.c_double()
+    l2, rows, share, first, overlap = (ctypes.c_int64(), ctypes.c_int(), ctypes.c_double(), ctypes.c_double(),
+                                       ctypes.c_int())
     code = _load().xnor_tuning_info(name, len(name), ctypes.byref(l2), ctypes.byref(rows), ctypes.byref(share),
-                                    ctypes.byref(first))
+                                    ctypes.byref(first), ctypes.byref(overlap))
     return {"uarch": name.value.decode(), "uarch_code": code, "l2_bytes": l2.value, "task_rows": rows.value,
-            "block_share": share.value, "first_block": first.value}
+            "block_share": share.value, "first_block": first.value, "overlap": bool(overlap.value)}
 
 
-def set_tuning(task_rows=None, block_share=None, prefetch=None, first_block=None):
+def set_tuning(task_rows=None, block_share=None, prefetch=None, first_block=None, overlap=None):
     """Override the GEMM tuning chosen for this CPU (benchmarks and tests); None keeps a value.  task_rows is
     rounded up to a multiple of 24; block_share is the share of L2 a column block of packed B may take;
-    first_block the width of block 0 (packed before any product) as a share of B's columns."""
+    first_block the width of block 0 (packed before any product) as a share of B's columns; overlap False packs
+    both operands first instead of between the micro tiles."""
     if task_rows is not None and (isinstance(task_rows, bool) or not isinstance(task_rows, int) or task_rows < 1):
         raise KernelError("task_rows must be a positive integer, got {!r}".format(task_rows))
     if block_share is not None and not (isinstance(block_share, (int, float)) and block_share > 0):
@@ -288,7 +291,7 @@ def set_tuning(task_rows=None, block_share=None, prefetch=None, first_block=None
     if first_block is not None and not (isinstance(first_block, (int, float)) and 0 < first_block <= 1):
         raise KernelError("first_block must be in (0, 1], got {!r}".format(first_block))
     _load().xnor_set_tuning(task_rows or 0, float(block_share or 0), -1 if prefetch is None else int(bool(prefetch)),
-                            float(first_block or 0))
+                            float(first_block or 0), -1 if overlap is None else int(bool(overlap)))
 
 
 def measure_rate(which, threads=1, seconds=0.05):

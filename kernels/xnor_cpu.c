@@ -182,12 +182,13 @@ typedef struct {
     double block_share;  /* column block of packed B = this share of L2 */
     double first_block;  /* block 0 = this share of B's columns (packed before any product; all of A is
                             packed while block 0 is computed, so it must not be too small either) */
-    int prefetch;        /* 1: prefetch the next task's packing inputs while computing */
+    int prefetch;        /* 1: prefetch the packing's inputs inside the micro kernel */
+    int overlap;         /* 1: pack between micro tiles (pipeline); 0: pack everything first, then multiply */
 } tuning_t;
 
 static tuning_t choose_tuning(void)
 {
-    tuning_t t = {detect_uarch(), 0, 48, 0.5, 0.25, 1};
+    tuning_t t = {detect_uarch(), 0, 48, 0.5, 0.25, 1, 1};
     long l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
     t.l2_bytes = l2 > 0 ? l2 : 1 << 20;
     switch (t.uarch) {
@@ -220,7 +221,7 @@ static const tuning_t *get_tuning(void)
 
 /* The microarchitecture name and the tuning values, for reports.  Returns the uarch code. */
 EXPORT int xnor_tuning_info(char *name, int name_len, int64_t *l2_bytes, int *task_rows, double *block_share,
-                            double *first_block)
+                            double *first_block, int *overlap)
 {
     const tuning_t *t = get_tuning();
     if (name && name_len > 0) {
@@ -235,11 +236,13 @@ EXPORT int xnor_tuning_info(char *name, int name_len, int64_t *l2_bytes, int *ta
         *block_share = t->block_share;
     if (first_block)
         *first_block = t->first_block;
+    if (overlap)
+        *overlap = t->overlap;
     return t->uarch;
 }
 
 /* Override the tuning (benchmarks, tests): values <= 0 (prefetch < 0) keep the current one. */
-EXPORT void xnor_set_tuning(int task_rows, double block_share, int prefetch, double first_block)
+EXPORT void xnor_set_tuning(int task_rows, double block_share, int prefetch, double first_block, int overlap)
 {
     get_tuning();
     if (task_rows > 0)
@@ -250,6 +253,8 @@ EXPORT void xnor_set_tuning(int task_rows, double block_share, int prefetch, dou
         tuning.prefetch = prefetch;
     if (first_block > 0)
         tuning.first_block = MIN(first_block, 1.0);
+    if (overlap >= 0)
+        tuning.overlap = overlap;
 }
 
 /* ------------------------------------------------------------------------------------------------------ */
@@ -443,7 +448,8 @@ struct gemm_job {
     int64_t ntasks;
     int prefetch;
     /* shared state */
-    int64_t next_task, next_slice0, next_slot;
+    int overlap;
+    int64_t next_task, next_slice0, next_rows0, next_slot;
     uint64_t *thread_words;          /* per thread: block_panels * nb words, then 2 * that many uint32 */
     int64_t *rows_ready;             /* per row group: 1 when its rows of A are packed (fused) */
     int64_t *slices_done;            /* per block: slices of B packed */
@@ -562,7 +568,7 @@ AVX2 static void tile_avx2(const gemm_job *g, int64_t i, int64_t panel, const ch
     for (int r = 0; r < MR; r++)
         for (int v = 0; v < NV; v++)
             ones[r][v] = twos[r][v] = fours[r][v] = eights[r][v] = _mm256_setzero_si256();
-#define X(r, v, w) _mm256_xor_si256(_mm256_set1_epi64x((long long)a[r][w]), \
+#define X(r, v, w) _mm256_xor_si256(_mm256_broadcastq_epi64(_mm_loadl_epi64((const __m128i *)(a[r] + (w)))), \
                                     _mm256_load_si256((const __m256i *)(b + (w) * NB + 4 * (v))))
     int64_t w = 0;
     for (; w + 8 <= W; w += 8) {
@@ -638,7 +644,7 @@ static void tile_neon(const gemm_job *g, int64_t i, int64_t panel, const char *c
             for (int v = 0; v < NV; v++)
                 bv[v] = vld1q_u64(b + w * NB + 2 * v);
             for (int r = 0; r < MR; r++) {
-                uint64x2_t x = vdupq_n_u64(a[r][w]);
+                uint64x2_t x = vld1q_dup_u64(a[r] + w);
                 for (int v = 0; v < NV; v++)
                     bytes[r][v] = vaddq_u8(bytes[r][v], vcntq_u8(vreinterpretq_u8_u64(veorq_u64(x, bv[v]))));
             }
@@ -794,6 +800,7 @@ typedef struct {
     int64_t pf_unit;                /* prefetch cursor: unit, */
     const char *pf_base;            /* its input, */
     int64_t pf_bytes, pf_offset;    /* its size and the next offset */
+    int64_t pf_used;                /* entries of the tile's prefetch list holding lines (the rest: idle) */
 } owed_t;
 
 INLINE int64_t a_pieces(const gemm_job *g)
@@ -833,10 +840,12 @@ static void unit_source(const owed_t *o, int64_t u, const char **base, int64_t *
 
 enum { PREFETCH_UNITS = 2 }; /* how far the prefetching runs ahead of the packing */
 
-/* pf[0 .. 2W): the next cache lines of the units [done, done + PREFETCH_UNITS), then `idle` (a line in cache). */
+/* pf[0 .. W): the next cache lines of the units [done, done + PREFETCH_UNITS), then `idle` (a line always in
+ * cache).  The list starts all idle; only the entries used last time are rewritten, so a tile with little to
+ * prefetch pays little. */
 static void fill_prefetch(owed_t *o, const char **pf, int64_t W, const char *idle)
 {
-    int64_t limit = MIN(o->units, o->done + PREFETCH_UNITS), w = 0;
+    int64_t limit = MIN(o->units, o->done + PREFETCH_UNITS), w = 0, used = o->pf_used;
     if (o->g->prefetch) {
         if (o->pf_unit < o->done) {
             o->pf_unit = o->done;
@@ -857,7 +866,8 @@ static void fill_prefetch(owed_t *o, const char **pf, int64_t W, const char *idl
             o->pf_offset += 64;
         }
     }
-    for (; w < W; w++)
+    o->pf_used = w;
+    for (; w < used; w++)
         pf[w] = idle;
 }
 
@@ -914,7 +924,7 @@ static void run_task(gemm_job *g, int64_t t, int64_t next, uint64_t *words, uint
     int64_t cb = t / g->row_groups, rg = t % g->row_groups, r0, r1;
     rows_of_group(g, rg, &r0, &r1);
     /* 1. this task's rows of A, unless the previous task of this thread packed them already */
-    if (g->Af && cb == 0 && !__atomic_load_n(&g->rows_ready[rg], __ATOMIC_ACQUIRE)) {
+    if (g->overlap && g->Af && cb == 0 && !__atomic_load_n(&g->rows_ready[rg], __ATOMIC_ACQUIRE)) {
         for (int64_t r = r0; r < r1; r++)
             g->kern->pack_row(g->Af + r * g->n, g->n, g->Aws + r * g->W);
         __atomic_store_n(&g->rows_ready[rg], 1, __ATOMIC_RELEASE);
@@ -929,7 +939,7 @@ static void run_task(gemm_job *g, int64_t t, int64_t next, uint64_t *words, uint
     o.g = g;
     o.words = words;
     o.scratch = scratch;
-    if (g->Af && next < g->ntasks && next / g->row_groups == 0) {
+    if (g->overlap && g->Af && next < g->ntasks && next / g->row_groups == 0) {
         rows_of_group(g, next % g->row_groups, &o.a0, &o.a1);
         o.a_units = (o.a1 - o.a0) * a_pieces(g);
     }
@@ -940,13 +950,15 @@ static void run_task(gemm_job *g, int64_t t, int64_t next, uint64_t *words, uint
         o.b_units = (o.s1 - o.s0) * (g->Bf ? 64 : 1);
     }
     o.units = o.a_units + o.b_units;
+    for (int64_t w = 0; w < 2 * g->W; w++)
+        pf[w] = (const char *)words;
     /* 4. the products */
     const kernel_t *kern = g->kern;
     int64_t p0 = block_first_panel(g, cb), p1 = block_end_panel(g, cb);
     int64_t tiles = (p1 - p0) * ((r1 - r0 + kern->mr - 1) / kern->mr), tile = 0;
     for (int64_t p = p0; p < p1; p++)
         for (int64_t i = r0; i < r1; i += kern->mr) {
-            fill_prefetch(&o, pf, 2 * g->W, (const char *)(g->Bpan + p * g->W * kern->nb));
+            fill_prefetch(&o, pf, 2 * g->W, (const char *)words);
             kern->tile(g, i, p, pf);
             owed_until(&o, o.units * ++tile / tiles);
         }
@@ -969,6 +981,14 @@ static void *gemm_worker(void *arg)
         produce_slice(g, 0, s, words, scratch);
         __atomic_fetch_add(&g->slices_done[0], 1, __ATOMIC_RELEASE);
     }
+    if (g->Af && !g->overlap) /* all rows of A too, before any product */
+        for (int64_t rg; (rg = __atomic_fetch_add(&g->next_rows0, 1, __ATOMIC_RELAXED)) < g->row_groups;) {
+            int64_t r0, r1;
+            rows_of_group(g, rg, &r0, &r1);
+            for (int64_t r = r0; r < r1; r++)
+                g->kern->pack_row(g->Af + r * g->n, g->n, g->Aws + r * g->W);
+            __atomic_store_n(&g->rows_ready[rg], 1, __ATOMIC_RELEASE);
+        }
     int64_t t = __atomic_fetch_add(&g->next_task, 1, __ATOMIC_RELAXED);
     while (t < g->ntasks) {
         int64_t next = __atomic_fetch_add(&g->next_task, 1, __ATOMIC_RELAXED);
@@ -1037,12 +1057,14 @@ static int run_gemm(const float *Af, const float *Bf, const uint64_t *Ap, const 
     g.k = k;
     g.W = (n + 63) / 64;
     g.prefetch = tune->prefetch;
+    g.overlap = tune->overlap;
     g.task_rows = MAX(kern->mr, tune->task_rows / kern->mr * kern->mr);
     g.row_groups = (m + g.task_rows - 1) / g.task_rows;
     g.panels = (k + kern->nb - 1) / kern->nb;
     int64_t block_bytes = (int64_t)(tune->l2_bytes * tune->block_share);
     g.block_panels = MAX(1, block_bytes / (g.W * 8 * kern->nb));
-    g.first_panels = MIN(g.panels, MAX(1, (int64_t)((double)g.panels * tune->first_block + 0.5)));
+    g.first_panels = g.overlap ? MIN(g.panels, MAX(1, (int64_t)((double)g.panels * tune->first_block + 0.5)))
+                               : g.panels;
     g.blocks = 1 + (g.panels - g.first_panels + g.block_panels - 1) / g.block_panels;
     g.slices = Bf ? g.W : g.block_panels;
     g.ntasks = g.row_groups * g.blocks;
@@ -1052,8 +1074,8 @@ static int run_gemm(const float *Af, const float *Bf, const uint64_t *Ap, const 
     size_t aws_bytes = Af ? ((size_t)(m * g.W) * sizeof(uint64_t) + 63) / 64 * 64 : 0;
     size_t flag_bytes = (size_t)(g.row_groups + g.blocks) * sizeof(int64_t);
     int nthreads = thread_count(threads, (double)m * k * g.W, MIN_GEMM_WORK, MAX(g.ntasks, 1));
-    size_t scratch_bytes = (size_t)nthreads *
-                           (size_t)(2 * MAX(g.block_panels, g.first_panels) * kern->nb + 64 + 2 * g.W) * sizeof(uint64_t);
+    int64_t scratch_words = 2 * MAX(g.block_panels, g.first_panels) * kern->nb + 64 + 2 * g.W;
+    size_t scratch_bytes = (size_t)nthreads * (size_t)scratch_words * sizeof(uint64_t);
     int cached;
     char *ws = workspace_acquire(bpan_bytes + aws_bytes + flag_bytes + scratch_bytes, &cached);
     if (!ws)
@@ -1157,10 +1179,11 @@ EXPORT int xnor_pack_cols(const float *B, int64_t n, int64_t k, uint64_t *out, i
 /* Instruction throughput measured on this CPU (the limits the benchmark compares against).                */
 
 #ifdef XNOR_X86
+/* CPU time of the calling thread: the rate of a core while it runs, even when other processes share it. */
 static double now_seconds(void)
 {
     struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
     return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
@@ -1229,7 +1252,8 @@ static void *rate_worker(void *arg)
 }
 #endif
 
-/* Instructions per second summed over `threads` threads running the same register-only loop at once:
+/* Instructions per second of thread CPU time, summed over `threads` threads running the same register-only loop
+ * at once:
  * which = 0: vpopcntq zmm; 1: 512-bit products as xor + vpopcntq + vpaddq; 2: vpaddq zmm; 3: vpaddq ymm.
  * Returns 0 on success, ERR_PATH_UNAVAILABLE when the CPU lacks the instructions. */
 EXPORT int xnor_measure_rate(int which, int threads, double seconds, double *rate)

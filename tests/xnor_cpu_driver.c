@@ -14,7 +14,7 @@
 #include <stdlib.h>
 
 int xnor_path_available(int path);
-void xnor_set_tuning(int task_rows, double block_share, int prefetch, double first_block);
+void xnor_set_tuning(int task_rows, double block_share, int prefetch, double first_block, int overlap);
 int xnor_pack_rows(const float *A, int64_t m, int64_t n, uint64_t *out, int threads, int path);
 int xnor_pack_cols(const float *B, int64_t n, int64_t k, uint64_t *out, int threads, int path);
 int xnor_gemm_packed(const uint64_t *Ap, const uint64_t *Bp, int64_t m, int64_t k, int64_t n, float *C, int threads,
@@ -46,7 +46,7 @@ int main(int argc, char **argv)
         return 2;
     }
     int path = atoi(argv[1]), threads = atoi(argv[2]);
-    xnor_set_tuning(atoi(argv[3]), atof(argv[4]), -1, 0.0);
+    xnor_set_tuning(atoi(argv[3]), atof(argv[4]), -1, 0.0, -1);
     if (!xnor_path_available(path)) {
         fprintf(stderr, "xnor_cpu_driver: path %d is not available on this CPU\n", path);
         return 3;
