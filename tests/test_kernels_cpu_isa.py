@@ -78,13 +78,27 @@ def rng():
     return np.random.default_rng(2024)
 
 
+def restore_tuning(before):
+    cpu.set_tuning(task_rows=before["task_rows"], block_share=before["block_share"], prefetch=True,
+                   first_block=before["first_block"], overlap=before["overlap"])
+
+
 @pytest.fixture
 def tiny_blocks():
     """Tuning that cuts C into one panel per column block and 24 rows per task: every pipeline step runs."""
     before = cpu.tuning_info()
-    cpu.set_tuning(task_rows=24, block_share=1e-9)
+    cpu.set_tuning(task_rows=24, block_share=1e-9, first_block=1e-9, overlap=True)
     yield
-    cpu.set_tuning(task_rows=before["task_rows"], block_share=before["block_share"], prefetch=True)
+    restore_tuning(before)
+
+
+@pytest.fixture
+def packed_first():
+    """Tuning that packs both operands before any product (no packing between the micro tiles)."""
+    before = cpu.tuning_info()
+    cpu.set_tuning(task_rows=24, block_share=1e-9, overlap=False)
+    yield
+    restore_tuning(before)
 
 
 # ------------------------------------------------------------------------------------------ paths on this CPU
@@ -125,6 +139,15 @@ def test_pipeline_with_many_blocks_exact(rng, tiny_blocks, path, threads):
     expected = reference_gemm(A, B)
     assert np.array_equal(cpu.xnor_gemm(A, B, threads=threads, path=path), expected)
     assert np.array_equal(cpu.xnor_gemm_packed(cpu.pack_rows(A), cpu.pack_cols(B), 700, threads=threads, path=path),
+                          expected)
+
+
+@pytest.mark.parametrize("path", HOST_PATHS)
+def test_packed_first_mode_exact(rng, packed_first, path):
+    A, B = random_inputs(rng, 53, 333, 77)
+    expected = reference_gemm(A, B)
+    assert np.array_equal(cpu.xnor_gemm(A, B, threads=2, path=path), expected)
+    assert np.array_equal(cpu.xnor_gemm_packed(cpu.pack_rows(A), cpu.pack_cols(B), 333, threads=2, path=path),
                           expected)
 
 
