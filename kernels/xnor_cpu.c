@@ -38,6 +38,9 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 #if defined(__x86_64__) || defined(__i386__)
 #define XNOR_X86 1
@@ -717,10 +720,15 @@ static void rows_to_columns(const uint64_t *rows, int64_t stride, int nrows, int
 static void pack_word_group(const kernel_t *kern, const float *B, int64_t n, int64_t k, int64_t w, int64_t c0,
                             int64_t c1, uint64_t *words, uint64_t *scratch)
 {
+    enum { AHEAD = 2 }; /* rows prefetched ahead: the pieces of a block are too short for the hardware prefetcher */
     int rows = (int)MIN(64, n - 64 * w);
     int64_t cols = c1 - c0, stride = (cols + 63) / 64;
-    for (int r = 0; r < rows; r++)
+    for (int r = 0; r < rows; r++) {
+        if (r + AHEAD < rows)
+            for (int64_t off = 0; off < 4 * cols; off += 64)
+                __builtin_prefetch((const char *)(B + (64 * w + r + AHEAD) * k + c0) + off, 0, 3);
         kern->pack_row(B + (64 * w + r) * k + c0, cols, scratch + r * stride);
+    }
     rows_to_columns(scratch, stride, rows, cols, words);
 }
 
@@ -1003,6 +1011,23 @@ static void *aligned_buffer(size_t bytes)
     return aligned_alloc(64, (bytes + 63) / 64 * 64 + 64);
 }
 
+/* Workspaces of 2 MiB and more on transparent huge pages where the kernel offers them (fewer TLB misses for the
+ * panels and the packed rows; NumPy does the same for its large arrays). */
+static void *workspace_buffer(size_t bytes)
+{
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    const size_t huge = (size_t)2 << 20;
+    if (bytes >= huge) {
+        size_t rounded = (bytes + huge - 1) / huge * huge;
+        void *p = aligned_alloc(huge, rounded);
+        if (p)
+            madvise(p, rounded, MADV_HUGEPAGE); /* advice only: failure changes nothing */
+        return p;
+    }
+#endif
+    return aligned_buffer(bytes);
+}
+
 /* A workspace kept between calls (up to WORKSPACE_KEEP bytes), so a call does not pay the page faults of fresh
  * memory; a concurrent call, or a bigger one, gets its own allocation. */
 #define WORKSPACE_KEEP ((size_t)256 << 20)
@@ -1016,7 +1041,7 @@ static char *workspace_acquire(size_t bytes, int *cached)
     if (bytes <= WORKSPACE_KEEP && pthread_mutex_trylock(&workspace_lock) == 0) {
         if (workspace_bytes < bytes) {
             free(workspace);
-            workspace = aligned_buffer(bytes);
+            workspace = workspace_buffer(bytes);
             workspace_bytes = workspace ? bytes : 0;
         }
         if (workspace) {
@@ -1025,7 +1050,7 @@ static char *workspace_acquire(size_t bytes, int *cached)
         }
         pthread_mutex_unlock(&workspace_lock);
     }
-    return aligned_buffer(bytes);
+    return workspace_buffer(bytes);
 }
 
 static void workspace_release(char *ws, int cached)
