@@ -107,6 +107,9 @@ def build_parser():
     p.add_argument("--openblas-coretype", default="auto",
                    help="OPENBLAS_CORETYPE for NumPy's OpenBLAS: 'auto' = the one matching --isa, else SkylakeX on "
                         "AVX-512 CPUs (its fastest kernel here), 'keep' = leave the environment alone, or a core name")
+    p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                   help="wall: elapsed time (default); cpu: the process's CPU time, which on a machine other "
+                        "processes share counts only the time the kernel had a core (needs --threads 1)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the +-1 matrices")
     p.add_argument("--plot", metavar="FILE.png", help="write a paper-style bar chart of the timings")
     return p
@@ -118,6 +121,9 @@ def check_args(args):
                                                                                           args.warmup))
     if args.baseline_max_size < 0:
         raise BenchmarkError("--baseline-max-size must be >= 0, got {}".format(args.baseline_max_size))
+    if args.clock == "cpu" and args.threads.strip() != "1":
+        raise BenchmarkError("--clock cpu measures one thread only (CPU time of several threads is not elapsed "
+                             "time): add --threads 1, or use --clock wall")
     if args.plot and not args.plot.lower().endswith(".png"):
         raise BenchmarkError("--plot takes a .png file name, got {!r}".format(args.plot))
 
@@ -183,16 +189,21 @@ def choose_device(requested):
     return "cpu"
 
 
-def median_seconds(fn, repeats, warmup):
-    """(median, minimum) wall-clock seconds of fn() over `repeats` calls after `warmup` calls, last result."""
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def median_seconds(fn, repeats, warmup, clock="wall"):
+    """(median, minimum) seconds of fn() over `repeats` calls after `warmup` calls, last result.  clock "cpu" is
+    the process's CPU time: on a shared machine it counts only the time the (single) thread had a core."""
     result = None
     for _ in range(warmup):
         result = fn()
     times = []
+    now = CLOCKS[clock]
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = now()
         result = fn()
-        times.append(time.perf_counter() - start)
+        times.append(now() - start)
     return statistics.median(times), min(times), result
 
 
@@ -278,7 +289,8 @@ def run_cpu(sizes, thread_counts, args):
                     if name.startswith("baseline") and m * n * k > args.baseline_max_size ** 3:
                         row["note"] = "skipped: larger than --baseline-max-size {}^3".format(args.baseline_max_size)
                     else:
-                        row["seconds"], row["min"], result = median_seconds(fn, args.repeats, args.warmup)
+                        row["seconds"], row["min"], result = median_seconds(fn, args.repeats, args.warmup,
+                                                                            args.clock)
                         reference = result if reference is None else reference
                         row["agrees"] = bool(np.array_equal(result, reference))
                     if name.startswith("XNOR") and row["seconds"] is not None:
@@ -426,8 +438,8 @@ def main(argv=None):
         all_cores = len(os.sched_getaffinity(0))
         thread_counts = parse_threads(args.threads, all_cores)
         print_hardware(coretype_note, thread_counts, isa_note)
-        print("Load average before: {:.2f} {:.2f} {:.2f} (other processes on these cores make timings noisy)"
-              .format(*os.getloadavg()))
+        print("Load average before: {:.2f} {:.2f} {:.2f} (other processes on these cores make timings noisy) | "
+              "clock: {}".format(*os.getloadavg(), args.clock))
         rows = run_cpu(sizes, thread_counts, args)
         print("Load average after:  {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     print_table(rows)
