@@ -426,7 +426,8 @@ static void pack_row_neon(const float *x, int64_t n, uint64_t *dst)
 /* Micro kernels.  Each computes C[i .. i + MR) x [panel columns] from MR packed rows of A and one panel.    */
 
 typedef struct gemm_job gemm_job;
-/* pf[2w], pf[2w + 1] (w < W) are cache lines to prefetch at word step w: the packing between tiles reads them. */
+/* pf[2w], pf[2w + 1] (w < W) are cache lines to prefetch at word step w (the packing between tiles reads them);
+ * pf is NULL when there is nothing to prefetch (no instructions spent on it then). */
 typedef void (*tile_fn)(const gemm_job *g, int64_t i, int64_t panel, const char *const *pf);
 
 typedef struct {
@@ -479,8 +480,10 @@ static void tile_portable(const gemm_job *g, int64_t i, int64_t panel, const cha
         a[r] = g->A + (i + MIN(r, rows - 1)) * W;
     uint64_t h[MR][NB] = {{0}};
     for (int64_t w = 0; w < W; w++) {
-        __builtin_prefetch(pf[2 * w], 0, 3);
-        __builtin_prefetch(pf[2 * w + 1], 0, 3);
+        if (pf) {
+            __builtin_prefetch(pf[2 * w], 0, 3);
+            __builtin_prefetch(pf[2 * w + 1], 0, 3);
+        }
         for (int r = 0; r < MR; r++)
             for (int c = 0; c < NB; c++)
                 h[r][c] += (uint64_t)__builtin_popcountll(a[r][w] ^ b[w * NB + c]);
@@ -509,8 +512,10 @@ AVX512 static void tile_avx512(const gemm_job *g, int64_t i, int64_t panel, cons
         for (int v = 0; v < NV; v++)
             h[r][v] = _mm512_setzero_si512();
     for (int64_t w = 0; w < W; w++) {
-        _mm_prefetch(pf[2 * w], _MM_HINT_T0);
-        _mm_prefetch(pf[2 * w + 1], _MM_HINT_T0);
+        if (pf) {
+            _mm_prefetch(pf[2 * w], _MM_HINT_T0);
+            _mm_prefetch(pf[2 * w + 1], _MM_HINT_T0);
+        }
         __m512i bv[NV];
         for (int v = 0; v < NV; v++)
             bv[v] = _mm512_load_si512((const void *)(b + w * NB + 8 * v));
@@ -575,8 +580,9 @@ AVX2 static void tile_avx2(const gemm_job *g, int64_t i, int64_t panel, const ch
                                     _mm256_load_si256((const __m256i *)(b + (w) * NB + 4 * (v))))
     int64_t w = 0;
     for (; w + 8 <= W; w += 8) {
-        for (int q = 0; q < 16; q++)
-            _mm_prefetch(pf[2 * w + q], _MM_HINT_T0);
+        if (pf)
+            for (int q = 0; q < 16; q++)
+                _mm_prefetch(pf[2 * w + q], _MM_HINT_T0);
         for (int r = 0; r < MR; r++)
             for (int v = 0; v < NV; v++) {
                 __m256i twosA, twosB, foursA, foursB, eight;
@@ -641,8 +647,10 @@ static void tile_neon(const gemm_job *g, int64_t i, int64_t panel, const char *c
             for (int v = 0; v < NV; v++)
                 bytes[r][v] = vdupq_n_u8(0);
         for (int64_t w = w0; w < w1; w++) {
-            __builtin_prefetch(pf[2 * w], 0, 3);
-            __builtin_prefetch(pf[2 * w + 1], 0, 3);
+            if (pf) {
+                __builtin_prefetch(pf[2 * w], 0, 3);
+                __builtin_prefetch(pf[2 * w + 1], 0, 3);
+            }
             uint64x2_t bv[NV];
             for (int v = 0; v < NV; v++)
                 bv[v] = vld1q_u64(b + w * NB + 2 * v);
@@ -850,8 +858,8 @@ enum { PREFETCH_UNITS = 2 }; /* how far the prefetching runs ahead of the packin
 
 /* pf[0 .. W): the next cache lines of the units [done, done + PREFETCH_UNITS), then `idle` (a line always in
  * cache).  The list starts all idle; only the entries used last time are rewritten, so a tile with little to
- * prefetch pays little. */
-static void fill_prefetch(owed_t *o, const char **pf, int64_t W, const char *idle)
+ * prefetch pays little.  Returns pf, or NULL when there is nothing to prefetch. */
+static const char *const *fill_prefetch(owed_t *o, const char **pf, int64_t W, const char *idle)
 {
     int64_t limit = MIN(o->units, o->done + PREFETCH_UNITS), w = 0, used = o->pf_used;
     if (o->g->prefetch) {
@@ -875,8 +883,9 @@ static void fill_prefetch(owed_t *o, const char **pf, int64_t W, const char *idl
         }
     }
     o->pf_used = w;
-    for (; w < used; w++)
-        pf[w] = idle;
+    for (int64_t i = w; i < used; i++)
+        pf[i] = idle;
+    return w > 0 ? pf : NULL;
 }
 
 static void do_unit(owed_t *o, int64_t u)
@@ -966,8 +975,7 @@ static void run_task(gemm_job *g, int64_t t, int64_t next, uint64_t *words, uint
     int64_t tiles = (p1 - p0) * ((r1 - r0 + kern->mr - 1) / kern->mr), tile = 0;
     for (int64_t p = p0; p < p1; p++)
         for (int64_t i = r0; i < r1; i += kern->mr) {
-            fill_prefetch(&o, pf, 2 * g->W, (const char *)words);
-            kern->tile(g, i, p, pf);
+            kern->tile(g, i, p, fill_prefetch(&o, pf, 2 * g->W, (const char *)words));
             owed_until(&o, o.units * ++tile / tiles);
         }
     owed_until(&o, o.units);
