@@ -1,4 +1,4 @@
-"""CPU XNOR-popcount GEMM and baseline float GEMM (ORIGINALS.md §4.1-4.3, ENVIRONMENT.md "CPU XNOR-popcount GEMM").
+"""CPU XNOR-popcount GEMM and baseline float GEMM (ORIGINALS.md §4.1-4.3; code paths and limits: docs/kernels.md).
 
 The C source `xnor_cpu.c` next to this file is compiled with the system C compiler on first use into
 `~/.cache/binarynet-archive/kernels/` (override with BINARYNET_KERNEL_CACHE), keyed by a hash of the source,
@@ -8,6 +8,9 @@ Encoding (§4.1, 64-bit words): bit j of word w of a packed row is [x[64w + j] >
 Rows of A and columns of B are both packed along the inner dimension n, so that
     C[i, j] = n - 2 * popcount(Ap[i] xor Bp[j])       (the dot product of the two sign vectors).
 Padding bits past n are 0 in both operands and never count as mismatches.
+
+Code paths (path=): 'avx512' (AVX-512 VPOPCNTDQ), 'avx2' (Harley-Seal with a vpshufb popcount), 'neon' (AArch64),
+'portable' (plain C); 'auto' takes the fastest this CPU runs.  Every path gives the same, exact result.
 """
 import ctypes
 import hashlib
@@ -295,8 +298,8 @@ def set_tuning(task_rows=None, block_share=None, prefetch=None, first_block=None
 
 
 def measure_rate(which, threads=1, seconds=0.05):
-    """Instructions (or 512-bit products) per second of a register-only loop, summed over `threads` threads
-    running it at once: which is a key of RATES.  None when this CPU lacks the instructions."""
+    """Instructions (or 512-bit products) per second of thread CPU time of a register-only loop, summed over
+    `threads` threads running it at once: which is a key of RATES.  None when this CPU lacks the instructions."""
     if which not in RATES:
         raise KernelError("which must be one of {}, got {!r}".format(sorted(RATES), which))
     rate = ctypes.c_double()

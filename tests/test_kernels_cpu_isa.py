@@ -174,8 +174,19 @@ def test_single_mismatch_at_each_position(path):
 def test_pack_rows_and_cols_match_packbits(rng, path, shape):
     X = rng.standard_normal(shape).astype(np.float32)
     X[rng.random(shape) < 0.2] = 0.0
+    X[rng.random(shape) < 0.05] = np.nan  # NaN >= 0 is false: packed as -1
+    X[rng.random(shape) < 0.05] = -np.inf
     assert np.array_equal(cpu.pack_rows(X, path=path), reference_pack(X))
     assert np.array_equal(cpu.pack_cols(X.T.copy(), threads=2, path=path), reference_pack(X))
+
+
+def test_measured_instruction_rates():
+    """The register-only loops run and give plausible rates (more than 1e8 per second on any current core)."""
+    rates = {which: cpu.measure_rate(which, threads=1, seconds=0.01) for which in cpu.RATES}
+    assert (rates["popcnt512"] is not None) == ("avx512" in HOST_PATHS)
+    assert (rates["add256"] is not None) == ("avx2" in HOST_PATHS)
+    for rate in rates.values():
+        assert rate is None or rate > 1e8
 
 
 def test_tuning_names_the_cpu():
