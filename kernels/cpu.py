@@ -183,8 +183,20 @@ def pack_cols(B, threads=None, path="auto"):
     return out
 
 
-def xnor_gemm_packed(Ap, Bp, n, threads=None, path="auto"):
-    """C (m, k) float32 with C[i, j] = n - 2 popcount(Ap[i] xor Bp[j]); Ap = pack_rows(A), Bp = pack_cols(B)."""
+def _output(out, m, k):
+    """A new float32 (m, k) array, or `out` after checking it can hold the product (C-contiguous float32)."""
+    if out is None:
+        return np.empty((m, k), dtype=np.float32)
+    if not isinstance(out, np.ndarray) or out.dtype != np.float32 or out.shape != (m, k) \
+            or not out.flags.c_contiguous or not out.flags.writeable:
+        raise KernelError("out must be a writeable C-contiguous float32 array of shape {}, got {}".format(
+            (m, k), "{} {} array".format(out.dtype, out.shape) if isinstance(out, np.ndarray) else type(out).__name__))
+    return out
+
+
+def xnor_gemm_packed(Ap, Bp, n, threads=None, path="auto", out=None):
+    """C (m, k) float32 with C[i, j] = n - 2 popcount(Ap[i] xor Bp[j]); Ap = pack_rows(A), Bp = pack_cols(B).
+    out: an existing (m, k) float32 array to write C into (no new allocation)."""
     Ap, Bp = _matrix(Ap, np.uint64, "Ap"), _matrix(Bp, np.uint64, "Bp")
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise KernelError("n (the inner dimension in bits) must be a positive integer, got {!r}".format(n))
@@ -197,7 +209,7 @@ def xnor_gemm_packed(Ap, Bp, n, threads=None, path="auto"):
         if (Ap[:, -1] & pad).any() or (Bp[:, -1] & pad).any():
             raise KernelError("padding bits past n = {} must be 0 in the last word (pack with pack_rows/pack_cols)"
                               .format(n))
-    C = np.empty((Ap.shape[0], Bp.shape[0]), dtype=np.float32)
+    C = _output(out, Ap.shape[0], Bp.shape[0])
     _check(_load().xnor_gemm_packed(_ptr(Ap), _ptr(Bp), Ap.shape[0], Bp.shape[0], int(n), _ptr(C),
                                     _threads(threads), _path(path)))
     return C
@@ -213,13 +225,13 @@ def _check_product(A, B):
     return A, B
 
 
-def xnor_gemm(A, B, threads=None, path="auto"):
+def xnor_gemm(A, B, threads=None, path="auto", out=None):
     """sign(A) @ sign(B) as float32, sign(0) = +1, by packing both and running the XNOR-popcount GEMM (§4.3).
 
     One C call: the packing is fused into the GEMM's pipeline (docs/kernels.md), same result as
-    xnor_gemm_packed(pack_rows(A), pack_cols(B), n)."""
+    xnor_gemm_packed(pack_rows(A), pack_cols(B), n).  out: an existing (m, k) float32 array to write into."""
     A, B = _check_product(A, B)
-    C = np.empty((A.shape[0], B.shape[1]), dtype=np.float32)
+    C = _output(out, A.shape[0], B.shape[1])
     _check(_load().xnor_gemm_f32(_ptr(A), _ptr(B), A.shape[0], A.shape[1], B.shape[1], _ptr(C),
                                  _threads(threads), _path(path)))
     return C

@@ -180,6 +180,18 @@ def test_pack_rows_and_cols_match_packbits(rng, path, shape):
     assert np.array_equal(cpu.pack_cols(X.T.copy(), threads=2, path=path), reference_pack(X))
 
 
+def test_out_receives_the_product_and_bad_out_is_one_clear_error(rng):
+    A, B = random_inputs(rng, 5, 100, 7)
+    out = np.full((5, 7), 123.0, dtype=np.float32)
+    assert cpu.xnor_gemm(A, B, out=out) is out and np.array_equal(out, reference_gemm(A, B))
+    out[:] = 0
+    assert cpu.xnor_gemm_packed(cpu.pack_rows(A), cpu.pack_cols(B), 100, out=out) is out
+    assert np.array_equal(out, reference_gemm(A, B))
+    for bad in (np.empty((7, 5), np.float32), np.empty((5, 7), np.float64), np.empty((7, 5), np.float32).T):
+        with pytest.raises(KernelError, match="out must be"):
+            cpu.xnor_gemm(A, B, out=bad)
+
+
 def test_measured_instruction_rates():
     """The register-only loops run and give plausible rates (more than 1e8 per second on any current core)."""
     rates = {which: cpu.measure_rate(which, threads=1, seconds=0.01) for which in cpu.RATES}
