@@ -18,6 +18,7 @@ where sign(v) = +1 if v >= 0 else -1 (§4.1, §7.3: zero maps to +1) and, in det
 Command line: python binary_inference.py --model M.npz [--data-dir DIR] [--kernels blas,baseline,xnor]
               [--device cpu|gpu|auto] [--export PACKED.npz] [--batch-size 10000]
 """
+import math
 import os
 import struct
 import sys
@@ -25,10 +26,12 @@ import tempfile
 import time
 import zipfile
 import zlib
+from fractions import Fraction
 
 import numpy as np
 from threadpoolctl import threadpool_info
 
+from kernels import packed_net
 from kernels.cpu import available_paths, pack_cols, pack_rows, xnor_gemm_packed
 from plumbing import cli, datasets
 from plumbing.errors import ArchiveError
@@ -189,8 +192,9 @@ def _labels(y):
 # Theano / Lasagne inference (§4.5)
 # ----------------------------------------------------------------------------------------------------------
 
-def build_network(blocks, kernel):
-    """Lasagne stack of §4.5 with binarized weights; returns (input variable, predictions variable).
+def build_network(blocks, kernel, first_activations=False):
+    """Lasagne stack of §4.5 with binarized weights; returns (input variable, predictions variable), or with
+    first_activations=True (input variable, the first block's ±1 activations) from the same layers.
 
     The first block's product is always T.dot ('blas'): its inputs are real-valued. (The original used its
     float GPU kernel there; on this CPU the fastest float product is MKL, and using one product for the first
@@ -213,12 +217,14 @@ def build_network(blocks, kernel):
         layer = BatchNormLayer(layer)
         if k < len(blocks) - 1:
             layer = lasagne.layers.NonlinearityLayer(layer, nonlinearity=sign_theano)
+        if first_activations:
+            break
     values = []
-    for block in blocks:
+    for block in blocks[:1] if first_activations else blocks:
         values += [sign_numpy(block.W), block.b, block.beta, block.gamma, block.mean, block.inv_std]
     lasagne.layers.set_all_param_values(layer, values)
     output = lasagne.layers.get_output(layer, deterministic=True)
-    return input_var, T.argmax(output, axis=1)
+    return input_var, output if first_activations else T.argmax(output, axis=1)
 
 
 def compile_predictor(blocks, kernel):
@@ -553,6 +559,163 @@ def time_packed(packed_path, X, threads=None):
     start = time.perf_counter()
     predictions = run_packed(packed_path, X, threads=threads)
     return predictions, time.perf_counter() - start
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The fast path: the first layer exactly from 8-bit pixels, all layers in one native pass (kernels/packed_net.c)
+# ----------------------------------------------------------------------------------------------------------
+
+PIXEL_MAX = 255  # MNIST inputs are x = 2 * pixel / 255 - 1 ('pm1', ORIGINALS.md §3.1)
+
+
+def pm1_from_pixels(pixels):
+    """float32 inputs as plumbing.datasets computes them from uint8 pixels: 2 * (pixel / 255) - 1 in float32."""
+    x = np.asarray(pixels).astype(np.float32) / np.float32(PIXEL_MAX)
+    return np.float32(2) * x - np.float32(1)
+
+
+def pixels_from_pm1(X):
+    """The uint8 pixels p (N, features) with pm1_from_pixels(p) == X bit for bit; InferenceError otherwise."""
+    X = np.asarray(X, dtype=np.float32).reshape(len(X), -1)
+    p = np.rint((X.astype(np.float64) + 1) * (PIXEL_MAX / 2))
+    if X.size and not (np.isfinite(p).all() and p.min() >= 0 and p.max() <= PIXEL_MAX):
+        raise InferenceError("the fast path needs 8-bit pixel inputs x = 2 * pixel / 255 - 1 (MNIST 'pm1'), got "
+                             "values outside [-1, 1]; use the float path for other inputs")
+    pixels = p.astype(np.uint8)
+    if not np.array_equal(pm1_from_pixels(pixels), X):
+        raise InferenceError("the fast path needs 8-bit pixel inputs x = 2 * pixel / 255 - 1 (MNIST 'pm1'); these "
+                             "inputs are not of that form; use the float path for other inputs")
+    return pixels
+
+
+def row_popcounts(bits):
+    """Number of set bits in each row of a uint64 matrix."""
+    as_bytes = np.ascontiguousarray(bits, dtype="<u8").view(np.uint8)
+    return np.unpackbits(as_bytes, axis=1).sum(axis=1, dtype=np.int64)
+
+
+def first_layer_thresholds(w0_bits, fan_in, bias, mean, scale, beta):
+    """Per unit (dir int8, tau int32) with, for every integer P = sum_i p_i w_i (pixels p_i in 0..255):
+
+        BN(z) >= 0 in exact arithmetic   <=>   dir·P >= tau,   z = sum_i x_i w_i + b = 2P/255 − S + b
+
+    where x_i = 2p_i/255 − 1 and S = sum_i w_i = 2·popcount(w bits) − fan_in ([BNN] §2.5: the first layer from
+    the pixels' bit planes; the affine part of the input scaling folds into S). With g = scale = gamma·inv_std
+    (the float32 values as exact rationals) and t = (255/2)·(S − b + mean − beta/g):
+        g > 0:  BN >= 0  <=>  P >= t   ->  dir = +1, tau = ceil(t)
+        g < 0:  BN >= 0  <=>  P <= t   ->  dir = −1, tau = −floor(t)
+        g = 0:  BN = beta, a constant: tau = −255·fan_in (always on) or 255·fan_in + 1 (never on).
+    Computed with Python fractions, so the thresholds are exact; the float path rounds its sums and can differ
+    where BN(z) is within float32 rounding of 0 (`first_layer_ties`).
+    """
+    S = 2 * row_popcounts(w0_bits) - fan_in
+    limit = PIXEL_MAX * fan_in
+    directions = np.ones(len(S), dtype=np.int8)
+    taus = np.empty(len(S), dtype=np.int64)
+    for u in range(len(S)):
+        b, m, g, e = (Fraction(float(v[u])) for v in (bias, mean, scale, beta))
+        if g == 0:
+            taus[u] = -limit if e >= 0 else limit + 1
+            continue
+        t = Fraction(PIXEL_MAX, 2) * (int(S[u]) - b + m - e / g)
+        if g > 0:
+            taus[u] = math.ceil(t)
+        else:
+            directions[u], taus[u] = -1, -math.floor(t)
+    return directions, np.clip(taus, -limit, limit + 1).astype(np.int32)
+
+
+class FastModel:
+    """A packed model laid out for kernels/packed_net.c: weights packed once, every threshold an integer."""
+
+    def __init__(self, widths, weights, taus, dirs, out_bn):
+        self.widths, self.weights, self.taus, self.dirs, self.out_bn = widths, weights, taus, dirs, out_bn
+
+
+def prepare_fast(packed_path):
+    """FastModel of a packed model file (`export_packed`): the first layer's exact integer thresholds
+    (`first_layer_thresholds`), the hidden layers' folded thresholds, rows padded to whole 512-bit vectors."""
+    model = load_packed(packed_path)
+    widths = [int(w) for w in model["widths"]]
+    L = len(widths) - 1
+    weights = [np.ascontiguousarray(model["w0"], dtype=np.uint64)]
+    for k in range(1, L):
+        packed = model[f"w{k}"]
+        padded = np.zeros((widths[k + 1], packed_net.stride(widths[k])), dtype=np.uint64)
+        padded[:, :packed.shape[1]] = packed
+        weights.append(padded)
+    dir0, tau0 = first_layer_thresholds(model["w0"], widths[0], *model["bn0"])
+    taus = [tau0] + [np.ascontiguousarray(model[f"tau{k}"], dtype=np.int32) for k in range(1, L - 1)]
+    dirs = [dir0] + [np.ascontiguousarray(model[f"dir{k}"], dtype=np.int8) for k in range(1, L - 1)]
+    out_bn = np.ascontiguousarray(model[f"bn{L - 1}"], dtype=np.float32)
+    return FastModel(np.array(widths, dtype=np.int64), weights, taus, dirs, out_bn)
+
+
+def run_fast(fast, pixels, threads=None, variant="native", scores=False, first_bits=False):
+    """Predicted classes of uint8 pixels (N, fan_in) by the fast path; threads=None: every usable CPU.
+    With scores / first_bits, returns a dict that also holds the output layer's batch-norm values and the first
+    layer's activations as bits (rows of packed_net.stride(widths[1]) words)."""
+    pixels = np.ascontiguousarray(np.asarray(pixels).reshape(len(pixels), -1))
+    if pixels.dtype != np.uint8 or pixels.shape[1] != fast.widths[0]:
+        raise InferenceError(f"the fast path takes uint8 pixels with {fast.widths[0]} per example, got "
+                             f"{pixels.dtype} {pixels.shape}; convert float inputs with pixels_from_pm1")
+    threads = len(os.sched_getaffinity(0)) if threads is None else threads
+    out = packed_net.run_network(pixels, fast.widths, fast.weights, fast.taus, fast.dirs, fast.out_bn, threads,
+                                 variant, scores, first_bits)
+    return out if scores or first_bits else out["predictions"]
+
+
+def unpack_activation_bits(bits, units):
+    """bool (N, units) from activation rows packed LSB first (True = +1)."""
+    as_bytes = np.ascontiguousarray(bits, dtype="<u8").view(np.uint8)
+    return np.unpackbits(as_bytes, axis=1, bitorder="little")[:, :units].astype(bool)
+
+
+def numpy_predictor(blocks):
+    """The float network of §4.5 with NumPy's BLAS (float32 products, BN in the §1.7.2 order, sign)."""
+    weights = [sign_numpy(block.W) for block in blocks]
+
+    def predict(X):
+        a = _flatten(X, blocks[0].W.shape[0])
+        for k, (block, Wb) in enumerate(zip(blocks, weights)):
+            y = batch_norm_float32(a @ Wb, block.b, block.mean, block.scale, block.beta)
+            a = sign_numpy(y) if k < len(blocks) - 1 else y
+        return np.argmax(a, axis=1)
+
+    return predict
+
+
+def first_layer_bound(fan_in, x_abs_sum, z, bias, mean, scale, beta):
+    """Bound on |BN_float − BN_exact| of a first-layer unit (arrays broadcast elementwise): float32 inputs (3u
+    each), a float32 sum of fan_in terms in any order or blocking (gamma_n · sum|x|), four rounded BN operations
+    and a possibly rounded gamma·inv_std, with u = 2^-24; generous by a factor 1.01 (standard error analysis
+    of floating-point sums, e.g. Higham, Accuracy and Stability of Numerical Algorithms, ch. 2-4)."""
+    u = 2.0 ** -24
+    gamma_n = fan_in * u / (1 - fan_in * u)
+    error_z = 3 * u * fan_in + gamma_n * (x_abs_sum + 3 * u * fan_in)
+    magnitude = np.abs(z) + np.abs(bias) + np.abs(mean)
+    return 1.01 * (np.abs(scale) * (error_z + 6 * u * magnitude) + 2 * u * np.abs(beta))
+
+
+def first_layer_ties(block, fast_bits, float_bits, pixels):
+    """Compare the fast path's exact first-layer activations with the float path's (bool, examples x units).
+
+    Returns {'differ': activations that differ, 'ties': of those, how many have an exact BN value within the
+    float32 rounding bound of 0 (`first_layer_bound`), 'beyond': the others (a bug if not 0), 'examples': the
+    examples with a differing activation (indices)}.
+    """
+    rows, units = np.nonzero(fast_bits != float_bits)
+    Wb = np.where(block.W[:, units] >= 0, 1, -1).astype(np.int64)
+    P = np.einsum("ij,ji->i", pixels[rows].astype(np.int64), Wb)  # exact integers
+    z = 2 * P / PIXEL_MAX - Wb.sum(axis=0) + block.b[units]
+    scale = block.scale[units].astype(np.float64)
+    y = (z - block.mean[units]) * scale + block.beta[units]
+    x_abs_sum = np.abs(2 * pixels[rows].astype(np.float64) / PIXEL_MAX - 1).sum(axis=1)
+    bound = first_layer_bound(block.W.shape[0], x_abs_sum, z, block.b[units], block.mean[units], scale,
+                              block.beta[units])
+    within = np.abs(y) <= bound
+    return {"differ": len(rows), "ties": int(within.sum()), "beyond": int((~within).sum()),
+            "examples": np.unique(rows)}
 
 
 # ----------------------------------------------------------------------------------------------------------
