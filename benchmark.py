@@ -87,6 +87,11 @@ def build_parser():
                         "kernel here), 'keep' = leave the environment alone, or a core name")
     p.add_argument("--seed", type=int, default=0, help="random seed of the +-1 matrices")
     p.add_argument("--plot", metavar="FILE.png", help="write a paper-style bar chart of the timings")
+    p.add_argument("--inference", action="store_true", help="instead: end-to-end MNIST MLP inference, float vs "
+                   "XNOR paths (binary_inference.benchmark_inference); with --model FILE [--data-dir D] or --random")
+    p.add_argument("--model", help="--inference: trained parameters (.npz), run on the MNIST test set")
+    p.add_argument("--data-dir", help="--inference --model: folder with the MNIST files (default: download)")
+    p.add_argument("--random", action="store_true", help="--inference: a random 3x4096 model on random pixels")
     return p
 
 
@@ -333,6 +338,9 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     check_args(args)
     coretype_note = set_openblas_coretype(args.openblas_coretype)
+    if args.inference:
+        import binary_inference
+        return binary_inference.benchmark_from_args(args)
     device = choose_device(args.device)
     sizes = parse_sizes(args.sizes or ("8192" if device == "gpu" else "4096"))
     if device == "gpu":

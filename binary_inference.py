@@ -20,6 +20,7 @@ Command line: python binary_inference.py --model M.npz [--data-dir DIR] [--kerne
 """
 import math
 import os
+import statistics
 import struct
 import sys
 import tempfile
@@ -716,6 +717,203 @@ def first_layer_ties(block, fast_bits, float_bits, pixels):
     within = np.abs(y) <= bound
     return {"differ": len(rows), "ties": int(within.sum()), "beyond": int((~within).sum()),
             "examples": np.unique(rows)}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# End-to-end inference benchmark (python benchmark.py --inference [--model FILE | --random])
+# ----------------------------------------------------------------------------------------------------------
+
+def benchmark_inputs(model_path, data_dir, examples, seed=1):
+    """(pixels uint8, X float32 pm1, labels): the MNIST test set for a trained model, else random pixels."""
+    if model_path is None:
+        rng = np.random.RandomState(seed)
+        pixels = rng.randint(0, PIXEL_MAX + 1, (examples, 784)).astype(np.uint8)
+        return pixels, pm1_from_pixels(pixels), rng.randint(0, 10, examples)
+    data = datasets.load_mnist("pm1", data_dir=data_dir)
+    X = data["X_test"].reshape(len(data["X_test"]), -1)[:examples]
+    return pixels_from_pm1(X), X, _labels(data["y_test"])[:examples]
+
+
+def parse_thread_counts(text):
+    """'1,all' -> [1, number of usable CPUs]."""
+    counts = []
+    for item in str(text).split(","):
+        item = item.strip().lower()
+        if item == "all":
+            counts.append(len(os.sched_getaffinity(0)))
+        elif item.isdigit() and int(item) >= 1:
+            counts.append(int(item))
+        else:
+            raise InferenceError(f"bad thread count {item!r} in --threads: use positive integers or 'all', e.g. 1,all")
+    return list(dict.fromkeys(counts))
+
+
+class cpu_limit:
+    """Context: BLAS/OpenMP limited to `threads` (threadpoolctl); with 1 thread the process is also pinned to one
+    core, so kernels that start their own threads (the XnorGemm op) use one core too."""
+
+    def __init__(self, threads):
+        self.threads = threads
+
+    def __enter__(self):
+        from threadpoolctl import threadpool_limits
+        self.affinity = os.sched_getaffinity(0)
+        if self.threads == 1:
+            os.sched_setaffinity(0, {min(self.affinity)})
+        self.limits = threadpool_limits(limits=self.threads)
+        return self
+
+    def __exit__(self, *exc):
+        self.limits.unregister()
+        os.sched_setaffinity(0, self.affinity)
+
+
+def time_path(run, repeats):
+    """(median s, min s, predictions) of `repeats` calls of run() after one warm-up call on a few examples."""
+    run(WARM_UP_EXAMPLES)
+    seconds, predictions = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        predictions = np.asarray(run(None))
+        seconds.append(time.perf_counter() - start)
+    return statistics.median(seconds), min(seconds), predictions
+
+
+def network_name(widths):
+    """'3x4096' for 784-4096-4096-4096-10, else the hidden widths joined by '-'."""
+    hidden = [int(w) for w in widths[1:-1]]
+    return f"{len(hidden)}x{hidden[0]}" if len(set(hidden)) == 1 else "-".join(map(str, hidden))
+
+
+def benchmark_inference(model_path=None, data_dir=None, thread_counts=None, repeats=3, examples=10000):
+    """Time the network on `examples` images with each path at each thread count, side by side; print a table,
+    the first-layer tie analysis, the packed model's size and, last, the speed-up line. Returns the rows.
+
+    Paths: the float network with Theano's BLAS (the faithful reproduction, and the reference predictions)
+    and with NumPy's BLAS, the original-style XNOR path (Theano graph with the XnorGemm op), and the fast path
+    (`run_fast`). model_path=None: a random 3x4096 model (`write_random_model`) on random pixels.
+    """
+    thread_counts = thread_counts or [1, len(os.sched_getaffinity(0))]
+    with tempfile.TemporaryDirectory(prefix="bnn-inference-") as tmp:
+        random_model = model_path is None
+        if random_model:
+            model_path = os.path.join(tmp, "random.npz")
+            write_random_model(model_path)
+        blocks = load_blocks(model_path)
+        pixels, X, labels = benchmark_inputs(None if random_model else model_path, data_dir, examples)
+        X = _flatten(X, blocks[0].W.shape[0])
+        packed_path = os.path.join(tmp, "packed.npz")
+        float_bytes, packed_bytes = export_packed(model_path, packed_path)
+        fast = prepare_fast(packed_path)
+        return _benchmark_paths(blocks, fast, pixels, X, labels, thread_counts, repeats,
+                                "random pixels, random model" if random_model else "MNIST test set",
+                                (float_bytes, packed_bytes))
+
+
+def _benchmark_paths(blocks, fast, pixels, X, labels, thread_counts, repeats, inputs_name, sizes):
+    from plumbing import compat
+    widths = [blocks[0].W.shape[0]] + [block.W.shape[1] for block in blocks]
+    numpy_blas = numpy_blas_name()
+    float_paths = {f"float, Theano BLAS ({compat.BLAS_NAME.split(' ')[0]})": compile_predictor(blocks, "blas"),
+                   f"float, NumPy BLAS ({numpy_blas})": numpy_predictor(blocks)}
+    xnor_theano = compile_predictor(blocks, "xnor")
+    fast_name = f"fast XNOR (bit planes, one pass, {packed_net.code_path()})"
+    print(f"end-to-end inference, BinaryNet MLP {'-'.join(map(str, widths))}, {len(X)} images ({inputs_name}); "
+          f"median and min of {repeats} runs after a warm-up; 1 thread = process pinned to one core")
+    march = " ".join(f for f in packed_net.flags("native") if f.startswith("-march")) or "no -march"
+    print(f"{describe_cpu_libraries()}; fast path: {packed_net.code_path()} (gcc {march})")
+    print("load average before: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
+    rows = []
+    for threads in thread_counts:
+        with cpu_limit(threads):
+            runs = [(name, lambda n, p=predict: p(X[:n] if n else X)) for name, predict in float_paths.items()]
+            runs.append(("XNOR, original style (Theano + XnorGemm op)", lambda n: xnor_theano(X[:n] if n else X)))
+            runs.append((fast_name, lambda n: run_fast(fast, pixels[:n] if n else pixels, threads)))
+            for name, run in runs:
+                median, minimum, predictions = time_path(run, repeats)
+                rows.append({"threads": threads, "path": name, "median": median, "min": minimum,
+                             "predictions": predictions, "error": 100.0 * float(np.mean(predictions != labels))})
+                print(f"  measured threads={threads} {name:<52} {median:8.4f} s", flush=True)
+    print_inference_table(rows, float_paths)
+    reference = rows[0]["predictions"]
+    ties = fast_path_ties(blocks, fast, pixels, X, reference, [r for r in rows if r["path"] == fast_name])
+    print("packed model: {} bytes, float model {} bytes, {:.1f}x smaller".format(sizes[1], sizes[0],
+                                                                                sizes[0] / sizes[1]))
+    print("load average after:  {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
+    print(speedup_line(rows, float_paths, fast_name, widths, len(X), ties))
+    if ties["unexplained"] or ties["beyond"]:
+        raise InferenceError(f"the fast path disagrees with the float path beyond first-layer float32 ties "
+                             f"({ties['unexplained']} predictions, {ties['beyond']} activations): a bug")
+    return rows
+
+
+def numpy_blas_name():
+    """'openblas 0.3.20 SkylakeX' (threadpoolctl's view of the BLAS NumPy uses)."""
+    for info in threadpool_info():
+        if info.get("user_api") == "blas" and "numpy" in info.get("filepath", ""):
+            return f"{info.get('internal_api')} {info.get('version')} {info.get('architecture') or ''}".strip()
+    return "unknown"
+
+
+def print_inference_table(rows, float_paths):
+    reference = rows[0]["predictions"]
+    print(f"\n{'threads':>7}  {'path':<52} {'median s':>9} {'min s':>8} {'best float/t':>12} {'error %':>8} "
+          f"{'differ from Theano float':>25}")
+    for row in rows:
+        same = [r for r in rows if r["threads"] == row["threads"]]
+        best_float = min(r["median"] for r in same if r["path"] in float_paths)
+        print(f"{row['threads']:>7}  {row['path']:<52} {row['median']:9.4f} {row['min']:8.4f} "
+              f"{best_float / row['median']:11.2f}x {row['error']:8.2f} "
+              f"{int(np.sum(row['predictions'] != reference)):>25}")
+    print()
+
+
+def fast_path_ties(blocks, fast, pixels, X, reference, fast_rows):
+    """First-layer tie analysis of the fast path against the Theano float path (`first_layer_ties`), printed.
+    'unexplained' = examples whose prediction differs although their first-layer activations are the same."""
+    from plumbing.compat import theano
+    input_var, activations = build_network(blocks, "blas", first_activations=True)
+    float_bits = np.asarray(theano.function([input_var], activations)(X)) > 0
+    exact = run_fast(fast, pixels, first_bits=True)
+    fast_bits = unpack_activation_bits(exact["first_bits"], blocks[0].W.shape[1])
+    ties = first_layer_ties(blocks[0], fast_bits, float_bits, pixels)
+    differ = np.nonzero(exact["predictions"] != reference)[0]
+    ties["predictions"] = len(differ)
+    ties["unexplained"] = int(len(np.setdiff1d(differ, ties["examples"])))
+    ties["runs_agree"] = all(np.array_equal(r["predictions"], exact["predictions"]) for r in fast_rows)
+    print(f"first layer, fast path (exact from the pixels) vs Theano float: {ties['differ']} of {fast_bits.size} "
+          f"activations differ on {len(ties['examples'])} examples; {ties['ties']} of them are float32 ties (exact "
+          f"batch-norm value within the float32 rounding bound of 0), {ties['beyond']} are not")
+    print(f"predictions, fast path vs Theano float: {ties['predictions']} of {len(X)} differ, "
+          f"{ties['predictions'] - ties['unexplained']} of them on examples with a first-layer tie; "
+          f"fast-path runs at every thread count identical: {ties['runs_agree']}")
+    return ties
+
+
+def speedup_line(rows, float_paths, fast_name, widths, examples, ties):
+    """The last line: the fast path's speed-up over the best float path (the smaller over the thread counts)."""
+    parts, ratios = [], []
+    for threads in dict.fromkeys(r["threads"] for r in rows):
+        same = [r for r in rows if r["threads"] == threads]
+        best = min((r for r in same if r["path"] in float_paths), key=lambda r: r["median"])
+        fast_row = next(r for r in same if r["path"] == fast_name)
+        ratios.append(best["median"] / fast_row["median"])
+        label = best["path"].split("(")[0].replace("float, ", "").strip()
+        parts.append(f"{threads} thread{'s' if threads > 1 else ''}: {ratios[-1]:.2f}x, "
+                     f"{best['median']:.3f} s {label} vs {fast_row['median']:.3f} s")
+    predictions = "identical predictions" if not ties["predictions"] else \
+        f"{ties['predictions']} predictions differ, all at first-layer float32 ties"
+    return (f"end-to-end MNIST {network_name(widths)}, {examples} images: fast XNOR path {min(ratios):.2f}x faster "
+            f"than the best float path ({'; '.join(parts)}; {predictions})")
+
+
+def benchmark_from_args(args):
+    """Entry of `python benchmark.py --inference [--model FILE | --random] [--data-dir D] [--threads 1,all]`."""
+    if bool(args.model) == bool(args.random):
+        raise InferenceError("--inference needs exactly one of --model FILE (a trained model, run on the MNIST test "
+                             "set) or --random (a random 3x4096 model on random pixels)")
+    benchmark_inference(args.model, args.data_dir, parse_thread_counts(args.threads), args.repeats)
+    return 0
 
 
 # ----------------------------------------------------------------------------------------------------------
