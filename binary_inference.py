@@ -247,25 +247,48 @@ def compile_first_layer(blocks):
     return theano.function([input_var], lasagne.layers.get_output(layer, deterministic=True))
 
 
-def gpu_predictor(blocks, kernel):
-    """Same network on the GPU kernels (host arrays in/out); BN and sign in NumPy float32, in the §1.7.2 order.
+def gpu_network_arrays(blocks):
+    """(weights, batch norms) of the blocks in the form kernels.gpu.GpuNetwork takes: W (fan_in, units) and
+    (4, units) rows b, mean, gamma·inv_std, beta (§1.7.2)."""
+    return [block.W for block in blocks], [np.stack([block.b, block.mean, block.scale, block.beta]) for block in blocks]
 
-    The first block uses cuBLAS (real inputs); the others use GpuKernels' product named by `kernel`.
-    """
-    from kernels.gpu import GpuKernels
-    gpu = GpuKernels()
-    product = {"blas": gpu.cublas_gemm, "baseline": gpu.baseline_gemm, "xnor": gpu.xnor_gemm}[kernel]
-    weights = [sign_numpy(block.W) for block in blocks]
 
-    def predict(X):
-        a = X
-        for k, (block, Wb) in enumerate(zip(blocks, weights)):
-            x = (gpu.cublas_gemm if k == 0 else product)(np.ascontiguousarray(a), Wb)
-            y = batch_norm_float32(x, block.b, block.mean, block.scale, block.beta)
-            a = sign_numpy(y) if k < len(blocks) - 1 else y
-        return np.argmax(a, axis=1)
+def evaluate_gpu(blocks, X, kernels, batch_size):
+    """{kernel: (predictions, seconds)} on the GPU: one session, the network resident on the device per kernel
+    (kernels.gpu.GpuNetwork; the first layer always on cuBLAS), timed like the CPU runs (time_predictor)."""
+    from kernels.gpu import GpuKernels, GpuNetwork
+    weights, bn = gpu_network_arrays(blocks)
+    timings = {}
+    with GpuKernels() as session:
+        for kernel in kernels:
+            network = GpuNetwork(session, weights, bn, kernel)
+            timings[kernel] = time_predictor(network.predict, X, batch_size)
+            network.free()
+    return timings
 
-    return predict
+
+def gpu_inference_report(blocks, X, reference, repeats):
+    """The network on the GPU with cuBLAS and with the XNOR kernels, everything resident on the device: input
+    upload, network (CUDA events, median and min of `repeats` after a warm-up) and download + argmax reported
+    separately; printed and returned as rows."""
+    from kernels.gpu import GpuKernels, GpuNetwork
+    weights, bn = gpu_network_arrays(blocks)
+    rows = []
+    with GpuKernels() as session:
+        print(f"GPU: {session.device_name} (sm_{session.arch}, kernels compiled by {session.compiler}); "
+              f"{len(X)} images resident on the device")
+        print(f"  {'path':<34} {'upload s':>9} {'network median s':>17} {'min s':>9} {'download+argmax s':>18} "
+              f"{'differ from Theano float':>25}")
+        for product, name in (("blas", "float, cuBLAS (first layer too)"), ("xnor", "XNOR, fused BN+sign+pack")):
+            network = GpuNetwork(session, weights, bn, product)
+            timing = network.time(X, repeats=repeats, warmup=1)
+            network.free()
+            timing.update(path=name, product=product, differ=int(np.sum(timing["predictions"] != reference)))
+            rows.append(timing)
+            print(f"  {name:<34} {timing['upload']:9.4f} {timing['median']:17.5f} {timing['min']:9.5f} "
+                  f"{timing['download']:18.4f} {timing['differ']:>25}")
+    print(f"  GPU network: XNOR {rows[0]['median'] / rows[1]['median']:.2f}x faster than cuBLAS (medians)")
+    return rows
 
 
 def resolve_device(device):
@@ -318,9 +341,9 @@ def evaluate(blocks, X, y, kernels=KERNELS, device="cpu", batch_size=10000):
     labels = _labels(y)
     device = resolve_device(device)
     results = {}
-    for kernel in kernels:
-        predict = gpu_predictor(blocks, kernel) if device == "gpu" else compile_predictor(blocks, kernel)
-        predictions, seconds = time_predictor(predict, X, batch_size)
+    timings = evaluate_gpu(blocks, X, kernels, batch_size) if device == "gpu" else \
+        {kernel: time_predictor(compile_predictor(blocks, kernel), X, batch_size) for kernel in kernels}
+    for kernel, (predictions, seconds) in timings.items():
         results[kernel] = {"error": 100.0 * float(np.mean(predictions != labels)), "seconds": seconds,
                            "predictions": predictions}
     print_table(results, "%s, %d examples, batch %d" % (device, len(X), batch_size))
@@ -836,6 +859,12 @@ def _benchmark_paths(blocks, fast, pixels, X, labels, thread_counts, repeats, in
                 print(f"  measured threads={threads} {name:<52} {median:8.4f} s", flush=True)
     print_inference_table(rows, float_paths)
     reference = rows[0]["predictions"]
+    from kernels.gpu import gpu_status
+    usable, message = gpu_status()
+    if usable:
+        gpu_inference_report(blocks, X, reference, repeats)
+    else:
+        print(f"GPU: not measured ({message})")
     ties = fast_path_ties(blocks, fast, pixels, X, reference, [r for r in rows if r["path"] == fast_name])
     print("packed model: {} bytes, float model {} bytes, {:.1f}x smaller".format(sizes[1], sizes[0],
                                                                                 sizes[0] / sizes[1]))

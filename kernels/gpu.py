@@ -23,6 +23,7 @@ Everything GPU-related is imported lazily, so this module imports on machines wi
     python -m kernels.gpu --time M N K    # time baseline, cuBLAS and XNOR on random ±1 matrices
 """
 import atexit
+import contextlib
 import ctypes
 import ctypes.util
 import glob
@@ -569,23 +570,31 @@ class GpuKernels:
         """sign(A) . sign(B) with sign(0) = +1, via packing and XNOR-popcount on the GPU."""
         A, B = check_operands(A, B)
         (m, n), k = A.shape, B.shape[1]
-        a, b, c = self.upload(A), self.upload(B), self.alloc((m, k))
-        a_packed, b_packed = self.alloc((m, words_per_vector(n)), np.uint32), self.alloc((words_per_vector(n), k),
-                                                                                          np.uint32)
-        self.pack_rows(a, a_packed)
-        self.pack_cols(b, b_packed)
-        self.xnor(a_packed, b_packed, c, n)
-        result = self.download(c)
-        self.free(a, b, c, a_packed, b_packed)
-        return result
+        with self.temporaries() as keep:
+            a, b, c = keep(self.upload(A)), keep(self.upload(B)), keep(self.alloc((m, k)))
+            a_packed = keep(self.alloc((m, words_per_vector(n)), np.uint32))
+            b_packed = keep(self.alloc((words_per_vector(n), k), np.uint32))
+            self.pack_rows(a, a_packed)
+            self.pack_cols(b, b_packed)
+            self.xnor(a_packed, b_packed, c, n)
+            return self.download(c)
 
     def _float_product(self, A, B, product):
         A, B = check_operands(A, B)
-        a, b, c = self.upload(A), self.upload(B), self.alloc((A.shape[0], B.shape[1]))
-        product(a, b, c)
-        result = self.download(c)
-        self.free(a, b, c)
-        return result
+        with self.temporaries() as keep:
+            a, b, c = keep(self.upload(A)), keep(self.upload(B)), keep(self.alloc((A.shape[0], B.shape[1])))
+            product(a, b, c)
+            return self.download(c)
+
+    @contextlib.contextmanager
+    def temporaries(self):
+        """`with session.temporaries() as keep:` frees every array passed to keep() at the end, errors included."""
+        arrays = []
+        try:
+            yield lambda array: arrays.append(array) or array
+        finally:
+            if not self._closed:
+                self.free(*arrays)
 
     def baseline_gemm(self, A, B):
         """A . B with the unoptimized 16x16 tiled float kernel."""
@@ -626,10 +635,15 @@ class GpuKernels:
         rng = np.random.default_rng(seed)
         A, B = check_operands(rng.choice(np.array([-1.0, 1.0], np.float32), size=(m, n)),
                               rng.choice(np.array([-1.0, 1.0], np.float32), size=(n, k)))
-        a, b = self.upload(A), self.upload(B)
-        c_base, c_cublas, c_xnor = self.alloc((m, k)), self.alloc((m, k)), self.alloc((m, k))
-        a_packed, b_packed = self.alloc((m, words_per_vector(n)), np.uint32), self.alloc((words_per_vector(n), k),
-                                                                                          np.uint32)
+        with self.temporaries() as keep:
+            return self._time_products(keep, A, B, repeats, warmup)
+
+    def _time_products(self, keep, A, B, repeats, warmup):
+        (m, n), k = A.shape, B.shape[1]
+        a, b = keep(self.upload(A)), keep(self.upload(B))
+        c_base, c_cublas, c_xnor = keep(self.alloc((m, k))), keep(self.alloc((m, k))), keep(self.alloc((m, k)))
+        a_packed = keep(self.alloc((m, words_per_vector(n)), np.uint32))
+        b_packed = keep(self.alloc((words_per_vector(n), k), np.uint32))
 
         def xnor_with_packing():
             self.pack_rows(a, a_packed)
@@ -644,7 +658,6 @@ class GpuKernels:
         base, blas, xnor = self.download(c_base), self.download(c_cublas), self.download(c_xnor)
         timings["agree"] = bool(np.array_equal(base, blas) and np.array_equal(base, xnor))
         timings.update(m=m, n=n, k=k)
-        self.free(a, b, c_base, c_cublas, c_xnor, a_packed, b_packed)
         return timings
 
 

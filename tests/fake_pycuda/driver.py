@@ -78,6 +78,7 @@ def configure(build_dir, devices=1, capability=(7, 5), name="Fake GPU (CUDA on C
     CONFIG.update(build_dir=Path(build_dir), devices=devices, capability=tuple(capability), name=name, memory=memory,
                   limits=dict(DEFAULT_LIMITS, **(limits or {})), kernel_source=Path(kernel_source))
     LAUNCHES.clear()
+    Context.live.clear()
     _state["initialized"] = False
     library().fake_set_devices(devices)
 
