@@ -134,12 +134,6 @@ def check_operands(A, B):
 
 # ----------------------------------------------------------------------------- compilation
 
-def kernel_source(defines=()):
-    """Text of binary_kernels.cu, preceded by `#define NAME` lines for `defines`."""
-    header = "".join(f"#define {name}\n" for name in defines)
-    return header + KERNEL_SOURCE.read_text()
-
-
 def _arch_number(arch):
     """50, 'sm_50', '50' or 'compute_50' -> 50."""
     text = str(arch).lower().replace("sm_", "").replace("compute_", "")

@@ -374,3 +374,68 @@ def test_real_cublas_exports_the_bound_symbols():
         binding = gpu.Cublas(path)
         with pytest.raises(gpu.GpuUnavailable, match="cublasCreate_v2 failed: status"):
             binding.create()
+
+
+# ----------------------------------------------------------------------------- the remaining error paths
+
+def test_bad_device_ordinal_and_failed_push_are_one_line(machine, monkeypatch):
+    machine()
+    with pytest.raises(gpu.GpuUnavailable, match="cannot open CUDA device 3: cuDeviceGet failed: invalid device"):
+        gpu.GpuKernels(device=3)
+
+    def refuse(self):
+        raise fake.LogicError("cuCtxPushCurrent failed: out of memory")
+    monkeypatch.setattr(fake.Context, "push", refuse)
+    with pytest.raises(gpu.GpuUnavailable, match="cannot make CUDA device 0 current"):
+        gpu.GpuKernels()
+    assert not fake.Context.live  # the retained context was released
+
+
+def test_driver_reporting_no_devices(machine, monkeypatch):
+    machine()
+    monkeypatch.setattr(fake.Device, "count", staticmethod(lambda: 0))
+    assert gpu.gpu_status() == (False, "NVIDIA driver found but it reports 0 CUDA devices; use --device cpu")
+
+
+def test_no_compiler_at_all_is_one_line(machine, monkeypatch):
+    machine()
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.setattr(gpu.sys, "path", [])
+    monkeypatch.setattr(gpu.ctypes.util, "find_library", lambda name: None)
+    with pytest.raises(gpu.KernelCompileError, match="nvcc not found on PATH"):
+        gpu.compile_cubin(75, "nvcc")
+    with pytest.raises(gpu.KernelCompileError) as caught:
+        gpu.GpuKernels()
+    assert str(caught.value) == ("no compiler could build binary_kernels.cu for sm_75: NVRTC 12 not found: pip "
+                                 f"install {gpu.NVRTC_PIP}")
+
+
+def test_compiler_choice_and_bad_names():
+    assert gpu.compile_cubin("sm_75")[:4] == b"\x7fELF"  # 'auto' picks nvcc for sm_75, NVRTC below
+    with pytest.raises(gpu.KernelCompileError, match="unknown compiler 'clang'"):
+        gpu.compile_cubin(75, "clang")
+    with pytest.raises(gpu.KernelCompileError, match="bad GPU architecture 'sm_x'"):
+        gpu.compile_cubin("sm_x")
+
+
+def test_bad_arguments_are_one_line(machine, capsys):
+    machine()
+    with pytest.raises(gpu.KernelInputError, match="too large for 32-bit kernel indices"):
+        gpu.check_operands(np.broadcast_to(np.float32(1), (2 ** 16, 2 ** 15)), np.ones((2 ** 15, 1), np.float32))
+    rng = np.random.default_rng(6)
+    weights, bn = small_network(rng)
+    with gpu.GpuKernels() as session:
+        with pytest.raises(gpu.KernelInputError, match="need repeats >= 1"):
+            session.time_kernels(4, 4, 4, repeats=0)
+        with pytest.raises(gpu.KernelInputError, match="need repeats >= 1"):
+            session.time_events(lambda: None, 1, -1)
+        with pytest.raises(gpu.KernelInputError, match="unknown product 'fast'"):
+            gpu.GpuNetwork(session, weights, bn, "fast")
+        network = gpu.GpuNetwork(session, weights, bn)
+        with pytest.raises(gpu.KernelInputError, match="inputs have 5 features, the network expects 37"):
+            network.predict(np.ones((2, 5), np.float32))
+        network.free()
+    assert gpu.main(["--time", "4", "x", "4"]) == 2
+    assert gpu.main(["--time", "0", "4", "4"]) == 1
+    err = capsys.readouterr().err
+    assert "usage: python -m kernels.gpu [--time M N K]" in err and "error: empty operand" in err
