@@ -829,7 +829,8 @@ def benchmark_inference(model_path=None, data_dir=None, thread_counts=None, repe
         float_bytes, packed_bytes = export_packed(model_path, packed_path)
         fast = prepare_fast(packed_path)
         return _benchmark_paths(blocks, fast, pixels, X, labels, thread_counts, repeats,
-                                "random pixels, random model" if random_model else "MNIST test set",
+                                "random pixels, random model" if random_model else
+                                f"test set of the MNIST-format files in {data_dir or 'the download folder'}",
                                 (float_bytes, packed_bytes))
 
 
