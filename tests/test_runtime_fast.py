@@ -201,8 +201,8 @@ def test_first_layer_bound_covers_float32_sums_in_any_order():
     y_exact = (z - mean) * scale.astype(np.float64) + beta
     bound = bi.first_layer_bound(n, np.abs(2 * pixels / 255 - 1).sum(axis=1, keepdims=True), z, b, mean, scale, beta)
     terms = x32[:, :, None] * Wb[None].astype(np.float32)
-    sums = [np.cumsum(terms, axis=1, dtype=np.float32)[:, -1], np.cumsum(terms[:, ::-1], axis=1, dtype=np.float32)[:, -1],
-            terms.sum(axis=1, dtype=np.float32), x32 @ Wb.astype(np.float32)]
+    sequential = [np.cumsum(t, axis=1, dtype=np.float32)[:, -1] for t in (terms, terms[:, ::-1])]
+    sums = sequential + [terms.sum(axis=1, dtype=np.float32), x32 @ Wb.astype(np.float32)]
     for s in sums:
         y32 = ((s + b) - mean) * scale + beta
         assert (np.abs(y32 - y_exact) <= bound).all()
