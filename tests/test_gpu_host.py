@@ -10,6 +10,7 @@ import ctypes
 import ctypes.util
 import glob
 import os
+import shutil
 import threading
 
 import numpy as np
@@ -195,13 +196,14 @@ def test_compile_failure_one_line_and_nothing_left(machine, monkeypatch, tmp_pat
     with pytest.raises(gpu.KernelCompileError) as caught:
         gpu.GpuKernels()
     message = str(caught.value)
-    assert "\n" not in message and "nvcc failed for sm_75" in message and "NVRTC compile failed" in message
+    reasons = ["NVRTC compile failed for sm_75"] + (["nvcc failed for sm_75"] if shutil.which("nvcc") else [])
+    assert "\n" not in message and all(reason in message for reason in reasons)
     assert not fake._stack()
 
 
 def test_cubin_for_another_gpu_is_a_one_line_error(machine, monkeypatch):
     machine(capability=(8, 6))
-    monkeypatch.setattr(gpu, "compile_for_device", lambda arch: ("nvcc", gpu.compile_cubin(75, "nvcc")))
+    monkeypatch.setattr(gpu, "compile_for_device", lambda arch: ("nvcc", gpu.compile_cubin(75)))
     with pytest.raises(gpu.KernelCompileError, match="the sm_86 cubin from nvcc does not load") as caught:
         gpu.GpuKernels()
     assert "no kernel image is available" in str(caught.value) and not fake._stack()
