@@ -113,6 +113,11 @@ def build_parser():
                         "processes share counts only the time the kernel had a core (needs --threads 1)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the +-1 matrices")
     p.add_argument("--plot", metavar="FILE.png", help="write a paper-style bar chart of the timings")
+    p.add_argument("--inference", action="store_true", help="instead: end-to-end MNIST MLP inference, float vs "
+                   "XNOR paths (binary_inference.benchmark_inference); with --model FILE [--data-dir D] or --random")
+    p.add_argument("--model", help="--inference: trained parameters (.npz), run on the MNIST test set")
+    p.add_argument("--data-dir", help="--inference --model: folder with the MNIST files (default: download)")
+    p.add_argument("--random", action="store_true", help="--inference: a random 3x4096 model on random pixels")
     return p
 
 
@@ -317,11 +322,12 @@ def run_gpu(sizes, args):
     rows = []
     names = [("xnor", "XNOR (packing incl.)"), ("xnor_nopack", "XNOR (packing excl.)"), ("cublas", "cuBLAS sgemm"),
              ("baseline", "baseline (16x16 tiled CUDA)")]
-    for (m, n, k) in sizes:
-        t = kernels.time_kernels(m, n, k, repeats=args.repeats, warmup=args.warmup, seed=args.seed)
-        for key, name in names:
-            rows.append({"size": (m, n, k), "threads": "GPU", "kernel": name, "seconds": t[key],
-                         "agrees": bool(t["agree"]), "note": ""})
+    with kernels:  # closes the session (context, cuBLAS handle, device memory)
+        for (m, n, k) in sizes:
+            t = kernels.time_kernels(m, n, k, repeats=args.repeats, warmup=args.warmup, seed=args.seed)
+            for key, name in names:
+                rows.append({"size": (m, n, k), "threads": "GPU", "kernel": name, "seconds": t[key],
+                             "min": t[key + "_min"], "agrees": bool(t["agree"]), "note": ""})
     return rows
 
 
@@ -433,6 +439,9 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     check_args(args)
     coretype_note = set_openblas_coretype(args.openblas_coretype, args.isa)
+    if args.inference:
+        import binary_inference  # after OPENBLAS_CORETYPE is set: it loads NumPy
+        return binary_inference.benchmark_from_args(args)
     args.xnor_path, isa_note = restrict_isa(args.isa)
     device = choose_device("cpu" if args.isa != "auto" else args.device)
     sizes = parse_sizes(args.sizes or ("8192" if device == "gpu" else "4096"))
