@@ -192,7 +192,8 @@ def shuffle_rows(X, y, order, parts=None):
 
     parts=None: BinaryConnect's shuffle, one permutation of all rows and new arrays (twice the memory).
     parts=k: BinaryNet's shuffle, k contiguous chunks of floor(N / k) rows, each permuted in place through a
-    one-chunk buffer (the rows past k * floor(N / k) stay where they are, as in the original).
+    one-chunk buffer (the rows past k * floor(N / k) stay where they are, as in the original). As in the
+    original, one index list is shuffled again for each chunk: chunk k's permutation is a shuffle of chunk k-1's.
     `order` (row -> original index) is permuted alongside, so an interrupted run can restore the order.
     """
     if parts is None:
@@ -200,9 +201,9 @@ def shuffle_rows(X, y, order, parts=None):
         np.random.shuffle(perm)
         return X[perm], y[perm], order[perm]
     chunk = len(X) // parts
+    perm = np.arange(chunk)
     for k in range(parts):
         rows = slice(k * chunk, (k + 1) * chunk)
-        perm = np.arange(chunk)
         np.random.shuffle(perm)
         X[rows] = X[rows][perm]
         y[rows] = y[rows][perm]
