@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from plumbing.errors import ArchiveError
+
 KERNEL_SOURCE = Path(__file__).with_name("binary_kernels.cu")
 KERNEL_NAMES = ("pack_rows", "pack_cols", "xnor_gemm", "baseline_gemm")
 BLOCK_SIZE = 16          # GEMM tile edge (spec §4.3)
