@@ -81,6 +81,7 @@ cmd_versions() {
     python - <<'PY'
 """Print the software stack of this image, one item per line."""
 import ctypes
+import glob
 import os
 import platform
 import shutil
@@ -105,15 +106,16 @@ def first_line(command):
 
 
 def mkl_processor():
-    """MKL's own report of the instruction set (kernel) it dispatches to, via MKL_Get_Version."""
+    """MKL's own name of the code path it dispatches to on this CPU (MKL_Get_Version's Processor field: e.g.
+    an AVX-512 path on Intel, the generic "Intel(R) Architecture processors" path elsewhere)."""
     class Version(ctypes.Structure):
         _fields_ = [("major", ctypes.c_int), ("minor", ctypes.c_int), ("update", ctypes.c_int),
                     ("status", ctypes.c_char_p), ("build", ctypes.c_char_p), ("processor", ctypes.c_char_p),
                     ("platform", ctypes.c_char_p)]
-    try:
-        lib = ctypes.CDLL("libmkl_rt.so.2")
-    except OSError:
+    paths = sorted(glob.glob(os.path.join(sys.prefix, "lib", "libmkl_rt.so*")))
+    if not paths:
         return None
+    lib = ctypes.CDLL(paths[-1])
     version = Version()
     lib.MKL_Get_Version(ctypes.byref(version))
     return version.processor.decode(errors="replace")
@@ -140,7 +142,7 @@ for lib in threadpoolctl.threadpool_info():
     kernel = lib.get("architecture") or lib.get("threading_layer") or "-"
     line("  " + lib.get("internal_api", "?"), "{} {} kernel/layer={} threads={} ({})".format(
         lib.get("user_api"), lib.get("version"), kernel, lib.get("num_threads"), os.path.basename(lib["filepath"])))
-line("  MKL kernel", mkl_processor())
+line("  MKL code path", mkl_processor())
 line("C compiler", first_line(["gcc", "--version"]))
 line("C++ compiler", first_line(["g++", "--version"]))
 line("Theano compiledir", theano.config.compiledir)
@@ -154,8 +156,8 @@ except gpu.KernelCompileError as error:
     nvrtc = "not present ({})".format(error)
 line("NVRTC", nvrtc)
 nvcc = shutil.which("nvcc")
-line("nvcc", nvcc and "{} ({})".format((subprocess.run([nvcc, "--version"], capture_output=True, text=True)
-                                        .stdout.strip().splitlines() or ["?"])[-1], nvcc))
+line("nvcc", nvcc and "{} ({})".format(([v for v in subprocess.run([nvcc, "--version"], capture_output=True, text=True)
+                                        .stdout.splitlines() if "release" in v] or ["?"])[0], nvcc))
 line("PyCUDA", package("pycuda"))
 line("scikit-cuda", package("scikit-cuda"))
 line("CUDA driver / GPU", gpu.gpu_status()[1])
