@@ -189,8 +189,9 @@ if [ "${SKIP_SMOKE:-0}" != 1 ]; then
     mkdir -p "$work/data" "$work/runs"
     chown 4321:4321 "$work/runs"
     "${run[@]}" -i --user 4321:4321 -v "$work/data:/out" --entrypoint python "$image" - <<'PY'
-"""Write a small learnable MNIST-format folder: 600 training and 100 test images, class = bright quadrant."""
+"""Write a small learnable MNIST-format folder: 600 training and 100 test images, class = bright square."""
 import gzip
+import os
 import struct
 
 import numpy as np
@@ -202,21 +203,21 @@ def write(path, header, array):
 
 
 rng = np.random.default_rng(0)
+os.makedirs("/out/mnist", exist_ok=True)
 for prefix, n in (("train", 600), ("t10k", 100)):
     labels = rng.integers(0, 10, n)
     images = rng.integers(0, 60, (n, 28, 28))
     for i, label in enumerate(labels):
         row, col = divmod(int(label), 4)
         images[i, 7 * row:7 * row + 7, 7 * col:7 * col + 7] += 180
-    write("/out/{}-images-idx3-ubyte.gz".format(prefix), struct.pack(">IIII", 2051, n, 28, 28), images)
-    write("/out/{}-labels-idx1-ubyte.gz".format(prefix), struct.pack(">II", 2049, n), labels)
-print("smoke data: 600 training and 100 test images in MNIST format")
+    write("/out/mnist/{}-images-idx3-ubyte.gz".format(prefix), struct.pack(">IIII", 2051, n, 28, 28), images)
+    write("/out/mnist/{}-labels-idx1-ubyte.gz".format(prefix), struct.pack(">II", 2049, n), labels)
+print("smoke data: 600 training and 100 test images in MNIST format in mnist/")
 PY
-    ls "$work/data"
     if [ -f "$ctx/reproduce.py" ]; then
-        smoke=(reproduce --budget smoke --only "${SMOKE_ROW:-mnist-binarynet}")
+        smoke=(reproduce --budget smoke --only "${SMOKE_ROW:-mnist-bnn}")
     else
-        smoke=(mnist.py --method binarynet --epochs 1 --batch-size 100 --data-dir /data --out /runs/smoke)
+        smoke=(mnist.py --method binarynet --epochs 1 --batch-size 100 --data-dir /data/mnist --out /runs/smoke)
     fi
     echo "== ${smoke[*]}"
     "${run[@]}" --user 4321:4321 -v "$work/data:/data:ro" -v "$work/runs:/runs" "$image" "${smoke[@]}"
