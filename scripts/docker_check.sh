@@ -188,7 +188,7 @@ if [ "${SKIP_SMOKE:-0}" != 1 ]; then
     work=$(mktemp -d)
     mkdir -p "$work/data" "$work/runs"
     chown 4321:4321 "$work/runs"
-    "${run[@]}" -i --user 4321:4321 -v "$work/data:/out" --entrypoint python "$image" - <<'PY'
+    "${run[@]}" -i -v "$work/data:/out" --entrypoint python "$image" - <<'PY'
 """Write a small learnable MNIST-format folder: 600 training and 100 test images, class = bright square."""
 import gzip
 import os
