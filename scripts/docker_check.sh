@@ -93,7 +93,8 @@ debian_base() {
 }
 
 # CUDA 12.9 user space from PyPI wheels in /usr/local/cuda-12.9, laid out as in NVIDIA's devel images, with a
-# driver stub in lib64/stubs generated from cuda.h. No nvcc (the nvcc wheel has ptxas and NVVM only).
+# driver stub in lib64/stubs generated from cuda.h: every entry point returns CUDA_ERROR_STUB_LIBRARY (34), the two
+# that name an error also fill in its text. No nvcc (the nvcc wheel has ptxas and NVVM only).
 cuda_wheels_base() {
     local tag=binarynet-cuda12-wheels:bookworm
     docker image inspect "$tag" >/dev/null 2>&1 && return 0
@@ -117,7 +118,10 @@ RUN set -eux; \
     for lib in cudart cublas cublasLt; do ln -s lib$lib.so.12 $cuda/lib64/lib$lib.so; done; \
     printf '#include <cuda.h>\n#include <cudaProfiler.h>\n' | gcc -E -P -I $cuda/include - | tr -s ' \n' ' ' \
         | grep -oE 'CUresult cu[A-Za-z0-9_]+ ?\(' | sed -E 's/CUresult (cu[A-Za-z0-9_]+).*/\1/' | sort -u \
+        | grep -vx 'cuGetErrorString\|cuGetErrorName' \
         | awk '{print "int " $1 "(void) { return 34; }  /* CUDA_ERROR_STUB_LIBRARY */"}' > /tmp/stub.c; \
+    echo 'int cuGetErrorString(int e, const char **s) { *s = "CUDA driver stub, no driver"; return 0; }' >> /tmp/stub.c; \
+    echo 'int cuGetErrorName(int e, const char **s) { *s = "CUDA_ERROR_STUB_LIBRARY"; return 0; }' >> /tmp/stub.c; \
     gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o $cuda/lib64/stubs/libcuda.so /tmp/stub.c; \
     echo "driver stub: $(wc -l < /tmp/stub.c) entry points"
 
