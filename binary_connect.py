@@ -245,8 +245,7 @@ def print_epoch(e, num_epochs, seconds, LR, row):
 
 
 def train(train_fn, val_fn, model, batch_size, LR_start, LR_decay, num_epochs, X_train, y_train, X_val, y_val,
-          X_test, y_test, state_vars=(), out_dir=None, resume=False, run_info=None, shuffle_parts=None,
-          params_file="parameters.npz"):
+          X_test, y_test, shuffle_parts=None, run=None, run_info=None, state_vars=()):
     """The original `train` of binary_connect.py and binary_net.py (ORIGINALS.md §1.10).
 
     Shuffle once; then each epoch: train on floor(N / batch_size) minibatches with the epoch's LR, shuffle,
@@ -254,20 +253,19 @@ def train(train_fn, val_fn, model, batch_size, LR_start, LR_decay, num_epochs, X
     set and save all parameters; print the epoch block; LR <- LR * LR_decay. The reported test error is the
     one of the best-validation epoch.
 
-    With out_dir, every epoch also appends a line to log.jsonl, rewrites results.json and a checkpoint (all
-    parameters, optimizer and random-stream states in `state_vars`, numpy's rng, the row order), so that
-    resume=True continues from the last finished epoch and ends with the numbers of an uninterrupted run.
     shuffle_parts=None is BinaryConnect's copying shuffle; an integer is BinaryNet's in-place shuffle (the one
-    difference between the two originals' `train`).
-    Returns the summary written to results.json.
+    difference between the two originals' `train`). `run` (plumbing.runfiles.Run, claimed by the script) keeps
+    results.json, log.jsonl, the best parameters and a checkpoint of every epoch (all `state_vars`, numpy's rng,
+    the row order), so that a resumed run ends with the numbers of an uninterrupted one. Returns the summary.
     """
-    run = runfiles.Run(out_dir, run_info, state_vars, model, params_file)
+    run = run or runfiles.Run(None)
     order = np.arange(len(X_train))
     progress = runfiles.progress_bar("epoch") if runfiles.show_progress() else None
     summary = dict(epochs=num_epochs, epochs_done=0, best_epoch=0, best_val_error=100., val_error=None,
                    test_error=None, test_loss=None, LR=LR_start, seconds=0.)
-    if resume and run.has_checkpoint():
-        summary, order = run.restore()
+    restored = run.start(run_info, state_vars, model)
+    if restored:
+        summary, order = restored
         X_train[...], y_train[...] = X_train[order], y_train[order]
         print("Resuming after epoch " + str(summary["epochs_done"]) + " of " + str(num_epochs))
     else:
@@ -281,7 +279,7 @@ def train(train_fn, val_fn, model, batch_size, LR_start, LR_decay, num_epochs, X
         if val_error <= summary["best_val_error"]:
             summary.update(best_val_error=val_error, best_epoch=epoch)
             summary["test_loss"], summary["test_error"] = epoch_pass(val_fn, X_test, y_test, batch_size)
-            run.save_parameters()
+            run.stage_parameters(epoch)
         seconds = runfiles.clock() - start
         row = dict(epoch=epoch, LR=LR, train_loss=train_loss, val_loss=val_loss, val_error=val_error,
                    best_epoch=summary["best_epoch"], best_val_error=summary["best_val_error"],
@@ -293,17 +291,16 @@ def train(train_fn, val_fn, model, batch_size, LR_start, LR_decay, num_epochs, X
     return run.summary(summary)
 
 
-def train_and_report(network, input_var, target_var, LR, hp, data, train_size, out_dir=None, resume=False,
-                     run_info=None, params_file="parameters.npz", shuffle_parts=None):
+def train_and_report(network, input_var, target_var, LR, hp, data, train_size, run=None, run_info=None,
+                     shuffle_parts=None):
     """What every experiment script does after building its network: compile, train on the first `train_size`
     rows, print the test error at the best validation epoch beside the paper's. Returns the results summary."""
     train_fn, val_fn, updates = compile_functions(network, input_var, target_var, LR)
     print("Training...")
     summary = train(train_fn, val_fn, network, hp["batch_size"], hp["LR_start"], hp["LR_decay"], hp["num_epochs"],
                     data["X_train"][:train_size], data["y_train"][:train_size], data["X_val"], data["y_val"],
-                    data["X_test"], data["y_test"], state_vars=runfiles.state_variables(network, updates),
-                    out_dir=out_dir, resume=resume, run_info=run_info, shuffle_parts=shuffle_parts,
-                    params_file=params_file)
+                    data["X_test"], data["y_test"], shuffle_parts=shuffle_parts, run=run, run_info=run_info,
+                    state_vars=runfiles.state_variables(network, updates))
     print("Test error at the best validation epoch ({}): {}% (paper: {}%)".format(
         summary["best_epoch"], summary["test_error"], (run_info or {}).get("paper_test_error")))
     return summary

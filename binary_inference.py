@@ -284,7 +284,7 @@ def evaluate(blocks, X, y, kernels=KERNELS, device="cpu", batch_size=10000):
 
 
 def describe_cpu_libraries():
-    """One line naming the float BLAS Theano links (compat) and NumPy's, and the XNOR code path (ENVIRONMENT.md)."""
+    """One line naming the float BLAS Theano links and NumPy's, and the XNOR code path (docs/environment.md)."""
     from plumbing import compat
     numpy_blas = ", ".join("%s %s (%s)" % (i.get("internal_api"), i.get("version"), i.get("architecture"))
                            for i in threadpool_info() if i.get("user_api") == "blas") or "unknown"

@@ -48,7 +48,7 @@ def hyperparameters(method, batch_size=None, epochs=None, train_size=None):
 
 def main(argv=None):
     args = cli.experiment_parser(__doc__.splitlines()[0], width_flag=True).parse_args(argv)
-    cli.check_out_dir(args.out, args.resume)
+    run = runfiles.Run(args.out, args.resume, "cifar10_parameters.npz")  # claims --out before the long work
 
     np.random.seed(args.seed)
     hp = hyperparameters(args.method, args.batch_size, args.epochs, args.train_size)
@@ -68,10 +68,11 @@ def main(argv=None):
     cnn = convnet.build_convnet(family, input_var, hp, widths, dense_units, data["X_train"].shape[1:])
     shuffle_parts = hp.get("shuffle_parts")
     info = runfiles.run_info("cifar10", args.method, args.seed, hp, PAPER_TEST_ERROR[args.method], train_size,
+                             data.get("files"),
                              width=args.width, conv_widths=list(widths), dense_units=dense_units,
                              shuffle_parts=shuffle_parts)
-    binary_connect.train_and_report(cnn, input_var, target_var, LR, hp, data, train_size, args.out, args.resume,
-                                    info, "cifar10_parameters.npz", shuffle_parts)
+    binary_connect.train_and_report(cnn, input_var, target_var, LR, hp, data, train_size, run, info,
+                                    shuffle_parts)
     return 0
 
 

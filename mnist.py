@@ -77,7 +77,7 @@ def main(argv=None):
     args = parse_args(argv)
     if args.runtime:  # inference only (binary_inference.py); --batch-size there defaults to the whole test set
         return binary_inference.run_from_args(args.runtime, args)
-    cli.check_out_dir(args.out, args.resume)
+    run = runfiles.Run(args.out, args.resume, "mnist_parameters.npz")  # claims --out before the long work
 
     np.random.seed(args.seed)
     hp = hyperparameters(args.method, args.batch_size, args.epochs, args.units)
@@ -87,13 +87,16 @@ def main(argv=None):
     family = cli.family(args.method)
     data = datasets.load_mnist(INPUTS[family], data_dir=args.data_dir)
     train_size = min(args.train_size or len(data["X_train"]), len(data["X_train"]))
+    cli.check_batches(hp["batch_size"], training=train_size, validation=len(data["X_val"]),
+                      test=len(data["X_test"]))
 
     print("Building the MLP...")
     input_var, target_var, LR = T.tensor4("inputs"), T.matrix("targets"), T.scalar("LR")
     mlp = build_mlp(family, input_var, hp)
-    info = runfiles.run_info("mnist", args.method, args.seed, hp, PAPER_TEST_ERROR[args.method], train_size)
-    binary_connect.train_and_report(mlp, input_var, target_var, LR, hp, data, train_size, args.out, args.resume,
-                                    info, "mnist_parameters.npz", shuffle_parts=hp.get("shuffle_parts"))
+    info = runfiles.run_info("mnist", args.method, args.seed, hp, PAPER_TEST_ERROR[args.method], train_size,
+                             data.get("files"))
+    binary_connect.train_and_report(mlp, input_var, target_var, LR, hp, data, train_size, run, info,
+                                    shuffle_parts=hp.get("shuffle_parts"))
     return 0
 
 

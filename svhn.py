@@ -60,7 +60,7 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(argv)
-    cli.check_out_dir(args.out, args.resume)
+    run = runfiles.Run(args.out, args.resume, "svhn_parameters.npz")  # claims --out before the long work
 
     np.random.seed(args.seed)
     hp = hyperparameters(args.method, args.batch_size, args.epochs, args.shuffle_parts)
@@ -81,11 +81,12 @@ def main(argv=None):
     cnn = convnet.build_convnet(family, input_var, hp, widths, dense_units, data["X_train"].shape[1:])
     shuffle_parts = hp.get("shuffle_parts", args.shuffle_parts)
     info = runfiles.run_info("svhn", args.method, args.seed, hp, PAPER_TEST_ERROR[args.method], train_size,
+                             data.get("files"),
                              width=args.width, conv_widths=list(widths), dense_units=dense_units,
                              shuffle_parts=shuffle_parts, use_extra=not args.no_extra,
                              lcn_all_channels=args.lcn_all_channels)
-    binary_connect.train_and_report(cnn, input_var, target_var, LR, hp, data, train_size, args.out, args.resume,
-                                    info, "svhn_parameters.npz", shuffle_parts)
+    binary_connect.train_and_report(cnn, input_var, target_var, LR, hp, data, train_size, run, info,
+                                    shuffle_parts)
     return 0
 
 

@@ -1,7 +1,7 @@
 """The command line every script shares: one parser class, value checks, the experiments' common flags, the
 start-of-run printout, and the guard that turns an ArchiveError into one line and a non-zero exit."""
 import argparse
-import os
+import signal
 import sys
 from collections import OrderedDict
 
@@ -99,28 +99,32 @@ def print_hyperparameters(hp):
         print(name + " = " + str(value))
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (Slurm's notice before a time limit or preemption, `docker stop`, `kill`)."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
 def main_guard(main, *args):
-    """Run main(*args); an ArchiveError becomes one line on stderr and exit status 2, Ctrl-C status 130."""
+    """Run main(*args); an ArchiveError becomes one line on stderr and exit status 2, Ctrl-C status 130,
+    SIGTERM 143. Finished epochs are committed to disk as they end, so an interruption loses only the
+    running epoch (plumbing/runfiles.py)."""
     sys.stdout.reconfigure(line_buffering=True)  # epoch blocks appear at once, also when piped to a log
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         return main(*args)
     except ArchiveError as e:
         sys.stderr.write("error: {}\n".format(e))
         return 2
-    except KeyboardInterrupt:
-        sys.stderr.write("interrupted: the last finished epoch is kept; rerun with --resume to continue\n")
-        return 130
+    except KeyboardInterrupt as e:
+        sys.stderr.write("{}: the last finished epoch is kept; rerun with --resume to continue\n".format(
+            "terminated" if isinstance(e, Terminated) else "interrupted"))
+        return 143 if isinstance(e, Terminated) else 130
     except MemoryError:
         sys.stderr.write("error: out of memory; use a smaller --train-size / --batch-size or shuffle in parts\n")
         return 3
-
-
-def check_out_dir(out, resume):
-    """--resume needs --out; an --out holding a run needs --resume (nothing is overwritten)."""
-    if resume and not out:
-        raise UsageError("--resume needs --out pointing at the interrupted run's folder")
-    if out and not resume and os.path.exists(os.path.join(out, "checkpoint.npz")):
-        raise UsageError("{} already holds a run; add --resume to continue it, or choose another --out".format(out))
 
 
 def check_batches(batch_size, **sets):

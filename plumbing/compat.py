@@ -5,7 +5,7 @@ Import this module before anything imports theano or lasagne:
     from plumbing import compat        # sets Theano flags, patches Lasagne 0.1
     from plumbing.compat import lasagne, theano, T
 
-What it does (ORIGINALS.md §7, ENVIRONMENT.md "Theano 1.0.5 and Lasagne"):
+What it does (ORIGINALS.md §7, docs/environment.md):
 
 * Theano flags: floatX=float32 and a BLAS that uses this CPU's vector units. Theano's own BLAS detection
   crashes under NumPy 1.23, so `blas.ldflags` is set here: Intel MKL from PyPI (`libmkl_rt`, installed by

@@ -1,0 +1,259 @@
+"""Fault injection on the run folder (plumbing/runfiles.py): a kill at every write step of an epoch, then
+--resume, ends with the files of an uninterrupted run; two runs on one folder; full and read-only disks;
+foreign and damaged files. Each case ends in the correct result or one line and a non-zero exit."""
+import gzip
+import json
+import os
+import resource
+import signal
+import struct
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from plumbing import runfiles
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FLAGS = ["--units", "16", "--epochs", "2", "--train-size", "200", "--batch-size", "50", "--seed", "7"]
+VOLATILE = {"seconds", "command"}  # wall-clock time and the command line differ between runs
+
+pytestmark = pytest.mark.slow
+
+
+def write_idx(path, array, magic):
+    with gzip.open(path, "wb") as f:
+        f.write(struct.pack(">ii", magic, len(array)) + b"".join(struct.pack(">i", d) for d in array.shape[1:]))
+        f.write(array.astype(np.uint8).tobytes())
+
+
+def make_mnist(folder, seed):
+    rng = np.random.RandomState(seed)
+    os.makedirs(folder, exist_ok=True)
+    for prefix, n in (("train", 300), ("t10k", 60)):
+        write_idx(os.path.join(folder, prefix + "-images-idx3-ubyte.gz"), rng.randint(0, 256, (n, 28, 28)), 2051)
+        write_idx(os.path.join(folder, prefix + "-labels-idx1-ubyte.gz"), rng.randint(0, 10, n), 2049)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_mnist(str(tmp_path_factory.mktemp("mnist")), seed=0)
+
+
+def run(args, env=None, preexec_fn=None, timeout=300):
+    environment = dict(os.environ, PYTHONPATH=ROOT, **(env or {}))
+    return subprocess.run([sys.executable, os.path.join(ROOT, "mnist.py")] + args, capture_output=True,
+                          text=True, env=environment, preexec_fn=preexec_fn, timeout=timeout)
+
+
+def error_lines(result):
+    return [line for line in result.stderr.splitlines() if line.strip() and "WARNING (theano" not in line]
+
+
+def snapshot(folder):
+    """Everything a finished run leaves, without wall-clock values: results, log rows, parameter arrays."""
+    with open(os.path.join(folder, "results.json")) as f:
+        results = {k: v for k, v in json.load(f).items() if k not in VOLATILE}
+    with open(os.path.join(folder, "log.jsonl")) as f:
+        log = [{k: v for k, v in json.loads(line).items() if k not in VOLATILE} for line in f]
+    with np.load(os.path.join(folder, "mnist_parameters.npz")) as params:
+        arrays = [params["arr_%d" % i].tobytes() for i in range(len(params.files))]
+    leftovers = sorted(name for name in os.listdir(folder) if name.startswith("."))
+    return results, log, arrays, leftovers
+
+
+@pytest.fixture(scope="module")
+def reference(data, tmp_path_factory):
+    """An uninterrupted run, and the write steps it passes (traced)."""
+    out = str(tmp_path_factory.mktemp("reference") / "run")
+    trace = out + ".trace"
+    result = run(FLAGS + ["--data-dir", data, "--out", out], env={"BINARYNET_FAULT_TRACE": trace})
+    assert result.returncode == 0, result.stderr
+    with open(trace) as f:
+        points = f.read().split()
+    return snapshot(out), points
+
+
+def test_the_trace_covers_every_write_of_an_epoch(reference):
+    _, points = reference
+    for name in ("checkpoint.npz", "results.json", "log.jsonl", ".mnist_parameters.npz.epoch1"):
+        assert points.count(name + ":written") >= 1 and points.count(name + ":renamed") >= 1, (name, points)
+    assert points.count("parameters:promoted") >= 1
+
+
+def kill_points(points):
+    """(point, n): the n-th time each traced point is reached."""
+    seen, out = {}, []
+    for point in points:
+        seen[point] = seen.get(point, 0) + 1
+        out.append((point, seen[point]))
+    return out
+
+
+def test_a_kill_at_any_write_step_then_resume_gives_the_uninterrupted_files(data, reference, tmp_path):
+    expected, points = reference
+    for i, (point, n) in enumerate(kill_points(points)):
+        out = str(tmp_path / "run{}".format(i))
+        killed = run(FLAGS + ["--data-dir", data, "--out", out], env={"BINARYNET_FAULT": "{}:{}".format(point, n)})
+        assert killed.returncode == -signal.SIGKILL, (point, n, killed.stderr)
+        resumed = run(FLAGS + ["--data-dir", data, "--out", out, "--resume"])
+        assert resumed.returncode == 0, (point, n, resumed.stderr)
+        assert snapshot(out) == expected, "kill at {} (time {}) then --resume".format(point, n)
+
+
+def test_a_second_run_on_a_busy_folder_is_refused_and_the_first_is_unharmed(data, reference, tmp_path):
+    out = str(tmp_path / "run")
+    env = dict(os.environ, PYTHONPATH=ROOT, BINARYNET_FAULT_TRACE=str(tmp_path / "trace"))
+    first = subprocess.Popen([sys.executable, os.path.join(ROOT, "mnist.py")] + FLAGS +
+                             ["--data-dir", data, "--out", out], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not os.path.exists(os.path.join(out, "lock")) and time.time() < deadline:
+        time.sleep(0.05)
+    second = run(FLAGS[:-1] + ["8", "--method", "bc-det", "--data-dir", data, "--out", out, "--resume"])
+    first.communicate(timeout=300)
+    assert first.returncode == 0
+    assert second.returncode == 2
+    assert len(error_lines(second)) == 1 and "is in use by process {}".format(first.pid) in second.stderr
+    assert snapshot(out) == reference[0]
+
+
+def test_a_killed_run_leaves_no_lock_that_blocks_the_resume(data, reference, tmp_path):
+    out = str(tmp_path / "run")
+    killed = run(FLAGS + ["--data-dir", data, "--out", out], env={"BINARYNET_FAULT": "log.jsonl:renamed:1"})
+    assert killed.returncode == -signal.SIGKILL
+    assert os.path.exists(os.path.join(out, "lock"))
+    resumed = run(FLAGS + ["--data-dir", data, "--out", out, "--resume"])
+    assert resumed.returncode == 0, resumed.stderr
+    assert snapshot(out) == reference[0]
+
+
+def test_leftover_temporary_files_are_removed_at_start(data, reference, tmp_path):
+    out = str(tmp_path / "run")
+    killed = run(FLAGS + ["--data-dir", data, "--out", out], env={"BINARYNET_FAULT": "checkpoint.npz:written:2"})
+    assert killed.returncode == -signal.SIGKILL
+    assert any(name.endswith(".tmp") for name in os.listdir(out))
+    assert run(FLAGS + ["--data-dir", data, "--out", out, "--resume"]).returncode == 0
+    assert not [name for name in os.listdir(out) if name.startswith(".")]
+
+
+def test_a_full_disk_during_an_epoch_is_one_line_and_resume_finishes_the_run(data, reference, tmp_path):
+    out = str(tmp_path / "run")
+
+    def small_disk():  # files may not grow past 40 kB: the checkpoint of epoch 1 cannot be written
+        resource.setrlimit(resource.RLIMIT_FSIZE, (40000, 40000))
+
+    full = run(FLAGS + ["--data-dir", data, "--out", out], preexec_fn=small_disk)
+    assert full.returncode == 2
+    lines = error_lines(full)
+    assert len(lines) == 1 and "cannot write" in lines[0] and "rerun with --resume" in lines[0], full.stderr
+    assert not [name for name in os.listdir(out) if name.endswith(".tmp")]
+    resumed = run(FLAGS + ["--data-dir", data, "--out", out, "--resume"])
+    assert resumed.returncode == 0, resumed.stderr
+    assert snapshot(out) == reference[0]
+
+
+def test_a_read_only_folder_is_one_line_before_any_work(data, tmp_path):
+    if os.geteuid() != 0:
+        pytest.fail("this test runs the script as an unprivileged user, which needs root (CI runs as root)")
+    out = tmp_path / "readonly"
+    out.mkdir()
+    os.chmod(str(out), 0o555)
+    os.chmod(str(tmp_path), 0o755)
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o777)
+    os.chmod(str(cache), 0o777)
+
+    def as_nobody():
+        os.setgid(65534)
+        os.setuid(65534)
+
+    result = run(FLAGS + ["--data-dir", data, "--out", str(out)], preexec_fn=as_nobody,
+                 env={"BINARYNET_THEANO_CACHE": str(cache), "HOME": str(cache)})
+    assert result.returncode == 2, result.stderr
+    lines = error_lines(result)
+    assert len(lines) == 1 and "cannot write to {}".format(out) in lines[0], result.stderr
+
+
+@pytest.mark.parametrize("files", [["results.json"], ["log.jsonl"], ["mnist_parameters.npz"]])
+def test_a_folder_with_files_it_would_overwrite_but_no_checkpoint_is_refused(data, tmp_path, files):
+    out = tmp_path / "run"
+    out.mkdir()
+    for name in files:
+        (out / name).write_text("someone else's\n")
+    for extra in ([], ["--resume"]):
+        result = run(FLAGS + ["--data-dir", data, "--out", str(out)] + extra)
+        assert result.returncode == 2
+        assert len(error_lines(result)) == 1 and "nothing is overwritten" in result.stderr
+    assert all((out / name).read_text() == "someone else's\n" for name in files)
+
+
+def test_a_finished_run_is_kept_unless_resumed(data, reference, tmp_path):
+    out = str(tmp_path / "run")
+    assert run(FLAGS + ["--data-dir", data, "--out", out]).returncode == 0
+    again = run(FLAGS + ["--data-dir", data, "--out", out])
+    assert again.returncode == 2 and "add --resume" in again.stderr
+    resumed = run(FLAGS + ["--data-dir", data, "--out", out, "--resume"])
+    assert resumed.returncode == 0 and "Resuming after epoch 2 of 2" in resumed.stdout
+    assert snapshot(out) == reference[0]
+    os.remove(os.path.join(out, "checkpoint.npz"))  # a finished run whose checkpoint was deleted
+    result = run(FLAGS + ["--data-dir", data, "--out", out, "--resume"])
+    assert result.returncode == 2 and "nothing is overwritten" in result.stderr
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_a_damaged_checkpoint_is_one_line(data, tmp_path, damage):
+    out = str(tmp_path / "run")
+    assert run(FLAGS + ["--data-dir", data, "--out", out], env={"BINARYNET_FAULT": "log.jsonl:renamed:1"}
+               ).returncode == -signal.SIGKILL
+    path = os.path.join(out, "checkpoint.npz")
+    blob = bytearray(open(path, "rb").read())
+    if damage == "truncate":
+        blob = blob[:len(blob) // 2]
+    else:
+        for i in range(len(blob) // 3, len(blob) // 3 + 64):
+            blob[i] ^= 0xFF
+    open(path, "wb").write(bytes(blob))
+    result = run(FLAGS + ["--data-dir", data, "--out", out, "--resume"])
+    assert result.returncode == 2
+    lines = error_lines(result)
+    assert len(lines) == 1 and "checkpoint" in lines[0] and "damaged" in lines[0], result.stderr
+
+
+def test_resume_with_other_data_files_is_refused(data, tmp_path):
+    out = str(tmp_path / "run")
+    assert run(FLAGS + ["--data-dir", data, "--out", out], env={"BINARYNET_FAULT": "log.jsonl:renamed:1"}
+               ).returncode == -signal.SIGKILL
+    other = make_mnist(str(tmp_path / "other"), seed=1)
+    result = run(FLAGS + ["--data-dir", other, "--out", out, "--resume"])
+    assert result.returncode == 2
+    assert len(error_lines(result)) == 1 and "other data files" in result.stderr
+
+
+def test_resume_with_other_settings_is_refused(data, tmp_path):
+    out = str(tmp_path / "run")
+    assert run(FLAGS + ["--data-dir", data, "--out", out], env={"BINARYNET_FAULT": "log.jsonl:renamed:1"}
+               ).returncode == -signal.SIGKILL
+    result = run(FLAGS + ["--data-dir", data, "--out", out, "--resume", "--method", "float"])
+    assert result.returncode == 2 and "other settings" in result.stderr
+
+
+def test_sigterm_keeps_the_finished_epochs(data, reference, tmp_path):
+    out = str(tmp_path / "run")
+    terminated = run(FLAGS + ["--data-dir", data, "--out", out], env={"BINARYNET_FAULT": "log.jsonl:renamed:1:TERM"})
+    assert terminated.returncode == 143, terminated.stderr
+    assert "terminated: the last finished epoch is kept" in terminated.stderr
+    with open(os.path.join(out, "results.json")) as f:
+        assert json.load(f)["epochs_done"] == 1
+    assert run(FLAGS + ["--data-dir", data, "--out", out, "--resume"]).returncode == 0
+    assert snapshot(out) == reference[0]
+
+
+def test_nan_is_never_written_as_a_result(tmp_path):
+    path = str(tmp_path / "results.json")
+    runfiles.atomic_write_json(path, {"test_error": float("nan"), "loss": np.float32("inf"), "ok": 1.5})
+    with open(path) as f:
+        assert json.loads(f.read()) == {"test_error": None, "loss": None, "ok": 1.5}
