@@ -2,7 +2,7 @@
 # Entry point of the binarynet-archive image (docs/docker.md). The first word picks what runs:
 #
 #   reproduce [ARGS]   python reproduce.py ARGS --data-dir /data --runs /runs   (the paper tables)
-#   test [ARGS]        python -m pytest -q -m "not slow" (no ARGS), else python -m pytest ARGS
+#   test [ARGS]        python -m pytest -q -rs -m "not slow" (no ARGS), else python -m pytest ARGS
 #   benchmark [ARGS]   python benchmark.py ARGS             (the kernel benchmark; --device gpu on a GPU host)
 #   versions           the software stack: Python, NumPy, Theano, Lasagne, BLAS and its kernel, compiler, CUDA
 #   gpu-check          what the GPU variant's build runs: PyCUDA and cuBLAS load, the kernels compile
@@ -72,7 +72,7 @@ cmd_reproduce() {
 
 cmd_test() {
     if [ $# -eq 0 ]; then
-        exec python -m pytest -q -m "not slow"
+        exec python -m pytest -q -rs -m "not slow"
     fi
     exec python -m pytest "$@"
 }
