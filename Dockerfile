@@ -85,11 +85,15 @@ RUN set -eux; \
     fi; \
     rm -rf /tmp/build
 COPY . /tmp/src
+# The GPU build check: the CUDA libraries go on the loader's path as in the final image (scikit-cuda dlopens
+# libcublas.so), then `docker-entrypoint.sh gpu-check` (docs/docker.md) runs here, on a machine without a GPU.
 RUN set -eux; \
     if [ -n "$PIP_CERT_FILE" ]; then \
         rm -f "/tmp/src/$PIP_CERT_FILE" && rmdir --ignore-fail-on-non-empty "$(dirname "/tmp/src/$PIP_CERT_FILE")"; \
     fi; \
     if [ "$WITH_GPU" = 1 ]; then \
+        echo "${CUDA_ROOT:-/usr/local/cuda}/lib64" > /etc/ld.so.conf.d/binarynet-archive-cuda.conf; \
+        ldconfig; \
         venv_bin="$APP/.venv/bin"; \
         APP=/tmp/src PATH="$venv_bin:${CUDA_ROOT:-/usr/local/cuda}/bin:$PATH" BINARYNET_KERNEL_CACHE=/tmp/kernels \
             bash /tmp/src/scripts/docker-entrypoint.sh gpu-check; \
