@@ -19,9 +19,12 @@ Command line: python binary_inference.py --model M.npz [--data-dir DIR] [--kerne
               [--device cpu|gpu|auto] [--export PACKED.npz] [--batch-size 10000]
 """
 import os
+import struct
 import sys
+import tempfile
 import time
 import zipfile
+import zlib
 
 import numpy as np
 from threadpoolctl import threadpool_info
@@ -38,6 +41,10 @@ DEVICES = ("cpu", "gpu", "auto")
 PACKED_FORMAT = "binarynet-packed"
 PACKED_VERSION = 1
 ARRAYS_PER_BLOCK = 6  # W, b, beta, gamma, mean, inv_std (ORIGINALS.md §2.5)
+ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a .npz is a zip archive (with members / empty)
+# What NumPy and zipfile raise for a damaged archive or member (ValueError is handled on its own).
+NPZ_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, zlib.error, NotImplementedError,
+              KeyError, IndexError, struct.error, OverflowError, MemoryError)
 
 
 class InferenceError(ArchiveError):
@@ -66,6 +73,8 @@ class Block:
 def load_blocks(npz_path):
     """Read a BinaryNet MNIST parameter file (arr_0 ... arr_{6L-1}, §2.5) into a list of L `Block`s."""
     arrays = _read_npz(npz_path)
+    if not arrays:
+        raise InferenceError("%s is an empty .npz (no arrays); pass the .npz saved by mnist.py" % npz_path)
     names = ["arr_%d" % i for i in range(len(arrays))]
     if sorted(arrays) != sorted(names) or not arrays or len(arrays) % ARRAYS_PER_BLOCK:
         raise InferenceError("%s is not a BinaryNet parameter file: expected arr_0 ... arr_N with 6 arrays per "
@@ -83,14 +92,42 @@ def load_blocks(npz_path):
 
 
 def _read_npz(path):
-    if not os.path.isfile(path):
+    """{name: array} of a .npz file; a missing, empty, non-zip, pickled or damaged file raises InferenceError."""
+    if not os.path.exists(path):
         raise InferenceError("model file %s does not exist; pass the .npz saved by mnist.py" % path)
+    if not os.path.isfile(path):
+        raise InferenceError("model file %s is a folder or a special file, not a .npz file; pass the .npz saved by "
+                             "mnist.py" % path)
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(6)
+    except OSError as err:
+        raise InferenceError("model file %s cannot be read (%s); check its permissions" % (path, err.strerror))
+    if not head:
+        raise InferenceError("model file %s is empty (0 bytes); pass the .npz saved by mnist.py" % path)
+    if head == b"\x93NUMPY":
+        raise InferenceError("%s is a single NumPy array (.npy), not a .npz model; pass the .npz saved by mnist.py "
+                             "(numpy.savez of the network's parameters)" % path)
+    if head[:4] not in ZIP_MAGIC:
+        raise InferenceError("%s is not a .npz file (it does not start like a zip archive); pass the .npz saved by "
+                             "mnist.py" % path)
     try:
         with np.load(path, allow_pickle=False) as data:
             return {key: data[key] for key in data.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as err:
-        raise InferenceError("%s is not a readable .npz file (%s); pass the .npz saved by mnist.py"
-                             % (path, str(err).splitlines()[0] if str(err) else type(err).__name__))
+    except ValueError as err:
+        if "allow_pickle" in str(err):
+            raise InferenceError("%s holds pickled Python objects, which are never loaded (only plain arrays are); "
+                                 "pass the .npz saved by mnist.py" % path)
+        raise InferenceError("%s is a damaged .npz file (%s); pass the .npz saved by mnist.py"
+                             % (path, _first_line(err)))
+    except NPZ_ERRORS as err:
+        raise InferenceError("%s is a damaged .npz file (%s); pass the .npz saved by mnist.py"
+                             % (path, _first_line(err)))
+
+
+def _first_line(err):
+    text = str(err).strip()
+    return text.splitlines()[0][:200] if text else type(err).__name__
 
 
 def _check_block(path, k, group, fan_in_expected):
@@ -99,6 +136,9 @@ def _check_block(path, k, group, fan_in_expected):
     if W.ndim != 2 or (fan_in_expected is not None and W.shape[0] != fan_in_expected):
         raise InferenceError("%s: W has shape %s, expected (%s, units); the file is not a chain of dense blocks"
                              % (where, W.shape, fan_in_expected if fan_in_expected is not None else "fan_in"))
+    if 0 in W.shape:
+        raise InferenceError("%s: W has shape %s, a layer with 0 inputs or 0 units; retrain or re-save the model"
+                             % (where, W.shape))
     units = W.shape[1]
     for name, vector in zip(("b", "beta", "gamma", "mean", "inv_std"), group[1:]):
         if vector.shape != (units,):
@@ -372,7 +412,10 @@ def export_packed(npz_path, out_path):
       bn0, bn{L−1} float32 (4, units)   first and output blocks keep float BN: rows b, mean, gamma·inv_std, beta
       dir{k}, tau{k}  int8 / int32 (units,)  hidden blocks 1 … L−2: a = +1 iff dir·s >= tau (`fold_threshold`)
     The first block's input is real-valued (float product), and the output needs the BN values for argmax.
+    The file is written atomically (a temporary file in the same folder, renamed over `out_path`); writing onto
+    the model file itself is refused.
     """
+    check_export_path(out_path, npz_path)
     blocks = load_blocks(npz_path)
     arrays = {"format": np.array(PACKED_FORMAT), "version": np.array(PACKED_VERSION, dtype=np.int32),
               "widths": np.array([blocks[0].W.shape[0]] + [b.W.shape[1] for b in blocks], dtype=np.int64)}
@@ -384,9 +427,60 @@ def export_packed(npz_path, out_path):
         else:
             arrays["dir%d" % k], arrays["tau%d" % k] = fold_threshold(block.b, block.mean, block.scale,
                                                                      block.beta, block.W.shape[0])
-    with open(out_path, "wb") as handle:
-        np.savez(handle, **arrays)
+    _write_npz_atomically(out_path, arrays)
     return os.path.getsize(npz_path), os.path.getsize(out_path)
+
+
+def check_export_path(out_path, model_path):
+    """Refuse, before any long evaluation, an export path that is the model itself, a folder, or in a folder
+    that is missing or not writable (probed by creating a temporary file there)."""
+    if os.path.isdir(out_path):
+        raise InferenceError("--export %s is a folder; pass a file name such as %s"
+                             % (out_path, os.path.join(out_path, "packed.npz")))
+    if os.path.exists(out_path) and os.path.exists(model_path) and os.path.samefile(out_path, model_path):
+        raise InferenceError("--export %s is the model file itself, which would be destroyed; pass another file "
+                             "name" % out_path)
+    folder = os.path.dirname(os.path.abspath(out_path))
+    if not os.path.isdir(folder):
+        raise InferenceError("--export %s: the folder %s does not exist; create it or choose another path"
+                             % (out_path, folder))
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".export-probe-"):
+            pass
+    except OSError as err:
+        raise InferenceError("--export %s: cannot write in %s (%s); choose a writable folder"
+                             % (out_path, folder, err.strerror or err))
+
+
+def _write_npz_atomically(path, arrays):
+    """numpy.savez into a temporary file next to `path`, fsync, rename over `path`, fsync the folder: `path`
+    is either the old file or the complete new one. A failed write (full disk ...) leaves no temporary file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    except OSError as err:
+        raise InferenceError("cannot write %s (%s); choose a writable folder" % (path, err.strerror or err))
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # the permissions a plain open() would give, not mkstemp's 0600
+        with os.fdopen(fd, "wb") as handle:
+            np.savez(handle, **arrays)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        if isinstance(err, OSError):
+            raise InferenceError("could not write %s (%s); free some space or choose another --export path"
+                                 % (path, err.strerror or "short write: %s" % err))
+        raise
+    folder_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(folder_fd)
+    finally:
+        os.close(folder_fd)
 
 
 def load_packed(packed_path):
@@ -395,17 +489,29 @@ def load_packed(packed_path):
     if "format" not in arrays or str(arrays["format"]) != PACKED_FORMAT:
         raise InferenceError("%s is not a packed BinaryNet model; create one with "
                              "python binary_inference.py --model M.npz --export %s" % (packed_path, packed_path))
-    if int(arrays.get("version", -1)) != PACKED_VERSION:
+    version = arrays.get("version")
+    if version is None or version.shape != () or version.dtype.kind not in "iu" or int(version) != PACKED_VERSION:
+        found = "none" if version is None else (str(version) if version.shape == () and version.dtype.kind in "iu"
+                                                else "a %s array of shape %s" % (version.dtype, version.shape))
         raise InferenceError("%s has packed-format version %s, this code reads version %d; re-export it"
-                             % (packed_path, arrays.get("version"), PACKED_VERSION))
-    widths = arrays["widths"]
+                             % (packed_path, found, PACKED_VERSION))
+    widths = arrays.get("widths")
+    if widths is None or widths.ndim != 1 or widths.dtype.kind not in "iu" or len(widths) < 3 or widths.min() < 1:
+        raise InferenceError("%s is damaged: 'widths' must list at least 3 positive layer widths; re-export it"
+                             % packed_path)
+    widths = [int(w) for w in widths]
     for k in range(len(widths) - 1):
-        hidden = 0 < k < len(widths) - 2
-        needed = ["w%d" % k] + (["dir%d" % k, "tau%d" % k] if hidden else ["bn%d" % k])
-        missing = [name for name in needed if name not in arrays]
-        if missing or arrays["w%d" % k].shape != (widths[k + 1], -(-widths[k] // 64)):
-            raise InferenceError("%s is damaged: layer %d is missing %s or has the wrong shape; re-export it"
-                                 % (packed_path, k, ",".join(missing) or "nothing"))
+        units = widths[k + 1]
+        expected = {"w%d" % k: ("u", (units, -(-widths[k] // 64)))}
+        if 0 < k < len(widths) - 2:
+            expected.update({"dir%d" % k: ("i", (units,)), "tau%d" % k: ("i", (units,))})
+        else:
+            expected["bn%d" % k] = ("f", (4, units))
+        bad = [name for name, (kind, shape) in expected.items()
+               if name not in arrays or arrays[name].dtype.kind != kind or arrays[name].shape != shape]
+        if bad:
+            raise InferenceError("%s is damaged: layer %d's %s missing or of the wrong type or shape; re-export it"
+                                 % (packed_path, k, ",".join(bad)))
     return arrays
 
 
@@ -462,6 +568,8 @@ def run(model_path, data_dir=None, kernels=KERNELS, device="cpu", export_path=No
     """
     blocks = load_blocks(model_path)
     kernels = _check_kernels(kernels)  # options first: no data download for a typo
+    if export_path:
+        check_export_path(export_path, model_path)  # before the evaluation, which can take minutes
     if batch_size < 1:
         raise InferenceError("batch size must be positive, got %d" % batch_size)
     device = resolve_device(device)
@@ -542,11 +650,17 @@ def run_from_args(model_path, args):
     """Call `run` with parsed options (data_dir, kernels, device, export, batch_size, random_inputs; missing ones
     take their defaults). For this file's main and mnist.py --runtime."""
     X = y = None
-    if getattr(args, "random_inputs", None):
-        X, y = random_inputs(args.random_inputs, load_blocks(model_path)[0].W.shape[0])
-    run(model_path, getattr(args, "data_dir", None), getattr(args, "kernels", KERNELS),
-        getattr(args, "device", "cpu"), getattr(args, "export", None), getattr(args, "batch_size", None) or 10000,
-        X, y)
+    batch_size = getattr(args, "batch_size", None) or 10000
+    try:
+        if getattr(args, "random_inputs", None):
+            X, y = random_inputs(args.random_inputs, load_blocks(model_path)[0].W.shape[0])
+        run(model_path, getattr(args, "data_dir", None), getattr(args, "kernels", KERNELS),
+            getattr(args, "device", "cpu"), getattr(args, "export", None), batch_size, X, y)
+    except MemoryError:
+        n_random = getattr(args, "random_inputs", None)
+        raise InferenceError("out of memory during run-time inference (batches of %d examples%s); pass a smaller "
+                             "--batch-size%s" % (batch_size, ", %d random inputs" % n_random if n_random else "",
+                                                 " or fewer --random-inputs" if n_random else "")) from None
     return 0
 
 
