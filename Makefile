@@ -14,7 +14,7 @@ ONLY ?=
 ENGINE ?= local
 REPRODUCE_FLAGS ?=
 
-.PHONY: quick test reproduce venv system-packages clean
+.PHONY: quick test reproduce venv system-packages clean lock docker
 
 quick: venv
 	$(PY) mnist.py $(QUICK_FLAGS) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) --out $(QUICK_OUT) --resume
@@ -36,3 +36,20 @@ $(VENV)/.installed: requirements.txt
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+# requirements.lock / requirements-gpu.lock: every package pinned with its hashes (the Docker image installs only
+# these). pip-compile runs in a throwaway venv, against PyPI alone (the machine's pip config is left out).
+LOCK_FLAGS := --quiet --generate-hashes --strip-extras --allow-unsafe --no-emit-index-url --no-emit-find-links
+LOCK_VENV := .cache/lock-venv
+lock:
+	rm -rf $(LOCK_VENV) && $(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install --quiet pip-tools==7.6.2
+	env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null $(LOCK_VENV)/bin/pip-compile $(LOCK_FLAGS) \
+		-o requirements.lock requirements.txt
+	env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null $(LOCK_VENV)/bin/pip-compile $(LOCK_FLAGS) \
+		-o requirements-gpu.lock requirements-gpu.txt
+	rm -rf $(LOCK_VENV)
+
+# Build the Docker image and check it (docs/docker.md): needs a running Docker daemon.
+docker:
+	bash scripts/docker_check.sh
