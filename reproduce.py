@@ -43,6 +43,9 @@ ROWS = OrderedDict([
     ("svhn-bc-det", ("svhn", "bc-det")),
     ("svhn-bc-stoch", ("svhn", "bc-stoch")),
     ("svhn-float", ("svhn", "float")),
+    ("mnist-bnn-torch7", ("mnist", "binarynet-torch7")),
+    ("cifar10-bnn-torch7", ("cifar10", "binarynet-torch7")),
+    ("svhn-bnn-torch7", ("svhn", "binarynet-torch7")),
 ])
 SCRIPTS = {"mnist": "mnist.py", "cifar10": "cifar10.py", "svhn": "svhn.py"}
 
