@@ -1,17 +1,22 @@
-# binarynet-archive in a container: Python 3.11, the pinned Theano/Lasagne stack in /opt/binarynet-archive/.venv
-# (the Makefile's own venv, so `make quick` and `make test` work as on a workstation), g++/make for Theano and
-# the XNOR kernels. Legacy builder syntax (no BuildKit needed). README "Docker" has the details; in short:
+# binarynet-archive in a container: Python 3.11 and the hash-pinned stack of requirements.lock in
+# /opt/binarynet-archive/.venv, g++/make for Theano and the XNOR kernels. Legacy builder syntax (no BuildKit
+# needed). docs/docker.md has the details; in short:
 #
 #   docker build -t binarynet-archive .
-#   docker run --rm binarynet-archive make test
-#   docker run --rm -v "$HOME/mnist:/data:ro" binarynet-archive make quick DATA_DIR=/data
+#   docker run --rm binarynet-archive test
+#   docker run --rm --user "$(id -u):$(id -g)" -v "$HOME/mnist:/data:ro" -v "$PWD/runs:/runs" \
+#       binarynet-archive reproduce --budget short --only 'mnist-*'
 #
 # Build arguments:
 #   BASE_IMAGE     any Debian/Ubuntu image: python:3.11-slim-bookworm (default), plain debian:bookworm
-#                  (Python 3.11 comes from apt), or for GPU hosts e.g. nvidia/cuda:12.6.3-devel-ubuntu22.04
+#                  (Python 3.11 comes from apt); for the GPU variant nvidia/cuda:12.6.3-devel-ubuntu22.04
 #                  together with PYTHON=python3.11.
+#   BASE_IMAGE_DIGEST   the base's digest or image ID, recorded in the image labels (scripts/docker_check.sh
+#                  fills it in; a plain `docker build` records "unrecorded").
+#   VCS_REF        the git commit built, also recorded in the labels.
 #   PYTHON         interpreter name; if missing it is installed with apt as $PYTHON, $PYTHON-venv, $PYTHON-dev.
-#   WITH_GPU=1     install requirements-gpu.txt (PyCUDA, scikit-cuda); needs a CUDA *devel* base image.
+#   WITH_GPU=1     also install requirements-gpu.lock (PyCUDA, scikit-cuda) and check them at build time
+#                  (`docker-entrypoint.sh gpu-check`); needs a CUDA *devel* base (cuda.h, nvcc, libcuda stub).
 #   PIP_CERT_FILE  path, inside the build context, of a CA bundle pip must trust (TLS-inspecting proxy).
 #                  It is used in the build stage only and never reaches the final image.
 #   PIP_INDEX_URL, PIP_EXTRA_INDEX_URL   package mirrors, also build stage only.
@@ -28,12 +33,14 @@ ENV PYTHON=${PYTHON} \
     APP=/opt/binarynet-archive
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # Package versions are whatever the chosen base distribution ships (Debian 12 or Ubuntu 22.04): no pins.
+# ca-certificates: the data sets are downloaded over HTTPS when no /data is mounted.
 # hadolint ignore=DL3008
 RUN set -eux; \
     pkgs=(); \
     command -v g++ >/dev/null || pkgs+=(g++); \
     command -v gcc >/dev/null || pkgs+=(gcc); \
     command -v make >/dev/null || pkgs+=(make); \
+    [ -f /etc/ssl/certs/ca-certificates.crt ] || pkgs+=(ca-certificates); \
     if ! command -v "$PYTHON" >/dev/null; then \
         pkgs+=("$PYTHON" "$PYTHON-venv" "$PYTHON-dev"); \
     else \
@@ -55,33 +62,76 @@ ARG WITH_GPU=0
 ARG PIP_CERT_FILE=
 ARG PIP_INDEX_URL
 ARG PIP_EXTRA_INDEX_URL
-COPY requirements.txt requirements-gpu.txt ${PIP_CERT_FILE} /tmp/build/
+COPY requirements.lock requirements-gpu.lock ${PIP_CERT_FILE} /tmp/build/
+# Every package is installed from the lock files with --require-hashes --no-deps: nothing unpinned gets in.
+# PyCUDA has no wheels; it is compiled here against the locked NumPy (--no-build-isolation) with the locked
+# setuptools installed first, so its build uses no unpinned package either.
 RUN set -eux; \
     if [ -n "$PIP_CERT_FILE" ]; then export PIP_CERT="/tmp/build/${PIP_CERT_FILE##*/}"; fi; \
-    req=/tmp/build/requirements.txt; \
+    "$PYTHON" -m venv .venv; \
+    .venv/bin/python -m pip install --no-cache-dir --require-hashes --no-deps -r /tmp/build/requirements.lock; \
     if [ "$WITH_GPU" = 1 ]; then \
-        req=/tmp/build/requirements-gpu.txt; \
         cuda=${CUDA_ROOT:-/usr/local/cuda}; \
         test -f "$cuda/include/cuda.h" || { echo "WITH_GPU=1 needs a CUDA devel base image (no $cuda/include/cuda.h)" >&2; exit 1; }; \
         major=$(sed -n 's/^#define CUDA_VERSION \([0-9]*\)[0-9][0-9][0-9]$/\1/p' "$cuda/include/cuda.h"); \
-        curand=True; [ "${major:-0}" -ge 13 ] && curand=False; \
+        curand=False; if [ "${major:-0}" -lt 13 ] && ls "$cuda"/lib64/libcurand.so* >/dev/null 2>&1; then curand=True; fi; \
         printf 'CUDA_ROOT = "%s"\nCUDADRV_LIB_DIR = ["%s/lib64", "%s/lib64/stubs"]\nCUDA_ENABLE_CURAND = %s\n' \
             "$cuda" "$cuda" "$cuda" "$curand" > /etc/aksetup-defaults.py; \
         export PATH="$cuda/bin:$PATH"; \
+        awk '/^[^ #]/ {keep = /^setuptools==/} keep' /tmp/build/requirements-gpu.lock > /tmp/build/setuptools.lock; \
+        .venv/bin/python -m pip install --no-cache-dir --require-hashes --no-deps -r /tmp/build/setuptools.lock; \
+        .venv/bin/python -m pip install --no-cache-dir --require-hashes --no-deps --no-build-isolation \
+            -r /tmp/build/requirements-gpu.lock; \
     fi; \
-    "$PYTHON" -m venv .venv; \
-    .venv/bin/python -m pip install --no-cache-dir -r "$req"; \
     rm -rf /tmp/build
 COPY . /tmp/src
-RUN if [ -n "$PIP_CERT_FILE" ]; then \
+# The GPU build check: the CUDA libraries go on the loader's path as in the final image (scikit-cuda dlopens
+# libcublas.so), then `docker-entrypoint.sh gpu-check` (docs/docker.md) runs here, on a machine without a GPU.
+RUN set -eux; \
+    if [ -n "$PIP_CERT_FILE" ]; then \
         rm -f "/tmp/src/$PIP_CERT_FILE" && rmdir --ignore-fail-on-non-empty "$(dirname "/tmp/src/$PIP_CERT_FILE")"; \
+    fi; \
+    if [ "$WITH_GPU" = 1 ]; then \
+        echo "${CUDA_ROOT:-/usr/local/cuda}/lib64" > /etc/ld.so.conf.d/binarynet-archive-cuda.conf; \
+        ldconfig; \
+        venv_bin="$APP/.venv/bin"; \
+        APP=/tmp/src PATH="$venv_bin:${CUDA_ROOT:-/usr/local/cuda}/bin:$PATH" BINARYNET_KERNEL_CACHE=/tmp/kernels \
+            bash /tmp/src/scripts/docker-entrypoint.sh gpu-check; \
     fi
 
 # ---- final image ------------------------------------------------------------------------------------------------
 FROM base
+ARG BASE_IMAGE
+ARG BASE_IMAGE_DIGEST=unrecorded
+ARG VCS_REF=unrecorded
+ARG WITH_GPU=0
+LABEL org.opencontainers.image.title="binarynet-archive" \
+      org.opencontainers.image.description="BinaryConnect and BinaryNet (2015-2016) on Theano 1.0.5 + Lasagne 0.1" \
+      org.opencontainers.image.base.name="${BASE_IMAGE}" \
+      org.opencontainers.image.base.digest="${BASE_IMAGE_DIGEST}" \
+      org.opencontainers.image.revision="${VCS_REF}" \
+      binarynet-archive.with-gpu="${WITH_GPU}" \
+      binarynet-archive.volumes="/data (data sets, read-only) /runs (results) /cache (compiled code, downloads)"
 COPY --from=build ${APP}/.venv ${APP}/.venv
 COPY --from=build /tmp/src ${APP}
 # The Makefile's venv step is up to date when .venv/.installed is newer than requirements.txt: mark it so.
-RUN touch .venv/.installed
-ENV PATH=${APP}/.venv/bin:${PATH}
-CMD ["make", "quick"]
+# /runs and /cache are writable for any --user uid (sticky, like /tmp). In the GPU variant the CUDA libraries
+# (libcublas.so for scikit-cuda) go on the loader's path.
+RUN set -eux; \
+    touch .venv/.installed; \
+    mkdir -p /data /runs /cache; \
+    chmod 1777 /runs /cache; \
+    if [ "$WITH_GPU" = 1 ]; then \
+        echo "${CUDA_ROOT:-/usr/local/cuda}/lib64" > /etc/ld.so.conf.d/binarynet-archive-cuda.conf; \
+        ldconfig; \
+    fi
+ENV PATH=${APP}/.venv/bin:${PATH} \
+    BINARYNET_ALLOW_NO_NVCC=1 \
+    BINARYNET_DATA=/cache/data \
+    BINARYNET_THEANO_CACHE=/cache/theano \
+    BINARYNET_KERNEL_CACHE=/cache/kernels \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    MPLBACKEND=Agg
+ENTRYPOINT ["/opt/binarynet-archive/scripts/docker-entrypoint.sh"]
+CMD ["help"]

@@ -10,6 +10,7 @@ An explicit ``data_dir`` (the scripts' ``--data-dir``) is only read, never writt
 Command line: ``python -m plumbing.datasets {mnist,cifar10,svhn} [--data-dir DIR] [--no-extra]`` fetches (or checks) a
 data set and prints the shapes of what it loads.
 """
+import codecs
 import gzip
 import hashlib
 import http.client
@@ -17,12 +18,14 @@ import io
 import os
 import pickle
 import socket
+import stat
 import struct
 import sys
 import tarfile
 import time
 import urllib.error
 import urllib.request
+import warnings
 import zlib
 
 import numpy as np
@@ -50,6 +53,23 @@ MNIST_FILES = {
     "test_images": ("t10k-images-idx3-ubyte", 1648877, "9fb629c4189551a2d022fa330f9573f3"),
     "test_labels": ("t10k-labels-idx1-ubyte", 4542, "ec29112dd5afa0611ce80d1b7f02629c"),
 }
+# key -> MD5 of the unpacked IDX file (the same data whether the file is gzipped, recompressed or unpacked)
+MNIST_UNPACKED_MD5 = {
+    "train_images": "6bbc9ace898e44ae57da46a324031adb",
+    "train_labels": "a25bea736e30d166cdddb491f175f624",
+    "test_images": "2646ac647ad5339dbf082846283269ea",
+    "test_labels": "27ae3e4e09519cfbb04c329615203637",
+}
+# Known files in MNIST's format that are not MNIST (docs/data.md): name -> {key: MD5 of the unpacked file}.
+MNIST_STAND_INS = {
+    "Fashion-MNIST": {  # Zalando Research; Debian's dataset-fashion-mnist package ships these files
+        "train_images": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+        "train_labels": "9018921c3c673c538a1fc5bad174d6f9",
+        "test_images": "8181f5470baa50b63fa0f6fddb340f0a",
+        "test_labels": "15d484375f8d13e6eb1aabb0c3f46965",
+    },
+}
+MNIST_UNKNOWN_NOTE = "unknown data in MNIST's format (MD5 differs from the official MNIST files)"
 MNIST_TRANSFORMS = ("pm1", "center")  # 2x - 1 (BinaryNet); minus the per-pixel mean (BinaryConnect)
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -57,6 +77,7 @@ CIFAR10_TARBALL = "cifar-10-python.tar.gz"
 CIFAR10_SIZE = 170498071
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
 CIFAR10_FOLDER = "cifar-10-batches-py"
+CIFAR10_UNKNOWN_NOTE = "unknown data in CIFAR-10's python format"
 CIFAR10_BATCH_MD5 = {
     "data_batch_1": "c99cafc152244af753f735de768cd75f",
     "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
@@ -73,6 +94,7 @@ SVHN_FILES = {
     "test": ("test_32x32.mat", 64275384, "eb5a983be6a315427106f1b164d9cef3"),
     "extra": ("extra_32x32.mat", None, "a93ce644f1a588dc4d68dda5feec44a7"),
 }
+SVHN_UNKNOWN_NOTE = "unknown data in SVHN's format 2 (MD5 differs from the official files)"
 SVHN_SEED = 322
 
 _CHUNK = 1 << 16
@@ -213,7 +235,7 @@ def download_file(urls, path, md5=None, sha256=None, size=None, progress=True, t
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Helpers shared by the loaders
+# Helpers shared by the loaders: finding and reading files, and the identity of what was read
 # ---------------------------------------------------------------------------------------------------------
 def _find(folders, names):
     """First existing `folder/name` over folders (outer loop) and names (inner loop), or None."""
@@ -227,6 +249,49 @@ def _find(folders, names):
 
 def _note(message):
     sys.stderr.write("note: " + message + "\n")
+
+
+def _check_regular_file(path):
+    """Raise DataError unless `path` is a regular file (a directory, FIFO or device would fail or hang)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise DataError("{} does not exist; check the path or --data-dir".format(path)) from None
+    except OSError as e:
+        raise DataError("{} cannot be read ({}); check its permissions".format(path, e.strerror)) from None
+    if not stat.S_ISREG(mode):
+        kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file (a device, FIFO or socket)"
+        raise DataError("{} is {}, not a data file; remove it or replace it with the file".format(path, kind))
+
+
+def _read_file(path):
+    """The bytes of one regular file (DataError for a missing, unreadable or odd file)."""
+    _check_regular_file(path)
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise DataError("{} cannot be read ({}); check the file".format(path, e.strerror or e)) from None
+
+
+def file_info(path, size, md5, official, note):
+    """The identity of one raw file a loader read: the entries of the 'files' list every loader returns."""
+    return {"name": os.path.basename(path), "bytes": int(size), "md5": md5, "official": bool(official),
+            "note": None if official else note}
+
+
+def _accept_files(files, folder, dataset, unknown_note, downloaded):
+    """Notes (one line per kind) for files that are not the official ones; refuse unknown files in the
+    download folder (DEFAULT_DATA_DIR holds checked downloads only: a mismatch there is damage)."""
+    odd = [f for f in files if not f["official"]]
+    unknown = [f["name"] for f in odd if f["note"].startswith(unknown_note)]
+    if downloaded and unknown:
+        raise DataError("{} in {} differ from the official {} (MD5); delete them to download them again, or pass "
+                        "a folder with your own files with --data-dir".format(", ".join(unknown), folder, dataset))
+    for note in dict.fromkeys(f["note"] for f in odd):
+        names = [f["name"] for f in odd if f["note"] == note]
+        which = "all {} files".format(len(names)) if len(names) == len(files) > 1 else ", ".join(names)
+        _note("{} ({} in {}); reading them anyway".format(note, which, folder))
 
 
 def one_hot_pm1(labels, n_classes=10):
@@ -243,27 +308,18 @@ def one_hot_pm1(labels, n_classes=10):
 # ---------------------------------------------------------------------------------------------------------
 # MNIST (ORIGINALS.md §3.1)
 # ---------------------------------------------------------------------------------------------------------
-def _read_bytes(path):
-    """File contents, gunzipped when the file starts with the gzip magic bytes."""
+def _gunzip(raw, path):
+    """`raw` unpacked when it starts with the gzip magic bytes, else `raw` itself."""
+    if raw[:2] != b"\x1f\x8b":
+        return raw
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
-    except FileNotFoundError:
-        raise DataError("{} does not exist; check the path or --data-dir".format(path)) from None
+        return gzip.decompress(raw)
     except (EOFError, OSError, zlib.error) as e:
         raise DataError("{} is a damaged gzip file ({}); delete it and download it again".format(path, e)) from None
-    return raw
 
 
-def read_idx(path):
-    """Read an MNIST IDX file (gzipped or plain) into a uint8 array.
-
-    Format (ORIGINALS.md §3.1): big-endian int32 magic (2051 images: count, rows, cols; 2049 labels: count),
-    then the uint8 data row-major. Wrong magic, truncated data or trailing bytes raise DataError.
-    """
-    raw = _read_bytes(path)
+def _parse_idx(raw, path):
+    """uint8 array from the bytes of an unpacked IDX file (format in `read_idx`)."""
     if len(raw) < 8:
         raise DataError("{} is truncated ({} bytes, shorter than an IDX header); download it again".format(
             path, len(raw)))
@@ -278,23 +334,47 @@ def read_idx(path):
     dims = struct.unpack(">" + "i" * ndim, raw[4:header])
     if min(dims) < 0:
         raise DataError("{} has a negative dimension in its header {}; the file is corrupt".format(path, dims))
-    expected = header + int(np.prod(dims, dtype=np.int64))
-    if len(raw) < expected:
+    count = 1
+    for d in dims:  # Python integers: no overflow for any header
+        count *= d
+    if len(raw) < header + count:
         raise DataError("{} is truncated: {} bytes, header {} needs {}; download it again".format(
-            path, len(raw), dims, expected))
-    if len(raw) > expected:
+            path, len(raw), dims, header + count))
+    if len(raw) > header + count:
         raise DataError("{} has {} bytes after the data announced by its header {}; the file is corrupt".format(
-            path, len(raw) - expected, dims))
-    return np.frombuffer(raw, dtype=np.uint8, count=expected - header, offset=header).reshape(dims).copy()
+            path, len(raw) - header - count, dims))
+    return np.frombuffer(raw, dtype=np.uint8, count=count, offset=header).reshape(dims).copy()
+
+
+def read_idx(path):
+    """Read an MNIST IDX file (gzipped or plain) into a uint8 array.
+
+    Format (ORIGINALS.md §3.1): big-endian int32 magic (2051 images: count, rows, cols; 2049 labels: count),
+    then the uint8 data row-major. Wrong magic, truncated data or trailing bytes raise DataError.
+    """
+    return _parse_idx(_gunzip(_read_file(path), path), path)
+
+
+def _read_mnist_file(key, path):
+    """(uint8 array, file_info) of one of the four MNIST files; `official` compares the unpacked data's MD5
+    (and the .gz's), so a recompressed or unpacked copy of the official file counts as official."""
+    raw = _read_file(path)
+    md5 = hashlib.md5(raw).hexdigest()
+    content = _gunzip(raw, path)
+    content_md5 = md5 if content is raw else hashlib.md5(content).hexdigest()
+    array = _parse_idx(content, path)
+    official = md5 == MNIST_FILES[key][2] or content_md5 == MNIST_UNPACKED_MD5[key]
+    stand_ins = [name for name, table in MNIST_STAND_INS.items() if table[key] == content_md5]
+    note = ("files in MNIST's format that are not MNIST: " + stand_ins[0]) if stand_ins else MNIST_UNKNOWN_NOTE
+    return array, file_info(path, len(raw), md5, official, note)
 
 
 def mnist_files(data_dir=None, download=True):
     """Local paths of the four MNIST files: {'train_images', 'train_labels', 'test_images', 'test_labels'}.
 
     In an explicit `data_dir` (or its `mnist/` subfolder) each file may be `NAME.gz` or unpacked `NAME`; they are
-    never downloaded. Files that are not the official MNIST (a .gz whose MD5 differs, e.g. Fashion-MNIST) are
-    accepted with a one-line note. With data_dir=None they live in DEFAULT_DATA_DIR/mnist and are downloaded
-    (MD5 and size checked) when missing.
+    never downloaded. With data_dir=None they live in DEFAULT_DATA_DIR/mnist and are downloaded (MD5 and size
+    checked) when missing. The files' identity is checked where they are read (`load_mnist`).
     """
     if data_dir is not None:
         folders = [data_dir, os.path.join(data_dir, "mnist")]
@@ -303,11 +383,6 @@ def mnist_files(data_dir=None, download=True):
         if missing:
             raise DataError("MNIST files missing in {}: {}; put the files there or omit --data-dir to "
                             "download them".format(data_dir, ", ".join(missing)))
-        differ = [os.path.basename(p) for key, p in paths.items()
-                  if p.endswith(".gz") and file_digest(p) != MNIST_FILES[key][2]]
-        if differ:
-            _note("{} in {} differ from the official MNIST (MD5); reading them as MNIST-format files".format(
-                ", ".join(differ), data_dir))
         return paths
     folder = os.path.join(DEFAULT_DATA_DIR, "mnist")
     paths = {}
@@ -332,8 +407,7 @@ def _mnist_split_size(n):
     return n_val
 
 
-def _mnist_pair(images_path, labels_path):
-    images, labels = read_idx(images_path), read_idx(labels_path)
+def _mnist_pair(images, labels, images_path, labels_path):
     if images.ndim != 3 or images.shape[1:] != (28, 28):
         raise DataError("{} holds images of shape {}, expected 28x28 images; check the file".format(
             images_path, images.shape[1:]))
@@ -364,33 +438,93 @@ def load_mnist(transform, data_dir=None, download=True):
     * 'pm1' (BinaryNet): 2x - 1, in [-1, 1];
     * 'center' (BinaryConnect): pylearn2's center=True: train and validation minus the per-pixel mean of
       all training-file images; the test set minus its own per-pixel mean (pylearn2's transductive quirk).
+    Also 'files': the identity of the four files read (`file_info`; docs/data.md). Files that are not the
+    official MNIST are read with a one-line note (Fashion-MNIST named as such); in the download folder an
+    unknown file is refused.
     """
     if transform not in MNIST_TRANSFORMS:
         raise DataError("unknown MNIST transform {!r}; use one of {}".format(transform,
                                                                             ", ".join(MNIST_TRANSFORMS)))
     paths = mnist_files(data_dir, download)
-    train_images, train_labels = _mnist_pair(paths["train_images"], paths["train_labels"])
-    test_images, test_labels = _mnist_pair(paths["test_images"], paths["test_labels"])
+    arrays, files = {}, []
+    for key in MNIST_FILES:
+        arrays[key], info = _read_mnist_file(key, paths[key])
+        files.append(info)
+    _accept_files(files, os.path.dirname(paths["train_images"]), "MNIST", MNIST_UNKNOWN_NOTE, data_dir is None)
+    train_images, train_labels = _mnist_pair(arrays["train_images"], arrays["train_labels"],
+                                             paths["train_images"], paths["train_labels"])
+    test_images, test_labels = _mnist_pair(arrays["test_images"], arrays["test_labels"],
+                                           paths["test_images"], paths["test_labels"])
     n_train = train_images.shape[0] - _mnist_split_size(train_images.shape[0])
     x_all, x_test = _mnist_inputs(train_images, transform), _mnist_inputs(test_images, transform)
     y_all = one_hot_pm1(train_labels)
     return {"X_train": x_all[:n_train], "y_train": y_all[:n_train],
             "X_val": x_all[n_train:], "y_val": y_all[n_train:],
-            "X_test": x_test, "y_test": one_hot_pm1(test_labels)}
+            "X_test": x_test, "y_test": one_hot_pm1(test_labels), "files": files}
 
 
 # ---------------------------------------------------------------------------------------------------------
 # CIFAR-10 (ORIGINALS.md §3.2)
 # ---------------------------------------------------------------------------------------------------------
-class _ArrayUnpickler(pickle.Unpickler):
-    """Unpickler that only rebuilds NumPy arrays (what the CIFAR-10 batches contain), nothing executable."""
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy", "ndarray"), ("numpy", "dtype"),
-               ("numpy.core.multiarray", "scalar"), ("_codecs", "encode")}
+CIFAR10_BATCHES = ["data_batch_{}".format(i) for i in range(1, 6)] + ["test_batch"]
+
+
+class _ArrayUnpickler(pickle._Unpickler):
+    """Unpickler that only rebuilds plain NumPy arrays and Python containers (what the CIFAR-10 batches hold).
+
+    Built on the pure-Python unpickler: the C one grows its memo table to any index a file names (a few bytes
+    can make it allocate gigabytes). Globals are limited to what pickled arrays need, each replaced by a checked
+    version: arrays start empty and are filled only from the file's own bytes, dtypes are simple and never hold
+    Python objects, and BUILD accepts only the states NumPy writes for such arrays and dtypes.
+    """
 
     def find_class(self, module, name):
-        if (module, name) not in self.ALLOWED:
+        allowed = {("numpy.core.multiarray", "_reconstruct"): _empty_array, ("numpy", "ndarray"): _NDARRAY,
+                   ("numpy", "dtype"): _simple_dtype, ("numpy.core.multiarray", "scalar"): _simple_scalar,
+                   ("_codecs", "encode"): codecs.encode}
+        if (module, name) not in allowed:
             raise pickle.UnpicklingError("unexpected object {}.{} in the pickle".format(module, name))
-        return super().find_class(module, name)
+        return allowed[module, name]
+
+    def load_build(self):
+        state, target = self.stack[-1], self.stack[-2]
+        if isinstance(target, np.dtype):
+            ok = isinstance(state, tuple) and len(state) == 8 and state[0] == 3 and state[1] in ("|", "<", ">", "=") \
+                and state[2:] == (None, None, None, -1, -1, 0)
+        elif isinstance(target, np.ndarray):
+            ok = isinstance(state, tuple) and len(state) == 5 and isinstance(state[2], np.dtype) \
+                and not state[2].hasobject and state[2].names is None and isinstance(state[4], bytes)
+        else:
+            ok = False
+        if not ok:
+            raise pickle.UnpicklingError("unexpected object state in the pickle")
+        super().load_build()
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+    dispatch[pickle.BUILD[0]] = load_build
+
+
+_NDARRAY = object()  # stands for numpy.ndarray in a pickle: only as the first argument of _reconstruct
+
+
+def _empty_array(subtype, shape, typecode):
+    """numpy's _reconstruct as pickled arrays call it: an empty array, which BUILD then fills from the file."""
+    if subtype is not _NDARRAY or tuple(shape) != (0,):
+        raise pickle.UnpicklingError("unexpected array construction in the pickle")
+    return np.core.multiarray._reconstruct(np.ndarray, (0,), typecode)
+
+
+def _simple_dtype(*args):
+    dtype = np.dtype(*args)
+    if dtype.hasobject or dtype.names is not None or dtype.itemsize > 64:
+        raise pickle.UnpicklingError("unexpected data type {} in the pickle".format(dtype))
+    return dtype
+
+
+def _simple_scalar(dtype, *args):
+    if not isinstance(dtype, np.dtype) or dtype.hasobject:
+        raise pickle.UnpicklingError("unexpected scalar in the pickle")
+    return np.core.multiarray.scalar(dtype, *args)
 
 
 def cifar10_files(data_dir=None, download=True):
@@ -420,29 +554,67 @@ def cifar10_files(data_dir=None, download=True):
 
 
 def _cifar_batches(source):
-    """Yield (batch name, raw pickle bytes) for the five training batches and the test batch."""
-    names = ["data_batch_{}".format(i) for i in range(1, 6)] + ["test_batch"]
-    if os.path.isdir(source):
-        for name in names:
+    """Yield (batch name, raw pickle bytes) for the five training batches and the test batch.
+
+    `source` is an extracted folder or the tarball; a tarball's batch must be a regular member (a symlink,
+    directory or device member is refused, never followed).
+    """
+    if os.path.isdir(source) and not source.endswith(".tar.gz"):
+        for name in CIFAR10_BATCHES:
             path = os.path.join(source, name)
             if not os.path.exists(path):
                 raise DataError("{} is missing in {}; restore the complete {} folder".format(
                     name, source, CIFAR10_FOLDER))
-            with open(path, "rb") as f:
-                yield name, f.read()
+            yield name, _read_file(path)
         return
+    _check_regular_file(source)
     try:
         with tarfile.open(source, "r:gz") as tar:
-            for name in names:
+            for name in CIFAR10_BATCHES:
                 try:
                     member = tar.getmember(CIFAR10_FOLDER + "/" + name)
                 except KeyError:
                     raise DataError("{} has no {}/{}; it is not the CIFAR-10 python tarball".format(
                         source, CIFAR10_FOLDER, name)) from None
+                if not member.isreg():
+                    raise DataError("{}: the member {} is a {}, not a file; this is not the CIFAR-10 python "
+                                    "tarball".format(source, member.name, _member_kind(member)))
                 yield name, tar.extractfile(member).read()
     except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
         raise DataError("{} is damaged or truncated ({}); delete it and download it again".format(
             source, e)) from None
+
+
+def _member_kind(member):
+    kinds = [(member.issym(), "symbolic link"), (member.islnk(), "hard link"), (member.isdir(), "directory"),
+             (member.isdev(), "device or FIFO")]
+    return next((text for test, text in kinds if test), "special entry")
+
+
+def _cifar_labels(name, labels, rows):
+    """int64 (rows,) from a batch's labels: a list of Python ints or a 1-D integer array, each in 0..9.
+
+    Anything else (strings, floats, nested or ragged lists, a wrong count) raises DataError: nothing is
+    converted or truncated silently.
+    """
+    problem = None
+    if isinstance(labels, np.ndarray):
+        if labels.ndim != 1 or labels.dtype.kind not in "iu":
+            problem = "an array of {} {}".format(labels.dtype, labels.shape)
+    elif isinstance(labels, (list, tuple)):
+        odd = next((v for v in labels if isinstance(v, bool) or not isinstance(v, (int, np.integer))), None)
+        if odd is not None:
+            problem = "a list holding {} {}".format(type(odd).__name__, repr(odd)[:20])
+    else:
+        problem = "a {}".format(type(labels).__name__)
+    if problem is None and len(labels) != rows:
+        problem = "{} labels for {} images".format(len(labels), rows)
+    if problem is None and not all(0 <= v <= 9 for v in labels):
+        problem = "values outside 0..9"
+    if problem:
+        raise DataError("CIFAR-10 batch {}: 'labels' must be a list of {} integers in 0..9, got {}; replace the "
+                        "file".format(name, rows, problem))
+    return np.array(labels, dtype=np.int64).reshape(rows)
 
 
 def _parse_cifar_batch(name, raw):
@@ -450,44 +622,52 @@ def _parse_cifar_batch(name, raw):
     try:
         batch = _ArrayUnpickler(io.BytesIO(raw), encoding="bytes").load()
     except Exception as e:  # any unpickling failure means a damaged or foreign file
-        raise DataError("CIFAR-10 batch {} cannot be read ({}); replace the file".format(name, e)) from None
+        raise DataError("CIFAR-10 batch {} cannot be read ({}); replace the file".format(
+            name, str(e).splitlines()[0][:200] if str(e) else type(e).__name__)) from None
     if not isinstance(batch, dict):
         raise DataError("CIFAR-10 batch {} is not a dict; replace the file".format(name))
     data = batch.get(b"data", batch.get("data"))
     labels = batch.get(b"labels", batch.get("labels"))
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         raise DataError("CIFAR-10 batch {}: 'data' must be uint8 (n, 3072); replace the file".format(name))
-    labels = np.asarray(labels, dtype=np.int64) if labels is not None else np.zeros(0, np.int64)
-    if labels.shape != (data.shape[0],) or (labels.size and (labels.min() < 0 or labels.max() > 9)):
-        raise DataError("CIFAR-10 batch {}: 'labels' must be {} ints in 0..9; replace the file".format(
-            name, data.shape[0]))
-    return data, labels
+    return data, _cifar_labels(name, labels, data.shape[0])
+
+
+def read_cifar10(data_dir=None, download=True):
+    """Raw CIFAR-10 (ORIGINALS.md §3.2): dict X_train uint8 (50000, 3, 32, 32), y_train int64, X_test, y_test,
+    and 'files' (`file_info` of the tarball, or of the six batch files of an extracted folder).
+
+    Training rows are data_batch_1..5 in order; rows keep the pickles' (C, H, W) order (R plane, G, B). Reads the
+    tarball directly or the extracted folder. Each batch's MD5 is compared with the official one (a tarball is
+    official when all six batches are): a mismatch raises DataError for the downloaded copy in DEFAULT_DATA_DIR
+    and prints a note for a --data-dir folder.
+    """
+    source = cifar10_files(data_dir, download)
+    parts, md5s, sizes = {}, {}, {}
+    for name, raw in _cifar_batches(source):
+        md5s[name], sizes[name] = hashlib.md5(raw).hexdigest(), len(raw)
+        parts[name] = _parse_cifar_batch(name, raw)
+    differ = [name for name in CIFAR10_BATCHES if md5s[name] != CIFAR10_BATCH_MD5[name]]
+    if os.path.isdir(source):
+        folder = source
+        note = CIFAR10_UNKNOWN_NOTE + " (MD5 differs from the official batch)"
+        files = [file_info(os.path.join(source, n), sizes[n], md5s[n], n not in differ, note) for n in CIFAR10_BATCHES]
+    else:
+        folder = os.path.dirname(source)
+        note = "{} (MD5 of {} differs from the official)".format(CIFAR10_UNKNOWN_NOTE, ", ".join(differ))
+        files = [file_info(source, os.path.getsize(source), file_digest(source), not differ, note)]
+    _accept_files(files, folder, "CIFAR-10", CIFAR10_UNKNOWN_NOTE, data_dir is None)
+    train = [parts["data_batch_{}".format(i)] for i in range(1, 6)]
+    x_test, y_test = parts["test_batch"]
+    return {"X_train": np.concatenate([d for d, _ in train]).reshape(-1, 3, 32, 32),
+            "y_train": np.concatenate([labels for _, labels in train]),
+            "X_test": x_test.reshape(-1, 3, 32, 32), "y_test": y_test, "files": files}
 
 
 def load_cifar10_raw(data_dir=None, download=True):
-    """Raw CIFAR-10 (ORIGINALS.md §3.2): X_train uint8 (50000, 3, 32, 32), y_train int64, X_test, y_test.
-
-    Training rows are data_batch_1..5 in order; rows keep the pickles' (C, H, W) order (R plane, G, B). Reads the
-    tarball directly or the extracted folder. Each batch's MD5 is compared with the official one: a mismatch
-    raises DataError for the downloaded copy in DEFAULT_DATA_DIR and prints a note for a --data-dir folder.
-    """
-    source = cifar10_files(data_dir, download)
-    differ, parts = [], {}
-    for name, raw in _cifar_batches(source):
-        if hashlib.md5(raw).hexdigest() != CIFAR10_BATCH_MD5[name]:
-            differ.append(name)
-        parts[name] = _parse_cifar_batch(name, raw)
-    if differ and data_dir is None:
-        raise DataError("{} in {} differ from the official CIFAR-10 (MD5); delete it to download it again".format(
-            ", ".join(differ), source))
-    if differ:
-        _note("{} in {} differ from the official CIFAR-10 (MD5); reading them anyway".format(
-            ", ".join(differ), source))
-    train = [parts["data_batch_{}".format(i)] for i in range(1, 6)]
-    x_train = np.concatenate([d for d, _ in train]).reshape(-1, 3, 32, 32)
-    y_train = np.concatenate([labels for _, labels in train])
-    x_test, y_test = parts["test_batch"]
-    return x_train, y_train, x_test.reshape(-1, 3, 32, 32), y_test
+    """(X_train, y_train, X_test, y_test) of `read_cifar10`, without the files' identity."""
+    data = read_cifar10(data_dir, download)
+    return data["X_train"], data["y_train"], data["X_test"], data["y_test"]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -524,22 +704,42 @@ def svhn_files(data_dir=None, download=True, use_extra=True):
 
 
 def _read_svhn_mat(path):
-    """(X uint8 (32, 32, 3, N) as stored, labels int64 (N,) in 1..10) from one SVHN format-2 .mat file."""
+    """(X uint8 (32, 32, 3, N) as stored, labels int64 (N,) in 1..10) from one SVHN format-2 .mat file.
+
+    Labels may be stored as any integer type or as whole numbers in a float array (MATLAB's default double),
+    shaped (N, 1), (1, N) or (N,); fractions, strings, cells or other shapes raise DataError.
+    """
+    _check_regular_file(path)
     try:
-        mat = scipy.io.loadmat(path, variable_names=["X", "y"])
+        with warnings.catch_warnings():  # scipy warns about oddities it can read past; the checks below decide
+            warnings.simplefilter("ignore")
+            mat = scipy.io.loadmat(path, variable_names=["X", "y"])
     except Exception as e:  # scipy raises many types for damaged files
         raise DataError("{} cannot be read as a MATLAB file ({}); delete it and download it again".format(
-            path, e)) from None
+            path, str(e).splitlines()[0][:200] if str(e) else type(e).__name__)) from None
     if "X" not in mat or "y" not in mat:
         raise DataError("{} lacks the variables X and y of SVHN format 2; check the file".format(path))
-    x, y = mat["X"], np.asarray(mat["y"]).ravel().astype(np.int64)
-    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[:3] != (32, 32, 3) or x.shape[3] != y.size:
+    x, y = mat["X"], mat["y"]
+    if not isinstance(y, np.ndarray) or y.dtype.kind not in "iuf" or y.ndim > 2 or y.size != max(y.shape, default=1):
+        raise DataError("{}: y must be a vector of N labels 1..10, got {} {}; check the file".format(
+            path, getattr(y, "dtype", type(y).__name__), getattr(y, "shape", "")))
+    y = y.ravel()
+    if y.size and not (np.all(np.isfinite(y)) and np.all(y == np.round(y)) and y.min() >= 1 and y.max() <= 10):
+        raise DataError("{}: labels must be whole numbers 1..10 (10 = digit 0), got values from {} to {}; check "
+                        "the file".format(path, y.min(), y.max()))
+    if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 4 or x.shape[:3] != (32, 32, 3) \
+            or x.shape[3] != y.size:
         raise DataError("{}: X must be uint8 (32, 32, 3, N) with N = {} labels, got {} {}; check the file".format(
-            path, y.size, x.dtype, x.shape))
-    if y.size and (y.min() < 1 or y.max() > 10):
-        raise DataError("{}: labels must be 1..10 (10 = digit 0), got {}..{}; check the file".format(
-            path, y.min(), y.max()))
-    return x, y
+            path, y.size, getattr(x, "dtype", type(x).__name__), getattr(x, "shape", "")))
+    return x, y.astype(np.int64)
+
+
+def _read_svhn_file(key, path):
+    """(X, labels, file_info) of one SVHN file; the MD5 is computed in one chunked pass over the file."""
+    _check_regular_file(path)
+    md5 = file_digest(path)
+    x, y = _read_svhn_mat(path)
+    return x, y, file_info(path, os.path.getsize(path), md5, md5 == SVHN_FILES[key][2], SVHN_UNKNOWN_NOTE)
 
 
 def _take_valid(rng, labels, per_class, name):
@@ -577,7 +777,8 @@ def load_svhn_raw(data_dir=None, download=True, use_extra=True,
                   valid_per_class_train=400, valid_per_class_extra=200, seed=SVHN_SEED):
     """Raw SVHN with pylearn2's split and shuffle (ORIGINALS.md §3.3).
 
-    Returns {'train', 'valid', 'test'}: each (X uint8 (N, 3, 32, 32) in (C, H, W) order, y int64 = label - 1, so
+    Returns {'train', 'valid', 'test', 'files'}: 'files' is the identity of the .mat files read (`file_info`);
+    the three sets are each (X uint8 (N, 3, 32, 32) in (C, H, W) order, y int64 = label - 1, so
     digit 0 (label 10) -> class 9). With rng = RandomState(seed): for labels 1..10 shuffle that class's
     indices in `train` and keep the first `valid_per_class_train` (400) for validation, then the same on
     `extra` with `valid_per_class_extra` (200): valid = 6000, class-balanced. train = remaining train rows
@@ -590,12 +791,13 @@ def load_svhn_raw(data_dir=None, download=True, use_extra=True,
     The per-class counts are parameters only so tiny test files can be split; keep the defaults otherwise.
     """
     paths = svhn_files(data_dir, download, use_extra)
-    x_train, y_train = _read_svhn_mat(paths["train"])
-    sources, labels = [x_train], [y_train]
+    x_train, y_train, train_info = _read_svhn_file("train", paths["train"])
+    sources, labels, files = [x_train], [y_train], [train_info]
     if use_extra:
-        x_extra, y_extra = _read_svhn_mat(paths["extra"])
+        x_extra, y_extra, extra_info = _read_svhn_file("extra", paths["extra"])
         sources.append(x_extra)
         labels.append(y_extra)
+        files.append(extra_info)
 
     rng = np.random.RandomState(seed)
     valid_picks, train_picks = [], []
@@ -614,9 +816,12 @@ def load_svhn_raw(data_dir=None, download=True, use_extra=True,
         x = _gather_chw(sources, (ids, idx))
         y = np.concatenate(labels)[idx + np.where(ids == 1, labels[0].size, 0)] - 1
         result[name] = (x, y)
-    x_test, y_test = _read_svhn_mat(paths["test"])
+    x_test, y_test, test_info = _read_svhn_file("test", paths["test"])
+    files.append(test_info)
+    _accept_files(files, os.path.dirname(paths["train"]), "SVHN", SVHN_UNKNOWN_NOTE, data_dir is None)
     order = np.random.RandomState(seed).permutation(y_test.size)
     result["test"] = (_gather_chw([x_test], (np.zeros(order.size, np.int64), order)), y_test[order] - 1)
+    result["files"] = files
     return result
 
 
@@ -632,16 +837,19 @@ def main(argv=None):
     parser.add_argument("--no-extra", action="store_true", help="SVHN: do without extra_32x32.mat")
     args = parser.parse_args(argv)
     if args.dataset == "mnist":
-        arrays = load_mnist("pm1", args.data_dir)
-        shapes = {k: v.shape for k, v in arrays.items()}
+        data = load_mnist("pm1", args.data_dir)
+        shapes = {k: v.shape for k, v in data.items() if k != "files"}
     elif args.dataset == "cifar10":
-        x_train, y_train, x_test, y_test = load_cifar10_raw(args.data_dir)
-        shapes = {"X_train": x_train.shape, "X_test": x_test.shape}
+        data = read_cifar10(args.data_dir)
+        shapes = {k: v.shape for k, v in data.items() if k.startswith("X_")}
     else:
-        sets = load_svhn_raw(args.data_dir, use_extra=not args.no_extra)
-        shapes = {"X_" + k: v[0].shape for k, v in sets.items()}
+        data = load_svhn_raw(args.data_dir, use_extra=not args.no_extra)
+        shapes = {"X_" + k: data[k][0].shape for k in ("train", "valid", "test")}
     for key, shape in shapes.items():
         print("{}: {}".format(key, shape))
+    for f in data["files"]:
+        status = "official" if f["official"] else "not official: " + f["note"]
+        print("file {}: {} bytes, MD5 {}, {}".format(f["name"], f["bytes"], f["md5"], status))
     return 0
 
 

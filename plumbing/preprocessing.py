@@ -9,9 +9,11 @@ CHUNK_ROWS images, does its float64 arithmetic on one chunk at a time and can wr
 Preprocessed arrays are cached on disk (one directory per cache key; the manifest is written last and the
 directory is renamed into place, so a half-written cache is never read).
 """
+import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import zlib
@@ -24,6 +26,7 @@ from plumbing.errors import DataError
 
 CHUNK_ROWS = 5000                 # images per chunk, as pylearn2's batch_size=5000 (spec §3.3)
 CACHE_FORMAT_VERSION = 1          # bump when the meaning of cached arrays changes
+LOCK_NAME = '.writing'            # lock file inside a cache folder being written
 CIFAR10_TRANSFORMS = ('pm1', 'gcn-zca')    # raw pixels in [-1, 1] (BinaryNet); GCN + ZCA (BinaryConnect)
 SVHN_TRANSFORMS = ('pm1', 'gcn-lcn')       # raw pixels in [-1, 1] (BinaryNet); GCN + LeCun LCN (BinaryConnect)
 CIFAR_GCN_SCALE = 55.0            # spec §3.2 step 1
@@ -269,15 +272,24 @@ def _cache_folder(cache_dir, name, key):
     return os.path.join(cache_dir, '%s-%s' % (name, key[:32]))
 
 
-def _read_cache(folder, key):
-    """Return the cached dict of arrays if the folder holds a complete, intact cache for key, else None."""
+def _read_cache(folder, key, names=None):
+    """Return the cached dict of arrays if the folder holds a complete, intact cache for key, else None.
+
+    The manifest must list at least one array (exactly `names` when given), under plain names.
+    """
     try:
         with open(os.path.join(folder, 'manifest.json')) as f:
             manifest = json.load(f)
-        if manifest.get('format') != CACHE_FORMAT_VERSION or manifest.get('key') != key:
+        if not isinstance(manifest, dict) or manifest.get('format') != CACHE_FORMAT_VERSION \
+                or manifest.get('key') != key:
+            return None
+        listed = manifest['arrays']
+        if not isinstance(listed, dict) or not listed or not all(str(n).isidentifier() for n in listed):
+            return None
+        if names is not None and set(listed) != set(names):
             return None
         arrays = {}
-        for name, info in manifest['arrays'].items():
+        for name, info in listed.items():
             path = os.path.join(folder, name + '.npy')
             if os.path.getsize(path) != info['file_bytes']:
                 return None
@@ -291,59 +303,106 @@ def _read_cache(folder, key):
         return None
 
 
-def _remove_dead_temporaries(folder):
-    """Delete '<folder>.tmp-<pid>' directories left by processes that no longer run."""
-    parent, base = os.path.split(folder)
-    if not os.path.isdir(parent):
+def _writer_is_gone(temporary):
+    """True when no process is writing the temporary cache folder: its lock file can be locked, or (no lock
+    file yet, or an older version's folder) the process id in its name does not run."""
+    try:
+        with open(os.path.join(temporary, LOCK_NAME), 'rb') as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+    except BlockingIOError:
+        return False
+    except OSError:
+        pass
+    match = re.search(r'\.tmp-(\d+)', os.path.basename(temporary))
+    if not match:
+        return False
+    try:
+        os.kill(int(match.group(1)), 0)
+    except (ProcessLookupError, OverflowError):
+        return True
+    except PermissionError:                     # another user's live process
+        return False
+    return False
+
+
+def remove_dead_temporaries(cache_dir):
+    """Delete the '*.tmp-*' folders in cache_dir that no running process is writing (a killed or failed build).
+
+    Called at the start of every `load_or_build`, so an interrupted build never holds disk space for long.
+    """
+    try:
+        entries = os.listdir(cache_dir)
+    except OSError:
         return
-    for entry in os.listdir(parent):
-        if not entry.startswith(base + '.tmp-'):
-            continue
-        try:
-            pid = int(entry.rsplit('-', 1)[1])
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
-        except (ValueError, PermissionError):
-            pass
+    for entry in entries:
+        path = os.path.join(cache_dir, entry)
+        if '.tmp-' in entry and os.path.isdir(path) and _writer_is_gone(path):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _write_cache(folder, key, arrays):
-    """Write arrays into a temporary directory, manifest last, then rename it to folder."""
+    """Write arrays into a temporary folder (locked while being written), manifest last, then rename it to
+    folder. Any failure (full or read-only disk, Ctrl-C) removes the temporary folder and re-raises."""
     tmp = '%s.tmp-%d' % (folder, os.getpid())
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
-    manifest = {'format': CACHE_FORMAT_VERSION, 'key': key, 'arrays': {}}
-    for name, array in arrays.items():
-        array = np.ascontiguousarray(array)
-        path = os.path.join(tmp, name + '.npy')
-        with open(path, 'wb') as f:
-            np.save(f, array, allow_pickle=False)
-        manifest['arrays'][name] = {'shape': list(array.shape), 'dtype': array.dtype.str,
-                                    'crc32': _crc32(array), 'file_bytes': os.path.getsize(path)}
-    with open(os.path.join(tmp, 'manifest.json'), 'w') as f:
-        json.dump(manifest, f, indent=1)
-    shutil.rmtree(folder, ignore_errors=True)     # a stale or torn cache for the same key
+    try:
+        with open(os.path.join(tmp, LOCK_NAME), 'wb') as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            manifest = {'format': CACHE_FORMAT_VERSION, 'key': key, 'arrays': {}}
+            for name, array in arrays.items():
+                array = np.ascontiguousarray(array)
+                path = os.path.join(tmp, name + '.npy')
+                with open(path, 'wb') as f:
+                    np.save(f, array, allow_pickle=False)
+                manifest['arrays'][name] = {'shape': list(array.shape), 'dtype': array.dtype.str,
+                                            'crc32': _crc32(array), 'file_bytes': os.path.getsize(path)}
+            with open(os.path.join(tmp, 'manifest.json'), 'w') as f:
+                json.dump(manifest, f, indent=1)
+            os.remove(os.path.join(tmp, LOCK_NAME))   # the lock stays held through the open handle
+            _move_into_place(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _move_into_place(tmp, folder):
+    """Rename tmp to folder; a folder already there (a torn cache, or one another process just finished) is
+    first renamed aside and then deleted, so readers never see a half-deleted cache."""
     try:
         os.rename(tmp, folder)
-    except OSError:                                # another process finished the same cache first
-        shutil.rmtree(tmp, ignore_errors=True)
+        return
+    except OSError:
+        if not os.path.isdir(folder):
+            raise
+    aside = tmp + '-old'
+    os.rename(folder, aside)
+    os.rename(tmp, folder)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
-def load_or_build(cache_dir, name, key, build):
+def load_or_build(cache_dir, name, key, build, names=None):
     """Return the dict of arrays cached under (name, key), or call build() once, cache and return its dict.
 
-    A cache whose manifest is missing, does not match key, or whose files fail the size/shape/dtype/CRC-32
-    check is rebuilt, never read. Arrays are loaded fully into memory (writeable, not memory-mapped).
+    A cache whose manifest is missing, does not match key, lists no arrays (or not exactly `names` when given),
+    or whose files fail the size/shape/dtype/CRC-32 check is rebuilt, never read. Arrays are loaded fully into
+    memory (writeable, not memory-mapped). When the cache cannot be written (read-only or full disk) the arrays
+    are returned all the same, with one note on stderr, and no partial folder is left behind.
     """
+    remove_dead_temporaries(cache_dir)
     folder = _cache_folder(cache_dir, name, key)
-    arrays = _read_cache(folder, key)
+    arrays = _read_cache(folder, key, names)
     if arrays is not None:
         return arrays
-    _remove_dead_temporaries(folder)
     arrays = build()
-    os.makedirs(cache_dir, exist_ok=True)
-    _write_cache(folder, key, arrays)
+    try:
+        os.makedirs(cache_dir, exist_ok=True)
+        _write_cache(folder, key, arrays)
+    except OSError as e:
+        sys.stderr.write('note: could not write the preprocessing cache in %s (%s); continuing without it, the '
+                         'next run computes the arrays again (free space or pass --cache-dir)\n'
+                         % (cache_dir, e.strerror or 'short write: %s' % e))
     return arrays
 
 
@@ -400,10 +459,11 @@ def cifar10_data(transform, data_dir=None, cache_dir=None, download=True):
     X float32 (N, 3, 32, 32); y float32 (N, 10) in {-1, +1}. Train = rows 0-44999, val = 45000-49999 of the
     official training file (the last tenth), test = 10000. 'pm1' (BinaryNet): x*(2/255) - 1. 'gcn-zca'
     (BinaryConnect): GCN(scale 55) + ZCA(filter_bias 0.1) fit on all 50000 training images, cached on disk.
+    'files': the identity of the raw files read (datasets.file_info).
     """
     _check_transform(transform, CIFAR10_TRANSFORMS)
-    X_train_raw, y_train_raw, X_test_raw, y_test_raw = datasets.load_cifar10_raw(data_dir=data_dir,
-                                                                                 download=download)
+    raw = datasets.read_cifar10(data_dir=data_dir, download=download)
+    X_train_raw, y_train_raw, X_test_raw, y_test_raw = raw['X_train'], raw['y_train'], raw['X_test'], raw['y_test']
     _check_images(X_train_raw, 'CIFAR-10 training images')
     _check_images(X_test_raw, 'CIFAR-10 test images')
     if transform == 'pm1':
@@ -413,11 +473,12 @@ def cifar10_data(transform, data_dir=None, cache_dir=None, download=True):
         key = cache_key(fingerprint_arrays([X_train_raw, X_test_raw]), params)
         cache_dir = cache_dir or _default_cache_dir()
         X = load_or_build(cache_dir, 'cifar10-gcn-zca', key,
-                          lambda: _build_cifar10_bc(X_train_raw, X_test_raw, params))
+                          lambda: _build_cifar10_bc(X_train_raw, X_test_raw, params),
+                          names=('X_train', 'X_val', 'X_test'))
     n_train = len(X['X_train'])
     return dict(X, y_train=datasets.one_hot_pm1(y_train_raw[:n_train]),
                 y_val=datasets.one_hot_pm1(y_train_raw[n_train:]),
-                y_test=datasets.one_hot_pm1(y_test_raw))
+                y_test=datasets.one_hot_pm1(y_test_raw), files=raw['files'])
 
 
 def svhn_params(lcn_all_channels=False):
@@ -441,7 +502,8 @@ def _gcn_lcn(X_raw, params):
 def svhn_data(transform, data_dir=None, cache_dir=None, download=True, use_extra=True, lcn_all_channels=False):
     """SVHN as a network sees it: dict X_train, y_train, X_val, y_val, X_test, y_test (spec §3.3).
 
-    Splits come from datasets.load_svhn_raw (pylearn2's split: 598388 / 6000 / 26032 with extra).
+    Splits come from datasets.load_svhn_raw (pylearn2's split: 598388 / 6000 / 26032 with extra); 'files': the
+    .mat files read (datasets.file_info).
     'pm1' (BinaryNet): x*(2/255) - 1. 'gcn-lcn' (BinaryConnect): per image GCN (scale 1, L2 norm) then LeCun
     LCN 7x7 on channel 0 only (pylearn2 quirk) or on all channels with lcn_all_channels=True; cached on disk.
     """
@@ -457,9 +519,10 @@ def svhn_data(transform, data_dir=None, cache_dir=None, download=True, use_extra
         key = cache_key(fingerprint_arrays([raw[part][0] for part in names]), params)
         cache_dir = cache_dir or _default_cache_dir()
         X = load_or_build(cache_dir, 'svhn-gcn-lcn', key,
-                          lambda: {names[part]: _gcn_lcn(raw[part][0], params) for part in names})
+                          lambda: {names[part]: _gcn_lcn(raw[part][0], params) for part in names},
+                          names=tuple(names.values()))
     labels = {'train': 'y_train', 'valid': 'y_val', 'test': 'y_test'}
-    return dict(X, **{labels[part]: datasets.one_hot_pm1(raw[part][1]) for part in labels})
+    return dict(X, files=raw['files'], **{labels[part]: datasets.one_hot_pm1(raw[part][1]) for part in labels})
 
 
 def main(argv=None):
@@ -479,7 +542,8 @@ def main(argv=None):
         data = svhn_data('gcn-lcn', args.data_dir, args.cache_dir, not args.no_download,
                          use_extra=not args.no_extra, lcn_all_channels=args.lcn_all_channels)
     for name in sorted(data):
-        print('%s %s %s' % (name, data[name].dtype, data[name].shape))
+        if name != 'files':
+            print('%s %s %s' % (name, data[name].dtype, data[name].shape))
     return 0
 
 
