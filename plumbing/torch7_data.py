@@ -14,6 +14,8 @@ Every function returns X float32 (N, C, H, W) and y float32 (N, 10) in {-1, +1} 
 The raw readers are plumbing.datasets'; GCN, ZCA (dp's), the Gaussian taps and the disk cache are
 plumbing.preprocessing's where the math is the same. Nothing here imports Theano.
 """
+import os
+
 import numpy as np
 
 from plumbing import datasets, preprocessing
@@ -117,11 +119,20 @@ def mnist_from_raw(train_images, train_labels, test_images, test_labels):
 
 
 def mnist_data(data_dir=None, download=True):
-    """MNIST as the Torch7 MLP sees it: 50000 / 10000 / 10000 rows of (1, 28, 28), z-scored (§8.2)."""
+    """MNIST as the Torch7 MLP sees it: 50000 / 10000 / 10000 rows of (1, 28, 28), z-scored (§8.2).
+
+    Files are found, read and identified as datasets.load_mnist does ('files': their identity).
+    """
     paths = datasets.mnist_files(data_dir, download)
-    train_images, train_labels = datasets._mnist_pair(paths["train_images"], paths["train_labels"])
-    test_images, test_labels = datasets._mnist_pair(paths["test_images"], paths["test_labels"])
-    return mnist_from_raw(train_images, train_labels, test_images, test_labels)
+    arrays, files = {}, []
+    for key in datasets.MNIST_FILES:
+        arrays[key], info = datasets._read_mnist_file(key, paths[key])
+        files.append(info)
+    datasets._accept_files(files, os.path.dirname(paths["train_images"]), "MNIST", datasets.MNIST_UNKNOWN_NOTE,
+                           data_dir is None)
+    pairs = [datasets._mnist_pair(arrays[part + "_images"], arrays[part + "_labels"], paths[part + "_images"],
+                                  paths[part + "_labels"]) for part in ("train", "test")]
+    return dict(mnist_from_raw(*pairs[0], *pairs[1]), files=files)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -172,13 +183,14 @@ def _cached(name, raw_arrays, params, build, cache_dir):
 
 
 def cifar10_data(data_dir=None, cache_dir=None, download=True):
-    """CIFAR-10 as the Torch7 ConvNet sees it: 45000 / 5000 / 10000 double-whitened rows (§8.3), cached on disk."""
-    X_train_raw, y_train_raw, X_test_raw, y_test_raw = datasets.load_cifar10_raw(data_dir=data_dir,
-                                                                                 download=download)
+    """CIFAR-10 as the Torch7 ConvNet sees it: 45000 / 5000 / 10000 double-whitened rows (§8.3), cached on disk;
+    'files': the identity of the files read (datasets.read_cifar10)."""
+    raw = datasets.read_cifar10(data_dir=data_dir, download=download)
+    arrays = [raw["X_train"], raw["y_train"], raw["X_test"], raw["y_test"]]
     params = dict(dataset="cifar10", valid_ratio=CIFAR10_VALID_RATIO, dp_zca_filter_bias=DP_ZCA_FILTER_BIAS,
                   unsup_zca_epsilon=UNSUP_ZCA_EPSILON)
-    return _cached("cifar10-torch7", [X_train_raw, y_train_raw, X_test_raw, y_test_raw], params,
-                   lambda: cifar10_from_raw(X_train_raw, y_train_raw, X_test_raw, y_test_raw), cache_dir)
+    data = _cached("cifar10-torch7", arrays, params, lambda: cifar10_from_raw(*arrays), cache_dir)
+    return dict(data, files=raw["files"])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -291,15 +303,20 @@ def svhn_data(data_dir=None, cache_dir=None, download=True, use_extra=True):
     """SVHN as the Torch7 ConvNet sees it (§8.4): 598388 / 6000 / 26032 rows with extra, cached on disk.
 
     use_extra=False (--no-extra) splits the train file alone: 69257 training and 4000 validation rows.
+    'files': the identity of the .mat files read, as datasets.load_svhn_raw gives it.
     """
     paths = datasets.svhn_files(data_dir, download, use_extra)
-    x_train, y_train = datasets._read_svhn_mat(paths["train"])
-    sources, labels = [x_train], [y_train]
+    x_train, y_train, info = datasets._read_svhn_file("train", paths["train"])
+    sources, labels, files = [x_train], [y_train], [info]
     if use_extra:
-        x_extra, y_extra = datasets._read_svhn_mat(paths["extra"])
+        x_extra, y_extra, info = datasets._read_svhn_file("extra", paths["extra"])
         sources.append(x_extra)
         labels.append(y_extra)
-    x_test, y_test = datasets._read_svhn_mat(paths["test"])
+        files.append(info)
+    x_test, y_test, info = datasets._read_svhn_file("test", paths["test"])
+    files.append(info)
+    datasets._accept_files(files, os.path.dirname(paths["train"]), "SVHN", datasets.SVHN_UNKNOWN_NOTE,
+                           data_dir is None)
     split = svhn_split(y_train, y_extra if use_extra else None)
 
     def build():
@@ -314,5 +331,6 @@ def svhn_data(data_dir=None, cache_dir=None, download=True, use_extra=True):
 
     params = dict(dataset="svhn", use_extra=use_extra, valid_per_class=list(SVHN_VALID_PER_CLASS),
                   gcn_sqrt_bias=GCN_SQRT_BIAS, lcn=[LCN_KERNEL_SIZE, LCN_SIGMA, LCN_STD_BIAS], seed=SVHN_SHUFFLE_SEED)
-    return _cached("svhn-torch7", [y_train] + ([labels[-1]] if use_extra else []) + [y_test] + sources + [x_test],
+    data = _cached("svhn-torch7", [y_train] + ([labels[-1]] if use_extra else []) + [y_test] + sources + [x_test],
                    params, build, cache_dir)
+    return dict(data, files=files)

@@ -103,6 +103,8 @@ def test_mnist_data_reads_idx_files(tmp_path):
     assert data["X_train"].shape == (100, 1, 28, 28) and data["X_val"].shape == (20, 1, 28, 28)
     for name in expected:
         np.testing.assert_array_equal(data[name], expected[name])
+    assert [f["name"] for f in data["files"]] == ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+                                                  "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -180,6 +182,7 @@ def test_cifar10_data_passes_the_raw_sets_and_caches(tmp_path, monkeypatch):
     np.testing.assert_array_equal(calls[0][0], X_train)
     np.testing.assert_array_equal(calls[0][2], X_test)
     np.testing.assert_array_equal(again["X_train"], first["X_train"])
+    assert [f["name"] for f in again["files"]] == ["cifar-10-python.tar.gz"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -246,6 +249,7 @@ def test_svhn_pipeline_and_loader(tmp_path, monkeypatch):
         files[name] = (X.transpose(3, 2, 0, 1), y)
         scipy.io.savemat(str(tmp_path / (name + "_32x32.mat")), {"X": X, "y": y.reshape(-1, 1).astype(np.uint8)})
     data = t7.svhn_data(str(tmp_path), cache_dir=str(tmp_path / "cache"), download=False)
+    assert [f["name"] for f in data["files"]] == ["train_32x32.mat", "extra_32x32.mat", "test_32x32.mat"]
 
     split = t7.svhn_split(files["train"][1], files["extra"][1])
     sources = [files["train"], files["extra"]]
