@@ -334,6 +334,13 @@ def cpu_seconds(pid):
         return None
 
 
+def record_epoch_cpu(runs, row, epochs, cpu, pid):
+    """RUNS/ROW/cpu.jsonl: the run's CPU time when its log reached `epochs` lines (sampled every second)."""
+    if cpu is not None:
+        append_jsonl(os.path.join(runs, row, tables.EPOCH_CPU), dict(epoch=epochs, cpu_seconds=round(cpu, 1),
+                                                                     pid=pid))
+
+
 def append_jsonl(path, record):
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
@@ -443,11 +450,13 @@ def run_local(runs, rows, budget, data_dir, jobs, threads, report_rows, stream=s
             for row, (proc, log_file, started) in list(running.items()):
                 code = proc.poll()
                 epochs = len(tables.read_log(os.path.join(runs, row, "log.jsonl")))
+                if code is None:
+                    cpu[row] = cpu_seconds(proc.pid) or cpu.get(row)
                 if epochs != epochs_seen[row]:
                     epochs_seen[row] = epochs
                     changed.append(row)
+                    record_epoch_cpu(runs, row, epochs, cpu.get(row) if code is None else None, proc.pid)
                 if code is None:
-                    cpu[row] = cpu_seconds(proc.pid) or cpu.get(row)
                     board.update(row, progress_text(runs, row))
                     continue
                 del running[row]
@@ -556,10 +565,14 @@ def supervise_row(runs, row, budget, data_dir, threads, report_rows):
     proc, log_file, started = _start(runs, row, budget, data_dir, threads, log_to=None)
     forward = lambda signum, frame: proc.send_signal(signal.SIGTERM)  # noqa: E731
     old = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
-    cpu = None
+    cpu, epochs_seen = None, len(tables.read_log(os.path.join(runs, row, "log.jsonl")))
     try:
         while proc.poll() is None:
             cpu = cpu_seconds(proc.pid) or cpu
+            epochs = len(tables.read_log(os.path.join(runs, row, "log.jsonl")))
+            if epochs != epochs_seen:
+                epochs_seen = epochs
+                record_epoch_cpu(runs, row, epochs, cpu, proc.pid)
             time.sleep(POLL_SECONDS)
     finally:
         for sig, handler in old.items():

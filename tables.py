@@ -27,6 +27,7 @@ from plumbing.errors import RunError  # noqa: E402
 RUN_SETTINGS = "reproduce.json"   # RUNS/reproduce.json (the folder) and RUNS/ROW/reproduce.json (one row)
 HOST = "host.json"                # RUNS/ROW/host.json: the machine a row last ran on
 ATTEMPTS = "attempts.jsonl"       # RUNS/ROW/attempts.jsonl: one line per local process (times, exit, CPU time)
+EPOCH_CPU = "cpu.jsonl"           # RUNS/ROW/cpu.jsonl: the run's CPU time as each epoch ended
 DATA_CACHE = "data_identity.json"  # RUNS/data_identity.json: digests of the data files, by path, size and mtime
 TABLE_MD, TABLE_JSON = "TABLE.md", "TABLE.json"
 DATA_LABEL = "DATA_LABEL.txt"     # optional first line describing a data folder (scripts/stand_in_data.py writes it)
@@ -77,7 +78,8 @@ def row_state(runs, row):
                 results=read_json(os.path.join(folder, "results.json")),
                 log=read_log(os.path.join(folder, "log.jsonl")),
                 host=read_json(os.path.join(folder, HOST)),
-                attempts=read_log(os.path.join(folder, ATTEMPTS)))
+                attempts=read_log(os.path.join(folder, ATTEMPTS)),
+                epoch_cpu=read_log(os.path.join(folder, EPOCH_CPU)))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -185,6 +187,16 @@ def compare(cell, ours):
     return diff, tol, rule, abs(diff) <= tol + 1e-9
 
 
+def cpu_per_epoch(samples):
+    """Median CPU seconds between consecutive epochs of one process (pairs of samples one epoch apart)."""
+    steps = sorted(b["cpu_seconds"] - a["cpu_seconds"] for a, b in zip(samples, samples[1:])
+                   if b["epoch"] == a["epoch"] + 1 and b.get("pid") == a.get("pid"))
+    if not steps:
+        return None
+    middle = len(steps) // 2
+    return steps[middle] if len(steps) % 2 else (steps[middle - 1] + steps[middle]) / 2
+
+
 def _total_cpu(attempts):
     """CPU seconds of a row's processes over all attempts (None unless every attempt measured it)."""
     values = [a.get("cpu_seconds") for a in attempts]
@@ -222,6 +234,7 @@ def table_row(row, state, data):
         seconds=results.get("seconds") if results else None,
         wall_seconds=sum(a["ended"] - a["started"] for a in state["attempts"]) if state["attempts"] else None,
         cpu_seconds=_total_cpu(state["attempts"]), processes=len(state["attempts"]),
+        cpu_per_epoch=cpu_per_epoch(state["epoch_cpu"]),
         data=data, environment=results.get("environment") if results else None, host=state["host"],
         command=settings.get("command"))
     return record
@@ -332,10 +345,11 @@ def markdown(table):
         out.append("* **{}** ({}): `{}`".format(r["row"], r["status"], " ".join(r["command"])))
         out.append("  * budget {}; reductions: {}".format(r["budget"], "; ".join(r["reductions"]) or "none"))
         if r["wall_seconds"] is not None:
-            out.append("  * wall time {} over {} process(es){}".format(
+            out.append("  * wall time {} over {} process(es){}{}".format(
                 _duration(r["wall_seconds"]), r["processes"],
                 "" if r["cpu_seconds"] is None else ", CPU time {} (compilation by g++ not counted)".format(
-                    _duration(r["cpu_seconds"]))))
+                    _duration(r["cpu_seconds"])),
+                "" if r["cpu_per_epoch"] is None else ", {} CPU per epoch".format(_duration(r["cpu_per_epoch"]))))
         if r["best_epoch"] is not None:
             out.append("  * best validation error {} at epoch {}".format(_pct(r["best_val_error"]), r["best_epoch"]))
         out.append("  * data: {}".format(r["data"]["label"]))

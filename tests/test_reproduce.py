@@ -496,3 +496,13 @@ def test_a_paper_table_with_an_unfinished_row_says_so(tmp_path):
 def test_a_folder_without_results_has_no_results_yet(tmp_path):
     reproduce.write_settings(str(tmp_path), "short", None, ["mnist-bnn"])
     assert tables.build_table(str(tmp_path), ["mnist-bnn"])["title"].startswith("No results yet (budget short)")
+
+
+def test_cpu_per_epoch_is_the_median_step_between_consecutive_epochs():
+    samples = [dict(epoch=1, cpu_seconds=50.0, pid=7), dict(epoch=2, cpu_seconds=60.0, pid=7),
+               dict(epoch=3, cpu_seconds=72.0, pid=7),
+               dict(epoch=5, cpu_seconds=100.0, pid=7),   # a missed epoch: no step
+               dict(epoch=6, cpu_seconds=120.0, pid=8),   # a new process (resumed run): no step
+               dict(epoch=7, cpu_seconds=131.0, pid=8)]
+    assert tables.cpu_per_epoch(samples) == 11.0   # steps 10, 12, 11
+    assert tables.cpu_per_epoch(samples[:1]) is None
