@@ -1,4 +1,5 @@
-# The two commands of the README:  make quick  (a short real MNIST run)  and  make test  (the test suite).
+# The commands of the README:  make quick  (a short real MNIST run),  make reproduce  (the paper tables, see
+# docs/reproduce.md)  and  make test  (the test suite).
 # Both create the virtual environment first and install what is missing (Debian packages too, as root).
 
 PYTHON ?= python3
@@ -7,11 +8,20 @@ PY := $(VENV)/bin/python
 DATA_DIR ?=
 QUICK_FLAGS ?= --method binarynet --epochs 3 --train-size 10000
 QUICK_OUT ?= runs/quick-binarynet
+# make reproduce BUDGET=smoke DATA_DIR=... [ONLY='mnist-*'] [ENGINE=slurm] [REPRODUCE_FLAGS='--jobs 2']
+BUDGET ?= paper
+ONLY ?=
+ENGINE ?= local
+REPRODUCE_FLAGS ?=
 
-.PHONY: quick test venv system-packages clean lock docker
+.PHONY: quick test reproduce venv system-packages clean lock docker
 
 quick: venv
 	$(PY) mnist.py $(QUICK_FLAGS) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) --out $(QUICK_OUT) --resume
+
+reproduce: venv
+	$(PY) reproduce.py --budget $(BUDGET) --engine $(ENGINE) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) \
+		$(if $(ONLY),--only '$(ONLY)') $(REPRODUCE_FLAGS)
 
 test: venv
 	$(PY) -m pytest -q tests

@@ -10,7 +10,14 @@ For each size m x n x k, C = A . B on random +-1 float32 matrices (both operands
   XNOR nopack   XNOR-popcount GEMM on operands packed beforehand
 Every product must equal the XNOR result exactly (integers below 2^24 are exact in float32).
 
+--isa restricts both sides to one instruction set on this machine, so the ratio a CPU with only that ISA would
+see is measured here, side by side: the XNOR path is forced, NumPy's OpenBLAS gets the matching core type
+(OPENBLAS_CORETYPE) and MKL its instruction cap (MKL_ENABLE_INSTRUCTIONS), both set before the libraries load.
+For the AVX-512 and AVX2 paths the benchmark also measures this core's instruction throughput (register-only
+loops, same thread count) and prints the share of that limit the XNOR GEMM reaches (docs/kernels.md).
+
     python benchmark.py                         # CPU: 4096^3 at 1 thread and at all threads
+    python benchmark.py --sizes 4096,8192 --isa avx2
     python benchmark.py --sizes 2048,1024x4096x512 --threads 2 --plot gemm.png
 """
 import os
@@ -27,7 +34,20 @@ from plumbing.errors import ArchiveError
 PAPER = ("Paper (GTX 750, 8192^3, ORIGINALS.md §4.7): XNOR kernel 23x faster than the baseline kernel and "
          "3.4x faster than cuBLAS; the Theano-wrapped XNOR 14x the wrapped baseline and 2.5x T.dot.")
 BASELINE_NOTE = ("baseline = the paper's unoptimized kernel (16x16 tiles, one accumulator per output) as plain "
-                 "scalar C loops, -O2 without vectorisation")
+                 "scalar C loops, -O2 without vectorisation; XNOR and NumPy write into preallocated outputs (out=), "
+                 "Theano allocates its own")
+
+
+# --isa: XNOR path, OpenBLAS core type, MKL instruction cap.  OpenBLAS's Haswell kernels are its AVX2 ones,
+# SkylakeX its AVX-512 ones, Nehalem its SSE4.2 ones (the x86-64 + POPCNT level of the portable path).
+ISAS = {
+    "avx512": ("avx512", "SkylakeX", "AVX512"),
+    "avx2": ("avx2", "Haswell", "AVX2"),
+    "portable": ("portable", "Nehalem", "SSE4_2"),
+}
+# Vector instructions per product of the AVX2 kernel (8 products = 8 xor + 7 carry-save adders x 5 + one
+# nibble-lookup popcount (and, shift, and, 2 vpshufb, add, vpsadbw) + one add: 51 instructions).
+AVX2_OPS_PER_PRODUCT = 51 / 8
 
 
 class BenchmarkError(ArchiveError):
@@ -82,11 +102,22 @@ def build_parser():
     p.add_argument("--warmup", type=int, default=1, help="untimed calls before timing (default 1)")
     p.add_argument("--baseline-max-size", type=int, default=2048,
                    help="skip the slow CPU baseline when m*n*k exceeds this size cubed (default 2048)")
+    p.add_argument("--isa", choices=["auto"] + sorted(ISAS), default="auto",
+                   help="restrict both sides to one instruction set: the XNOR path, OpenBLAS's core type and MKL's "
+                        "instruction cap (default auto: the fastest of each)")
     p.add_argument("--openblas-coretype", default="auto",
-                   help="OPENBLAS_CORETYPE for NumPy's OpenBLAS: 'auto' = SkylakeX on AVX-512 CPUs (its fastest "
-                        "kernel here), 'keep' = leave the environment alone, or a core name")
+                   help="OPENBLAS_CORETYPE for NumPy's OpenBLAS: 'auto' = the one matching --isa, else SkylakeX on "
+                        "AVX-512 CPUs (its fastest kernel here), 'keep' = leave the environment alone, or a core name")
+    p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                   help="wall: elapsed time (default); cpu: the process's CPU time, which on a machine other "
+                        "processes share counts only the time the kernel had a core (needs --threads 1)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the +-1 matrices")
     p.add_argument("--plot", metavar="FILE.png", help="write a paper-style bar chart of the timings")
+    p.add_argument("--inference", action="store_true", help="instead: end-to-end MNIST MLP inference, float vs "
+                   "XNOR paths (binary_inference.benchmark_inference); with --model FILE [--data-dir D] or --random")
+    p.add_argument("--model", help="--inference: trained parameters (.npz), run on the MNIST test set")
+    p.add_argument("--data-dir", help="--inference --model: folder with the MNIST files (default: download)")
+    p.add_argument("--random", action="store_true", help="--inference: a random 3x4096 model on random pixels")
     return p
 
 
@@ -96,6 +127,9 @@ def check_args(args):
                                                                                           args.warmup))
     if args.baseline_max_size < 0:
         raise BenchmarkError("--baseline-max-size must be >= 0, got {}".format(args.baseline_max_size))
+    if args.clock == "cpu" and args.threads.strip() != "1":
+        raise BenchmarkError("--clock cpu measures one thread only (CPU time of several threads is not elapsed "
+                             "time): add --threads 1, or use --clock wall")
     if args.plot and not args.plot.lower().endswith(".png"):
         raise BenchmarkError("--plot takes a .png file name, got {!r}".format(args.plot))
 
@@ -111,18 +145,34 @@ def cpuinfo_flags():
     return set()
 
 
-def set_openblas_coretype(choice):
+def set_openblas_coretype(choice, isa="auto"):
     """Must run before NumPy is imported. Returns a one-line description of what was done."""
     before = os.environ.get("OPENBLAS_CORETYPE")
     if choice == "keep":
         return "OPENBLAS_CORETYPE left as {}".format(before)
-    if choice == "auto":
+    if choice == "auto" and isa != "auto":
+        choice = ISAS[isa][1]
+    elif choice == "auto":
         if "avx512f" not in cpuinfo_flags():
             return "OPENBLAS_CORETYPE left as {} (no AVX-512)".format(before)
         choice = "SkylakeX"
     os.environ["OPENBLAS_CORETYPE"] = choice
     return "OPENBLAS_CORETYPE={} (was {}; the NumPy 1.23.5 wheel's OpenBLAS 0.3.20 misdetects this CPU, see " \
            "ENVIRONMENT.md)".format(choice, before)
+
+
+def restrict_isa(isa):
+    """--isa: check the CPU has it and cap MKL before it loads. Returns (XNOR path, description)."""
+    if isa == "auto":
+        return "auto", "auto (fastest XNOR path, BLAS libraries' own choice)"
+    from kernels import cpu
+    path, _, mkl_cap = ISAS[isa]
+    if path not in cpu.available_paths():
+        raise BenchmarkError("--isa {}: this CPU lacks {}; available here: {}".format(
+            isa, cpu.NEEDS[path], ", ".join(p for p in cpu.available_paths() if p in ISAS)))
+    os.environ["MKL_ENABLE_INSTRUCTIONS"] = mkl_cap
+    return path, "{} (XNOR path '{}', MKL_ENABLE_INSTRUCTIONS={}, OPENBLAS_CORETYPE={})".format(
+        isa, path, mkl_cap, os.environ.get("OPENBLAS_CORETYPE"))
 
 
 # ------------------------------------------------------------------------------------------------ devices
@@ -145,16 +195,21 @@ def choose_device(requested):
     return "cpu"
 
 
-def median_seconds(fn, repeats, warmup):
-    """(median, minimum) wall-clock seconds of fn() over `repeats` calls after `warmup` calls, last result."""
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def median_seconds(fn, repeats, warmup, clock="wall"):
+    """(median, minimum) seconds of fn() over `repeats` calls after `warmup` calls, last result.  clock "cpu" is
+    the process's CPU time: on a shared machine it counts only the time the (single) thread had a core."""
     result = None
     for _ in range(warmup):
         result = fn()
     times = []
+    now = CLOCKS[clock]
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = now()
         result = fn()
-        times.append(time.perf_counter() - start)
+        times.append(now() - start)
     return statistics.median(times), min(times), result
 
 
@@ -190,6 +245,19 @@ def threads_in_use():
             for lib in threadpoolctl.threadpool_info() if lib.get("user_api") == "blas"}
 
 
+def instruction_limits(path, threads):
+    """{name: bit-products per second} this core (x threads) can issue for the XNOR path, from measured rates."""
+    from kernels import cpu
+    limits = {}
+    if path == "avx512":
+        limits["popcount peak"] = cpu.measure_rate("popcnt512", threads, 0.1) * 512
+        limits["xor+popcnt+add issue limit"] = cpu.measure_rate("product512", threads, 0.1) * 512
+    elif path == "avx2":
+        limits["AVX2 issue limit ({:.2f} ops/256 bits)".format(AVX2_OPS_PER_PRODUCT)] = \
+            cpu.measure_rate("add256", threads, 0.1) / AVX2_OPS_PER_PRODUCT * 256
+    return limits
+
+
 def run_cpu(sizes, thread_counts, args):
     """Time every kernel for every size and thread count; returns a list of row dicts."""
     import numpy as np
@@ -211,12 +279,17 @@ def run_cpu(sizes, thread_counts, args):
                 if any(count != threads for count in in_use.values()):
                     raise BenchmarkError("could not set BLAS threads to {}: threadpoolctl reports {}".format(
                         threads, in_use))
-                Ap, Bp = cpu.pack_rows(A, threads), cpu.pack_cols(B, threads)
+                path = args.xnor_path
+                Ap, Bp = cpu.pack_rows(A, threads, path), cpu.pack_cols(B, threads, path)
+                # XNOR and NumPy write into outputs allocated once (out=), so a call does not pay for the page
+                # faults of 4 m k fresh bytes; each has its own, so the agreement check compares distinct arrays.
+                outs = [np.empty((m, k), dtype=np.float32) for _ in range(3)]
                 contestants = [
-                    ("XNOR (packing incl.)", lambda: cpu.xnor_gemm(A, B, threads=threads)),
-                    ("XNOR (packing excl.)", lambda: cpu.xnor_gemm_packed(Ap, Bp, n, threads=threads)),
+                    ("XNOR (packing incl.)", lambda: cpu.xnor_gemm(A, B, threads=threads, path=path, out=outs[0])),
+                    ("XNOR (packing excl.)", lambda: cpu.xnor_gemm_packed(Ap, Bp, n, threads=threads, path=path,
+                                                                          out=outs[1])),
                     ("BLAS Theano T.dot, " + compat.BLAS_NAME.split(" ")[0], lambda: theano_dot(A, B)),
-                    ("BLAS NumPy, " + numpy_blas_label().strip(), lambda: np.dot(A, B)),
+                    ("BLAS NumPy, " + numpy_blas_label().strip(), lambda: np.dot(A, B, out=outs[2])),
                     ("baseline (naive C)", lambda: cpu.baseline_gemm(A, B, threads=threads)),
                 ]
                 reference = None
@@ -226,9 +299,12 @@ def run_cpu(sizes, thread_counts, args):
                     if name.startswith("baseline") and m * n * k > args.baseline_max_size ** 3:
                         row["note"] = "skipped: larger than --baseline-max-size {}^3".format(args.baseline_max_size)
                     else:
-                        row["seconds"], row["min"], result = median_seconds(fn, args.repeats, args.warmup)
-                        reference = result if reference is None else reference
+                        row["seconds"], row["min"], result = median_seconds(fn, args.repeats, args.warmup,
+                                                                            args.clock)
+                        reference = result.copy() if reference is None else reference
                         row["agrees"] = bool(np.array_equal(result, reference))
+                    if name.startswith("XNOR") and row["seconds"] is not None:
+                        row["limits"] = instruction_limits(cpu.resolved_path(path), threads)
                     rows.append(row)
                     print("  measured {:>18} threads={} {:<42} {}".format(
                         "x".join(map(str, (m, n, k))), threads, name,
@@ -246,11 +322,12 @@ def run_gpu(sizes, args):
     rows = []
     names = [("xnor", "XNOR (packing incl.)"), ("xnor_nopack", "XNOR (packing excl.)"), ("cublas", "cuBLAS sgemm"),
              ("baseline", "baseline (16x16 tiled CUDA)")]
-    for (m, n, k) in sizes:
-        t = kernels.time_kernels(m, n, k, repeats=args.repeats, warmup=args.warmup, seed=args.seed)
-        for key, name in names:
-            rows.append({"size": (m, n, k), "threads": "GPU", "kernel": name, "seconds": t[key],
-                         "agrees": bool(t["agree"]), "note": ""})
+    with kernels:  # closes the session (context, cuBLAS handle, device memory)
+        for (m, n, k) in sizes:
+            t = kernels.time_kernels(m, n, k, repeats=args.repeats, warmup=args.warmup, seed=args.seed)
+            for key, name in names:
+                rows.append({"size": (m, n, k), "threads": "GPU", "kernel": name, "seconds": t[key],
+                             "min": t[key + "_min"], "agrees": bool(t["agree"]), "note": ""})
     return rows
 
 
@@ -279,6 +356,11 @@ def print_table(rows):
             print("  {:<44} {:>10.5f} {:>10.5f} {:>10.1f} {:>11} {:>11} {:>6}".format(
                 r["kernel"], s, r.get("min", s), flops / s / 1e9, "{:.1f}x".format(base / s) if base else "n/a",
                 "{:.2f}x".format(best_blas / s) if best_blas else "n/a", "yes" if r["agrees"] else "NO"))
+        for r in group:
+            for limit, bits_per_second in r.get("limits", {}).items():
+                print("    {}: {} reaches {:.0f}% of the {} ({:.0f} GFLOP-eq/s, measured on {} thread(s))".format(
+                    "limit", r["kernel"], 100.0 * (m * n * k / r["seconds"]) / bits_per_second, limit,
+                    2 * bits_per_second / 1e9, threads))
     print("\n" + PAPER)
     print("GFLOP/s = 2mnk / median seconds (for XNOR: equivalent float operations). x/t columns: median time of "
           "that kernel divided by this row's (>1 = this row is faster).")
@@ -314,13 +396,37 @@ def plot(rows, filename):
     plt.close(fig)
 
 
-def print_hardware(coretype_note, thread_counts):
-    from plumbing import compat
+def machine_line():
+    """CPU model, the tuning chosen for it and the XNOR paths it runs (printed with every ratio)."""
     from kernels import cpu
-    features = cpu.cpu_features()
-    print("CPU: {} | {} logical CPUs usable | AVX-512 VPOPCNTDQ: {} | POPCNT: {} | XNOR paths: {}".format(
-        features["model"], features["cpus"], features["has_vpopcntdq"], features["has_popcnt"],
-        ", ".join(cpu.available_paths())))
+    features, tuning = cpu.cpu_features(), cpu.tuning_info()
+    return "CPU: {} | {} logical CPUs usable | tuning: {} | XNOR paths: {}".format(
+        features["model"], features["cpus"], tuning["uarch"], ", ".join(cpu.available_paths()))
+
+
+def print_ratios(rows, isa_note):
+    """One line per size and thread count: XNOR over the best BLAS, with the ISA and the machine."""
+    print("\nRatios, ISA {}:".format(isa_note))
+    print("  " + machine_line())
+    groups = {}
+    for row in rows:
+        groups.setdefault((row["size"], row["threads"]), []).append(row)
+    for (size, threads), group in groups.items():
+        timed = {r["kernel"]: r["seconds"] for r in group if r["seconds"] is not None}
+        blas = {name: s for name, s in timed.items() if name.startswith(("BLAS", "cuBLAS"))}
+        if not blas:
+            continue
+        best_name = min(blas, key=blas.get)
+        parts = ["{} {:.2f}x".format(name.split(" (")[1].rstrip(")"), blas[best_name] / s)
+                 for name, s in timed.items() if name.startswith("XNOR")]
+        print("  {} threads={}: XNOR {} the best sgemm ({})".format("x".join(map(str, size)), threads,
+                                                                   ", ".join(parts), best_name))
+
+
+def print_hardware(coretype_note, thread_counts, isa_note):
+    from plumbing import compat
+    print(machine_line())
+    print("ISA: {}".format(isa_note))
     print("Thread counts: {} (XNOR/baseline: pthreads; BLAS: threadpoolctl.threadpool_limits)".format(
         ", ".join(map(str, thread_counts))))
     print("Theano BLAS: {} | {}".format(compat.BLAS_NAME, coretype_note))
@@ -332,8 +438,12 @@ def print_hardware(coretype_note, thread_counts):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     check_args(args)
-    coretype_note = set_openblas_coretype(args.openblas_coretype)
-    device = choose_device(args.device)
+    coretype_note = set_openblas_coretype(args.openblas_coretype, args.isa)
+    if args.inference:
+        import binary_inference  # after OPENBLAS_CORETYPE is set: it loads NumPy
+        return binary_inference.benchmark_from_args(args)
+    args.xnor_path, isa_note = restrict_isa(args.isa)
+    device = choose_device("cpu" if args.isa != "auto" else args.device)
     sizes = parse_sizes(args.sizes or ("8192" if device == "gpu" else "4096"))
     if device == "gpu":
         rows = run_gpu(sizes, args)
@@ -341,12 +451,14 @@ def main(argv=None):
     else:
         all_cores = len(os.sched_getaffinity(0))
         thread_counts = parse_threads(args.threads, all_cores)
-        print_hardware(coretype_note, thread_counts)
-        print("Load average before: {:.2f} {:.2f} {:.2f} (other processes on these cores make timings noisy)"
-              .format(*os.getloadavg()))
+        print_hardware(coretype_note, thread_counts, isa_note)
+        print("Load average before: {:.2f} {:.2f} {:.2f} (other processes on these cores make timings noisy) | "
+              "clock: {}".format(*os.getloadavg(), args.clock))
         rows = run_cpu(sizes, thread_counts, args)
         print("Load average after:  {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     print_table(rows)
+    if device == "cpu":
+        print_ratios(rows, isa_note)
     if args.plot:
         plot(rows, args.plot)
         print("Wrote {}".format(args.plot))

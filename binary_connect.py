@@ -4,6 +4,7 @@ The helper module of the BinaryConnect experiments (ORIGINALS.md §1): weight bi
 Conv2D layers, the Glorot learning-rate scale, the scaled-Adam-then-clip update, and the training loop.
 `binary_net.py` builds on it.
 """
+import functools
 from collections import OrderedDict
 
 from plumbing import compat  # noqa: F401  (Theano flags and Lasagne patches come first)
@@ -211,13 +212,15 @@ def shuffle_rows(X, y, order, parts=None):
     return X, y, order
 
 
-def epoch_pass(fn, X, y, batch_size, LR=None, progress=None):
+def epoch_pass(fn, X, y, batch_size, LR=None, progress=None, partial_batch=False):
     """Run fn over floor(N / batch_size) minibatches (the remainder is skipped, as the original).
 
+    partial_batch=True also runs the remainder as a last, smaller minibatch (the Torch7 code, docs/torch7.md §6)
+    and weights each batch's error by its rows, so the error is over every sample.
     Training (LR given): returns the mean loss. Evaluation: returns (mean loss, error in percent).
     """
-    n_batches = len(X) // batch_size
-    losses, errors = [], []
+    n_batches = -(-len(X) // batch_size) if partial_batch else len(X) // batch_size
+    losses, errors, sizes = [], [], []
     for i in range(n_batches):
         rows = slice(i * batch_size, (i + 1) * batch_size)
         if LR is None:
@@ -226,10 +229,12 @@ def epoch_pass(fn, X, y, batch_size, LR=None, progress=None):
         else:
             loss = fn(X[rows], y[rows], LR)
         losses.append(loss)
+        sizes.append(len(X[rows]))
         if progress:
             progress(i + 1, n_batches)
     if LR is None:
-        return float(np.mean(losses)), float(np.mean(errors)) * 100
+        error = np.average(errors, weights=sizes) if partial_batch else np.mean(errors)
+        return float(np.mean(losses)), float(error) * 100
     return float(np.mean(losses))
 
 
@@ -245,7 +250,7 @@ def print_epoch(e, num_epochs, seconds, LR, row):
 
 
 def train(train_fn, val_fn, model, batch_size, LR_start, LR_decay, num_epochs, X_train, y_train, X_val, y_val,
-          X_test, y_test, shuffle_parts=None, run=None, run_info=None, state_vars=()):
+          X_test, y_test, shuffle_parts=None, run=None, run_info=None, state_vars=(), partial_batch=False):
     """The original `train` of binary_connect.py and binary_net.py (ORIGINALS.md §1.10).
 
     Shuffle once; then each epoch: train on floor(N / batch_size) minibatches with the epoch's LR, shuffle,
@@ -257,6 +262,7 @@ def train(train_fn, val_fn, model, batch_size, LR_start, LR_decay, num_epochs, X
     difference between the two originals' `train`). `run` (plumbing.runfiles.Run, claimed by the script) keeps
     results.json, log.jsonl, the best parameters and a checkpoint of every epoch (all `state_vars`, numpy's rng,
     the row order), so that a resumed run ends with the numbers of an uninterrupted one. Returns the summary.
+    The Torch7 method passes LR_decay as a function (epoch, LR) -> next LR and partial_batch=True (epoch_pass).
     """
     run = run or runfiles.Run(None)
     order = np.arange(len(X_train))
@@ -271,21 +277,22 @@ def train(train_fn, val_fn, model, batch_size, LR_start, LR_decay, num_epochs, X
     else:
         X_train, y_train, order = shuffle_rows(X_train, y_train, order, shuffle_parts)
     LR = summary["LR"]
+    run_pass = functools.partial(epoch_pass, partial_batch=True) if partial_batch else epoch_pass
     for epoch in range(summary["epochs_done"] + 1, num_epochs + 1):
         start = runfiles.clock()
-        train_loss = epoch_pass(train_fn, X_train, y_train, batch_size, LR, progress)
+        train_loss = run_pass(train_fn, X_train, y_train, batch_size, LR, progress)
         X_train, y_train, order = shuffle_rows(X_train, y_train, order, shuffle_parts)
-        val_loss, val_error = epoch_pass(val_fn, X_val, y_val, batch_size)
+        val_loss, val_error = run_pass(val_fn, X_val, y_val, batch_size)
         if val_error <= summary["best_val_error"]:
             summary.update(best_val_error=val_error, best_epoch=epoch)
-            summary["test_loss"], summary["test_error"] = epoch_pass(val_fn, X_test, y_test, batch_size)
+            summary["test_loss"], summary["test_error"] = run_pass(val_fn, X_test, y_test, batch_size)
             run.stage_parameters(epoch)
         seconds = runfiles.clock() - start
         row = dict(epoch=epoch, LR=LR, train_loss=train_loss, val_loss=val_loss, val_error=val_error,
                    best_epoch=summary["best_epoch"], best_val_error=summary["best_val_error"],
                    test_loss=summary["test_loss"], test_error=summary["test_error"], seconds=seconds)
         print_epoch(epoch, num_epochs, seconds, LR, row)
-        LR *= LR_decay
+        LR = LR_decay(epoch, LR) if callable(LR_decay) else LR * LR_decay
         summary.update(epochs_done=epoch, LR=LR, val_error=val_error, seconds=summary["seconds"] + seconds)
         run.end_epoch(row, summary, order)
     return run.summary(summary)

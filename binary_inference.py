@@ -18,17 +18,21 @@ where sign(v) = +1 if v >= 0 else -1 (§4.1, §7.3: zero maps to +1) and, in det
 Command line: python binary_inference.py --model M.npz [--data-dir DIR] [--kernels blas,baseline,xnor]
               [--device cpu|gpu|auto] [--export PACKED.npz] [--batch-size 10000]
 """
+import math
 import os
+import statistics
 import struct
 import sys
 import tempfile
 import time
 import zipfile
 import zlib
+from fractions import Fraction
 
 import numpy as np
 from threadpoolctl import threadpool_info
 
+from kernels import packed_net
 from kernels.cpu import available_paths, pack_cols, pack_rows, xnor_gemm_packed
 from plumbing import cli, datasets
 from plumbing.errors import ArchiveError
@@ -189,8 +193,9 @@ def _labels(y):
 # Theano / Lasagne inference (§4.5)
 # ----------------------------------------------------------------------------------------------------------
 
-def build_network(blocks, kernel):
-    """Lasagne stack of §4.5 with binarized weights; returns (input variable, predictions variable).
+def build_network(blocks, kernel, first_activations=False):
+    """Lasagne stack of §4.5 with binarized weights; returns (input variable, predictions variable), or with
+    first_activations=True (input variable, the first block's ±1 activations) from the same layers.
 
     The first block's product is always T.dot ('blas'): its inputs are real-valued. (The original used its
     float GPU kernel there; on this CPU the fastest float product is MKL, and using one product for the first
@@ -213,12 +218,14 @@ def build_network(blocks, kernel):
         layer = BatchNormLayer(layer)
         if k < len(blocks) - 1:
             layer = lasagne.layers.NonlinearityLayer(layer, nonlinearity=sign_theano)
+        if first_activations:
+            break
     values = []
-    for block in blocks:
+    for block in blocks[:1] if first_activations else blocks:
         values += [sign_numpy(block.W), block.b, block.beta, block.gamma, block.mean, block.inv_std]
     lasagne.layers.set_all_param_values(layer, values)
     output = lasagne.layers.get_output(layer, deterministic=True)
-    return input_var, T.argmax(output, axis=1)
+    return input_var, output if first_activations else T.argmax(output, axis=1)
 
 
 def compile_predictor(blocks, kernel):
@@ -240,25 +247,48 @@ def compile_first_layer(blocks):
     return theano.function([input_var], lasagne.layers.get_output(layer, deterministic=True))
 
 
-def gpu_predictor(blocks, kernel):
-    """Same network on the GPU kernels (host arrays in/out); BN and sign in NumPy float32, in the §1.7.2 order.
+def gpu_network_arrays(blocks):
+    """(weights, batch norms) of the blocks in the form kernels.gpu.GpuNetwork takes: W (fan_in, units) and
+    (4, units) rows b, mean, gamma·inv_std, beta (§1.7.2)."""
+    return [block.W for block in blocks], [np.stack([block.b, block.mean, block.scale, block.beta]) for block in blocks]
 
-    The first block uses cuBLAS (real inputs); the others use GpuKernels' product named by `kernel`.
-    """
-    from kernels.gpu import GpuKernels
-    gpu = GpuKernels()
-    product = {"blas": gpu.cublas_gemm, "baseline": gpu.baseline_gemm, "xnor": gpu.xnor_gemm}[kernel]
-    weights = [sign_numpy(block.W) for block in blocks]
 
-    def predict(X):
-        a = X
-        for k, (block, Wb) in enumerate(zip(blocks, weights)):
-            x = (gpu.cublas_gemm if k == 0 else product)(np.ascontiguousarray(a), Wb)
-            y = batch_norm_float32(x, block.b, block.mean, block.scale, block.beta)
-            a = sign_numpy(y) if k < len(blocks) - 1 else y
-        return np.argmax(a, axis=1)
+def evaluate_gpu(blocks, X, kernels, batch_size):
+    """{kernel: (predictions, seconds)} on the GPU: one session, the network resident on the device per kernel
+    (kernels.gpu.GpuNetwork; the first layer always on cuBLAS), timed like the CPU runs (time_predictor)."""
+    from kernels.gpu import GpuKernels, GpuNetwork
+    weights, bn = gpu_network_arrays(blocks)
+    timings = {}
+    with GpuKernels() as session:
+        for kernel in kernels:
+            network = GpuNetwork(session, weights, bn, kernel)
+            timings[kernel] = time_predictor(network.predict, X, batch_size)
+            network.free()
+    return timings
 
-    return predict
+
+def gpu_inference_report(blocks, X, reference, repeats):
+    """The network on the GPU with cuBLAS and with the XNOR kernels, everything resident on the device: input
+    upload, network (CUDA events, median and min of `repeats` after a warm-up) and download + argmax reported
+    separately; printed and returned as rows."""
+    from kernels.gpu import GpuKernels, GpuNetwork
+    weights, bn = gpu_network_arrays(blocks)
+    rows = []
+    with GpuKernels() as session:
+        print(f"GPU: {session.device_name} (sm_{session.arch}, kernels compiled by {session.compiler}); "
+              f"{len(X)} images resident on the device")
+        print(f"  {'path':<34} {'upload s':>9} {'network median s':>17} {'min s':>9} {'download+argmax s':>18} "
+              f"{'differ from Theano float':>25}")
+        for product, name in (("blas", "float, cuBLAS (first layer too)"), ("xnor", "XNOR, fused BN+sign+pack")):
+            network = GpuNetwork(session, weights, bn, product)
+            timing = network.time(X, repeats=repeats, warmup=1)
+            network.free()
+            timing.update(path=name, product=product, differ=int(np.sum(timing["predictions"] != reference)))
+            rows.append(timing)
+            print(f"  {name:<34} {timing['upload']:9.4f} {timing['median']:17.5f} {timing['min']:9.5f} "
+                  f"{timing['download']:18.4f} {timing['differ']:>25}")
+    print(f"  GPU network: XNOR {rows[0]['median'] / rows[1]['median']:.2f}x faster than cuBLAS (medians)")
+    return rows
 
 
 def resolve_device(device):
@@ -311,9 +341,9 @@ def evaluate(blocks, X, y, kernels=KERNELS, device="cpu", batch_size=10000):
     labels = _labels(y)
     device = resolve_device(device)
     results = {}
-    for kernel in kernels:
-        predict = gpu_predictor(blocks, kernel) if device == "gpu" else compile_predictor(blocks, kernel)
-        predictions, seconds = time_predictor(predict, X, batch_size)
+    timings = evaluate_gpu(blocks, X, kernels, batch_size) if device == "gpu" else \
+        {kernel: time_predictor(compile_predictor(blocks, kernel), X, batch_size) for kernel in kernels}
+    for kernel, (predictions, seconds) in timings.items():
         results[kernel] = {"error": 100.0 * float(np.mean(predictions != labels)), "seconds": seconds,
                            "predictions": predictions}
     print_table(results, "%s, %d examples, batch %d" % (device, len(X), batch_size))
@@ -553,6 +583,367 @@ def time_packed(packed_path, X, threads=None):
     start = time.perf_counter()
     predictions = run_packed(packed_path, X, threads=threads)
     return predictions, time.perf_counter() - start
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The fast path: the first layer exactly from 8-bit pixels, all layers in one native pass (kernels/packed_net.c)
+# ----------------------------------------------------------------------------------------------------------
+
+PIXEL_MAX = 255  # MNIST inputs are x = 2 * pixel / 255 - 1 ('pm1', ORIGINALS.md §3.1)
+
+
+def pm1_from_pixels(pixels):
+    """float32 inputs as plumbing.datasets computes them from uint8 pixels: 2 * (pixel / 255) - 1 in float32."""
+    x = np.asarray(pixels).astype(np.float32) / np.float32(PIXEL_MAX)
+    return np.float32(2) * x - np.float32(1)
+
+
+def pixels_from_pm1(X):
+    """The uint8 pixels p (N, features) with pm1_from_pixels(p) == X bit for bit; InferenceError otherwise."""
+    X = np.asarray(X, dtype=np.float32).reshape(len(X), -1)
+    p = np.rint((X.astype(np.float64) + 1) * (PIXEL_MAX / 2))
+    if X.size and not (np.isfinite(p).all() and p.min() >= 0 and p.max() <= PIXEL_MAX):
+        raise InferenceError("the fast path needs 8-bit pixel inputs x = 2 * pixel / 255 - 1 (MNIST 'pm1'), got "
+                             "values outside [-1, 1]; use the float path for other inputs")
+    pixels = p.astype(np.uint8)
+    if not np.array_equal(pm1_from_pixels(pixels), X):
+        raise InferenceError("the fast path needs 8-bit pixel inputs x = 2 * pixel / 255 - 1 (MNIST 'pm1'); these "
+                             "inputs are not of that form; use the float path for other inputs")
+    return pixels
+
+
+def row_popcounts(bits):
+    """Number of set bits in each row of a uint64 matrix."""
+    as_bytes = np.ascontiguousarray(bits, dtype="<u8").view(np.uint8)
+    return np.unpackbits(as_bytes, axis=1).sum(axis=1, dtype=np.int64)
+
+
+def first_layer_thresholds(w0_bits, fan_in, bias, mean, scale, beta):
+    """Per unit (dir int8, tau int32) with, for every integer P = sum_i p_i w_i (pixels p_i in 0..255):
+
+        BN(z) >= 0 in exact arithmetic   <=>   dir·P >= tau,   z = sum_i x_i w_i + b = 2P/255 − S + b
+
+    where x_i = 2p_i/255 − 1 and S = sum_i w_i = 2·popcount(w bits) − fan_in ([BNN] §2.5: the first layer from
+    the pixels' bit planes; the affine part of the input scaling folds into S). With g = scale = gamma·inv_std
+    (the float32 values as exact rationals) and t = (255/2)·(S − b + mean − beta/g):
+        g > 0:  BN >= 0  <=>  P >= t   ->  dir = +1, tau = ceil(t)
+        g < 0:  BN >= 0  <=>  P <= t   ->  dir = −1, tau = −floor(t)
+        g = 0:  BN = beta, a constant: tau = −255·fan_in (always on) or 255·fan_in + 1 (never on).
+    Computed with Python fractions, so the thresholds are exact; the float path rounds its sums and can differ
+    where BN(z) is within float32 rounding of 0 (`first_layer_ties`).
+    """
+    S = 2 * row_popcounts(w0_bits) - fan_in
+    limit = PIXEL_MAX * fan_in
+    directions = np.ones(len(S), dtype=np.int8)
+    taus = np.empty(len(S), dtype=np.int64)
+    for u in range(len(S)):
+        b, m, g, e = (Fraction(float(v[u])) for v in (bias, mean, scale, beta))
+        if g == 0:
+            taus[u] = -limit if e >= 0 else limit + 1
+            continue
+        t = Fraction(PIXEL_MAX, 2) * (int(S[u]) - b + m - e / g)
+        if g > 0:
+            taus[u] = math.ceil(t)
+        else:
+            directions[u], taus[u] = -1, -math.floor(t)
+    return directions, np.clip(taus, -limit, limit + 1).astype(np.int32)
+
+
+class FastModel:
+    """A packed model laid out for kernels/packed_net.c: weights packed once, every threshold an integer."""
+
+    def __init__(self, widths, weights, taus, dirs, out_bn):
+        self.widths, self.weights, self.taus, self.dirs, self.out_bn = widths, weights, taus, dirs, out_bn
+
+
+def prepare_fast(packed_path):
+    """FastModel of a packed model file (`export_packed`): the first layer's exact integer thresholds
+    (`first_layer_thresholds`), the hidden layers' folded thresholds, rows padded to whole 512-bit vectors."""
+    model = load_packed(packed_path)
+    widths = [int(w) for w in model["widths"]]
+    L = len(widths) - 1
+    weights = [np.ascontiguousarray(model["w0"], dtype=np.uint64)]
+    for k in range(1, L):
+        packed = model[f"w{k}"]
+        padded = np.zeros((widths[k + 1], packed_net.stride(widths[k])), dtype=np.uint64)
+        padded[:, :packed.shape[1]] = packed
+        weights.append(padded)
+    dir0, tau0 = first_layer_thresholds(model["w0"], widths[0], *model["bn0"])
+    taus = [tau0] + [np.ascontiguousarray(model[f"tau{k}"], dtype=np.int32) for k in range(1, L - 1)]
+    dirs = [dir0] + [np.ascontiguousarray(model[f"dir{k}"], dtype=np.int8) for k in range(1, L - 1)]
+    out_bn = np.ascontiguousarray(model[f"bn{L - 1}"], dtype=np.float32)
+    return FastModel(np.array(widths, dtype=np.int64), weights, taus, dirs, out_bn)
+
+
+def run_fast(fast, pixels, threads=None, variant="native", scores=False, first_bits=False):
+    """Predicted classes of uint8 pixels (N, fan_in) by the fast path; threads=None: every usable CPU.
+    With scores / first_bits, returns a dict that also holds the output layer's batch-norm values and the first
+    layer's activations as bits (rows of packed_net.stride(widths[1]) words)."""
+    pixels = np.ascontiguousarray(np.asarray(pixels).reshape(len(pixels), -1))
+    if pixels.dtype != np.uint8 or pixels.shape[1] != fast.widths[0]:
+        raise InferenceError(f"the fast path takes uint8 pixels with {fast.widths[0]} per example, got "
+                             f"{pixels.dtype} {pixels.shape}; convert float inputs with pixels_from_pm1")
+    threads = len(os.sched_getaffinity(0)) if threads is None else threads
+    out = packed_net.run_network(pixels, fast.widths, fast.weights, fast.taus, fast.dirs, fast.out_bn, threads,
+                                 variant, scores, first_bits)
+    return out if scores or first_bits else out["predictions"]
+
+
+def unpack_activation_bits(bits, units):
+    """bool (N, units) from activation rows packed LSB first (True = +1)."""
+    as_bytes = np.ascontiguousarray(bits, dtype="<u8").view(np.uint8)
+    return np.unpackbits(as_bytes, axis=1, bitorder="little")[:, :units].astype(bool)
+
+
+def numpy_predictor(blocks):
+    """The float network of §4.5 with NumPy's BLAS (float32 products, BN in the §1.7.2 order, sign)."""
+    weights = [sign_numpy(block.W) for block in blocks]
+
+    def predict(X):
+        a = _flatten(X, blocks[0].W.shape[0])
+        for k, (block, Wb) in enumerate(zip(blocks, weights)):
+            y = batch_norm_float32(a @ Wb, block.b, block.mean, block.scale, block.beta)
+            a = sign_numpy(y) if k < len(blocks) - 1 else y
+        return np.argmax(a, axis=1)
+
+    return predict
+
+
+def first_layer_bound(fan_in, x_abs_sum, z, bias, mean, scale, beta):
+    """Bound on |BN_float − BN_exact| of a first-layer unit (arrays broadcast elementwise): float32 inputs (3u
+    each), a float32 sum of fan_in terms in any order or blocking (gamma_n · sum|x|), four rounded BN operations
+    and a possibly rounded gamma·inv_std, with u = 2^-24; generous by a factor 1.01 (standard error analysis
+    of floating-point sums, e.g. Higham, Accuracy and Stability of Numerical Algorithms, ch. 2-4)."""
+    u = 2.0 ** -24
+    gamma_n = fan_in * u / (1 - fan_in * u)
+    error_z = 3 * u * fan_in + gamma_n * (x_abs_sum + 3 * u * fan_in)
+    magnitude = np.abs(z) + np.abs(bias) + np.abs(mean)
+    return 1.01 * (np.abs(scale) * (error_z + 6 * u * magnitude) + 2 * u * np.abs(beta))
+
+
+def first_layer_ties(block, fast_bits, float_bits, pixels):
+    """Compare the fast path's exact first-layer activations with the float path's (bool, examples x units).
+
+    Returns {'differ': activations that differ, 'ties': of those, how many have an exact BN value within the
+    float32 rounding bound of 0 (`first_layer_bound`), 'beyond': the others (a bug if not 0), 'examples': the
+    examples with a differing activation (indices)}.
+    """
+    rows, units = np.nonzero(fast_bits != float_bits)
+    Wb = np.where(block.W[:, units] >= 0, 1, -1).astype(np.int64)
+    P = np.einsum("ij,ji->i", pixels[rows].astype(np.int64), Wb)  # exact integers
+    z = 2 * P / PIXEL_MAX - Wb.sum(axis=0) + block.b[units]
+    scale = block.scale[units].astype(np.float64)
+    y = (z - block.mean[units]) * scale + block.beta[units]
+    x_abs_sum = np.abs(2 * pixels[rows].astype(np.float64) / PIXEL_MAX - 1).sum(axis=1)
+    bound = first_layer_bound(block.W.shape[0], x_abs_sum, z, block.b[units], block.mean[units], scale,
+                              block.beta[units])
+    within = np.abs(y) <= bound
+    return {"differ": len(rows), "ties": int(within.sum()), "beyond": int((~within).sum()),
+            "examples": np.unique(rows)}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# End-to-end inference benchmark (python benchmark.py --inference [--model FILE | --random])
+# ----------------------------------------------------------------------------------------------------------
+
+def benchmark_inputs(model_path, data_dir, examples, seed=1):
+    """(pixels uint8, X float32 pm1, labels): the MNIST test set for a trained model, else random pixels."""
+    if model_path is None:
+        rng = np.random.RandomState(seed)
+        pixels = rng.randint(0, PIXEL_MAX + 1, (examples, 784)).astype(np.uint8)
+        return pixels, pm1_from_pixels(pixels), rng.randint(0, 10, examples)
+    data = datasets.load_mnist("pm1", data_dir=data_dir)
+    X = data["X_test"].reshape(len(data["X_test"]), -1)[:examples]
+    return pixels_from_pm1(X), X, _labels(data["y_test"])[:examples]
+
+
+def parse_thread_counts(text):
+    """'1,all' -> [1, number of usable CPUs]."""
+    counts = []
+    for item in str(text).split(","):
+        item = item.strip().lower()
+        if item == "all":
+            counts.append(len(os.sched_getaffinity(0)))
+        elif item.isdigit() and int(item) >= 1:
+            counts.append(int(item))
+        else:
+            raise InferenceError(f"bad thread count {item!r} in --threads: use positive integers or 'all', e.g. 1,all")
+    return list(dict.fromkeys(counts))
+
+
+class cpu_limit:
+    """Context: BLAS/OpenMP limited to `threads` (threadpoolctl); with 1 thread the process is also pinned to one
+    core, so kernels that start their own threads (the XnorGemm op) use one core too."""
+
+    def __init__(self, threads):
+        self.threads = threads
+
+    def __enter__(self):
+        from threadpoolctl import threadpool_limits
+        self.affinity = os.sched_getaffinity(0)
+        if self.threads == 1:
+            os.sched_setaffinity(0, {min(self.affinity)})
+        self.limits = threadpool_limits(limits=self.threads)
+        return self
+
+    def __exit__(self, *exc):
+        self.limits.unregister()
+        os.sched_setaffinity(0, self.affinity)
+
+
+def time_path(run, repeats):
+    """(median s, min s, predictions) of `repeats` calls of run() after one warm-up call on a few examples."""
+    run(WARM_UP_EXAMPLES)
+    seconds, predictions = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        predictions = np.asarray(run(None))
+        seconds.append(time.perf_counter() - start)
+    return statistics.median(seconds), min(seconds), predictions
+
+
+def network_name(widths):
+    """'3x4096' for 784-4096-4096-4096-10, else the hidden widths joined by '-'."""
+    hidden = [int(w) for w in widths[1:-1]]
+    return f"{len(hidden)}x{hidden[0]}" if len(set(hidden)) == 1 else "-".join(map(str, hidden))
+
+
+def benchmark_inference(model_path=None, data_dir=None, thread_counts=None, repeats=3, examples=10000):
+    """Time the network on `examples` images with each path at each thread count, side by side; print a table,
+    the first-layer tie analysis, the packed model's size and, last, the speed-up line. Returns the rows.
+
+    Paths: the float network with Theano's BLAS (the faithful reproduction, and the reference predictions)
+    and with NumPy's BLAS, the original-style XNOR path (Theano graph with the XnorGemm op), and the fast path
+    (`run_fast`). model_path=None: a random 3x4096 model (`write_random_model`) on random pixels.
+    """
+    thread_counts = thread_counts or [1, len(os.sched_getaffinity(0))]
+    with tempfile.TemporaryDirectory(prefix="bnn-inference-") as tmp:
+        random_model = model_path is None
+        if random_model:
+            model_path = os.path.join(tmp, "random.npz")
+            write_random_model(model_path)
+        blocks = load_blocks(model_path)
+        pixels, X, labels = benchmark_inputs(None if random_model else model_path, data_dir, examples)
+        X = _flatten(X, blocks[0].W.shape[0])
+        packed_path = os.path.join(tmp, "packed.npz")
+        float_bytes, packed_bytes = export_packed(model_path, packed_path)
+        fast = prepare_fast(packed_path)
+        return _benchmark_paths(blocks, fast, pixels, X, labels, thread_counts, repeats,
+                                "random pixels, random model" if random_model else
+                                f"test set of the MNIST-format files in {data_dir or 'the download folder'}",
+                                (float_bytes, packed_bytes))
+
+
+def _benchmark_paths(blocks, fast, pixels, X, labels, thread_counts, repeats, inputs_name, sizes):
+    from plumbing import compat
+    widths = [blocks[0].W.shape[0]] + [block.W.shape[1] for block in blocks]
+    numpy_blas = numpy_blas_name()
+    float_paths = {f"float, Theano BLAS ({compat.BLAS_NAME.split(' ')[0]})": compile_predictor(blocks, "blas"),
+                   f"float, NumPy BLAS ({numpy_blas})": numpy_predictor(blocks)}
+    xnor_theano = compile_predictor(blocks, "xnor")
+    fast_name = f"fast XNOR (bit planes, one pass, {packed_net.code_path()})"
+    print(f"end-to-end inference, BinaryNet MLP {'-'.join(map(str, widths))}, {len(X)} images ({inputs_name}); "
+          f"median and min of {repeats} runs after a warm-up; 1 thread = process pinned to one core")
+    march = " ".join(f for f in packed_net.flags("native") if f.startswith("-march")) or "no -march"
+    print(f"{describe_cpu_libraries()}; fast path: {packed_net.code_path()} (gcc {march})")
+    print("load average before: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
+    rows = []
+    for threads in thread_counts:
+        with cpu_limit(threads):
+            runs = [(name, lambda n, p=predict: p(X[:n] if n else X)) for name, predict in float_paths.items()]
+            runs.append(("XNOR, original style (Theano + XnorGemm op)", lambda n: xnor_theano(X[:n] if n else X)))
+            runs.append((fast_name, lambda n: run_fast(fast, pixels[:n] if n else pixels, threads)))
+            for name, run in runs:
+                median, minimum, predictions = time_path(run, repeats)
+                rows.append({"threads": threads, "path": name, "median": median, "min": minimum,
+                             "predictions": predictions, "error": 100.0 * float(np.mean(predictions != labels))})
+                print(f"  measured threads={threads} {name:<52} {median:8.4f} s", flush=True)
+    print_inference_table(rows, float_paths)
+    reference = rows[0]["predictions"]
+    from kernels.gpu import gpu_status
+    usable, message = gpu_status()
+    if usable:
+        gpu_inference_report(blocks, X, reference, repeats)
+    else:
+        print(f"GPU: not measured ({message})")
+    ties = fast_path_ties(blocks, fast, pixels, X, reference, [r for r in rows if r["path"] == fast_name])
+    print("packed model: {} bytes, float model {} bytes, {:.1f}x smaller".format(sizes[1], sizes[0],
+                                                                                sizes[0] / sizes[1]))
+    print("load average after:  {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
+    print(speedup_line(rows, float_paths, fast_name, widths, len(X), ties))
+    if ties["unexplained"] or ties["beyond"]:
+        raise InferenceError(f"the fast path disagrees with the float path beyond first-layer float32 ties "
+                             f"({ties['unexplained']} predictions, {ties['beyond']} activations): a bug")
+    return rows
+
+
+def numpy_blas_name():
+    """'openblas 0.3.20 SkylakeX' (threadpoolctl's view of the BLAS NumPy uses)."""
+    for info in threadpool_info():
+        if info.get("user_api") == "blas" and "numpy" in info.get("filepath", ""):
+            return f"{info.get('internal_api')} {info.get('version')} {info.get('architecture') or ''}".strip()
+    return "unknown"
+
+
+def print_inference_table(rows, float_paths):
+    reference = rows[0]["predictions"]
+    print(f"\n{'threads':>7}  {'path':<52} {'median s':>9} {'min s':>8} {'best float/t':>12} {'error %':>8} "
+          f"{'differ from Theano float':>25}")
+    for row in rows:
+        same = [r for r in rows if r["threads"] == row["threads"]]
+        best_float = min(r["median"] for r in same if r["path"] in float_paths)
+        print(f"{row['threads']:>7}  {row['path']:<52} {row['median']:9.4f} {row['min']:8.4f} "
+              f"{best_float / row['median']:11.2f}x {row['error']:8.2f} "
+              f"{int(np.sum(row['predictions'] != reference)):>25}")
+    print()
+
+
+def fast_path_ties(blocks, fast, pixels, X, reference, fast_rows):
+    """First-layer tie analysis of the fast path against the Theano float path (`first_layer_ties`), printed.
+    'unexplained' = examples whose prediction differs although their first-layer activations are the same."""
+    from plumbing.compat import theano
+    input_var, activations = build_network(blocks, "blas", first_activations=True)
+    float_bits = np.asarray(theano.function([input_var], activations)(X)) > 0
+    exact = run_fast(fast, pixels, first_bits=True)
+    fast_bits = unpack_activation_bits(exact["first_bits"], blocks[0].W.shape[1])
+    ties = first_layer_ties(blocks[0], fast_bits, float_bits, pixels)
+    differ = np.nonzero(exact["predictions"] != reference)[0]
+    ties["predictions"] = len(differ)
+    ties["unexplained"] = int(len(np.setdiff1d(differ, ties["examples"])))
+    ties["runs_agree"] = all(np.array_equal(r["predictions"], exact["predictions"]) for r in fast_rows)
+    print(f"first layer, fast path (exact from the pixels) vs Theano float: {ties['differ']} of {fast_bits.size} "
+          f"activations differ on {len(ties['examples'])} examples; {ties['ties']} of them are float32 ties (exact "
+          f"batch-norm value within the float32 rounding bound of 0), {ties['beyond']} are not")
+    print(f"predictions, fast path vs Theano float: {ties['predictions']} of {len(X)} differ, "
+          f"{ties['predictions'] - ties['unexplained']} of them on examples with a first-layer tie; "
+          f"fast-path runs at every thread count identical: {ties['runs_agree']}")
+    return ties
+
+
+def speedup_line(rows, float_paths, fast_name, widths, examples, ties):
+    """The last line: the fast path's speed-up over the best float path (the smaller over the thread counts)."""
+    parts, ratios = [], []
+    for threads in dict.fromkeys(r["threads"] for r in rows):
+        same = [r for r in rows if r["threads"] == threads]
+        best = min((r for r in same if r["path"] in float_paths), key=lambda r: r["median"])
+        fast_row = next(r for r in same if r["path"] == fast_name)
+        ratios.append(best["median"] / fast_row["median"])
+        label = best["path"].split("(")[0].replace("float, ", "").strip()
+        parts.append(f"{threads} thread{'s' if threads > 1 else ''}: {ratios[-1]:.2f}x, "
+                     f"{best['median']:.3f} s {label} vs {fast_row['median']:.3f} s")
+    predictions = "identical predictions" if not ties["predictions"] else \
+        f"{ties['predictions']} predictions differ, all at first-layer float32 ties"
+    return (f"end-to-end MNIST {network_name(widths)}, {examples} images: fast XNOR path {min(ratios):.2f}x faster "
+            f"than the best float path ({'; '.join(parts)}; {predictions})")
+
+
+def benchmark_from_args(args):
+    """Entry of `python benchmark.py --inference [--model FILE | --random] [--data-dir D] [--threads 1,all]`."""
+    if bool(args.model) == bool(args.random):
+        raise InferenceError("--inference needs exactly one of --model FILE (a trained model, run on the MNIST test "
+                             "set) or --random (a random 3x4096 model on random pixels)")
+    benchmark_inference(args.model, args.data_dir, parse_thread_counts(args.threads), args.repeats)
+    return 0
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -43,6 +43,9 @@ ROWS = OrderedDict([
     ("svhn-bc-det", ("svhn", "bc-det")),
     ("svhn-bc-stoch", ("svhn", "bc-stoch")),
     ("svhn-float", ("svhn", "float")),
+    ("mnist-bnn-torch7", ("mnist", "binarynet-torch7")),
+    ("cifar10-bnn-torch7", ("cifar10", "binarynet-torch7")),
+    ("svhn-bnn-torch7", ("svhn", "binarynet-torch7")),
 ])
 SCRIPTS = {"mnist": "mnist.py", "cifar10": "cifar10.py", "svhn": "svhn.py"}
 
@@ -51,12 +54,11 @@ SCRIPTS = {"mnist": "mnist.py", "cifar10": "cifar10.py", "svhn": "svhn.py"}
 # on 2 cores (docs/reproduce.md has the times and errors measured here). "tiny" is for the tests (seconds).
 BUDGETS = OrderedDict([
     ("smoke", {"mnist": "--units 128 --train-size 5000 --epochs 2",
-               "cifar10": "--width 0.125 --train-size 2000 --epochs 2",
-               "svhn": "--no-extra --width 0.125 --train-size 2000 --epochs 2"}),
-    ("short", {"mnist-bnn": "--epochs 15",
-               "mnist": "--epochs 20",
-               "cifar10": "--width 0.25 --epochs 15",
-               "svhn": "--no-extra --width 0.25 --epochs 15"}),
+               "cifar10": "--width 0.125 --train-size 2000 --epochs 1",
+               "svhn": "--no-extra --width 0.125 --train-size 2000 --epochs 1"}),
+    ("short", {"mnist": "--units 1024 --epochs 30",
+               "cifar10": "--width 0.25 --train-size 20000 --epochs 10",
+               "svhn": "--no-extra --width 0.25 --epochs 10"}),
     ("paper", {"mnist": "", "cifar10": "", "svhn": ""}),
     ("tiny", {"mnist": "--units 16 --batch-size 50 --epochs 12",
               "cifar10": "--width 0.03 --batch-size 20 --train-size 100 --epochs 2",
@@ -70,6 +72,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 FOLDER_MUST_MATCH = ("budget", "data_dir")
 ROW_MUST_MATCH = ("dataset", "method", "flags", "data_folder")
 POLL_SECONDS = 1.0
+RUNNING = "running.json"  # RUNS/ROW/running.json: pid and host of a local run while it runs
+# Slurm job states in which a job still holds or will get a node (squeue's long names).
+ACTIVE_STATES = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD",
+                 "RESIZING", "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT", "SPECIAL_EXIT", "RESV_DEL_HOLD"}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -304,11 +310,28 @@ def cpu_model():
     return platform.processor() or platform.machine()
 
 
+def load_average():
+    """The 1-minute load average: how busy the machine was (a row's time means little on a crowded machine)."""
+    return round(os.getloadavg()[0], 2)
+
+
 def describe_host(threads=None):
     return OrderedDict(hostname=platform.node(), cpu=cpu_model(), cpus=cpu_count(),
                        memory_gib=round(memory_gib("MemTotal"), 1), threads=threads or os.environ.get("OMP_NUM_THREADS"),
                        slurm_job=os.environ.get("SLURM_JOB_ID"), python=platform.python_version(),
-                       time=time.strftime("%Y-%m-%d %H:%M:%S"))
+                       time=time.strftime("%Y-%m-%d %H:%M:%S"), load_average=load_average())
+
+
+def cpu_seconds(pid):
+    """CPU time (user + system) a process has used so far, from /proc; None where it cannot be read.
+
+    On a crowded machine this, not the wall time, tells how long a row takes on a quiet one (one thread each)."""
+    try:
+        with open("/proc/{}/stat".format(pid)) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def append_jsonl(path, record):
@@ -372,7 +395,7 @@ class StatusBoard(object):
     def __init__(self, rows, stream=sys.stdout):
         self.rows, self.stream, self.tty = rows, stream, stream.isatty()
         self.texts, self.drawn = OrderedDict((row, "waiting") for row in rows), 0
-        self.width = max(len(row) for row in rows)
+        self.width = max([len(row) for row in rows] + [1])
 
     def update(self, row, text):
         if self.texts[row] == text:
@@ -405,7 +428,7 @@ def run_local(runs, rows, budget, data_dir, jobs, threads, report_rows, stream=s
     """Run the rows as parallel processes, `jobs` at a time with `threads` BLAS/OpenMP threads each; the report
     is rebuilt after every finished epoch. Returns the rows that failed."""
     board = StatusBoard(rows, stream)
-    waiting, running, failed = list(rows), {}, []
+    waiting, running, failed, cpu = list(rows), {}, [], {}
     epochs_seen = {row: len(tables.read_log(os.path.join(runs, row, "log.jsonl"))) for row in rows}
     old_handler = signal.signal(signal.SIGTERM, _raise_interrupted)
     try:
@@ -424,11 +447,12 @@ def run_local(runs, rows, budget, data_dir, jobs, threads, report_rows, stream=s
                     epochs_seen[row] = epochs
                     changed.append(row)
                 if code is None:
+                    cpu[row] = cpu_seconds(proc.pid) or cpu.get(row)
                     board.update(row, progress_text(runs, row))
                     continue
                 del running[row]
                 log_file.close()
-                _record_exit(runs, row, proc, code, started, threads)
+                _record_exit(runs, row, proc, code, started, threads, cpu.get(row))
                 changed.append(row)
                 if code == 0 and finished(runs, row):
                     board.update(row, progress_text(runs, row))
@@ -445,7 +469,7 @@ def run_local(runs, rows, budget, data_dir, jobs, threads, report_rows, stream=s
         for row, (proc, log_file, started) in running.items():
             code = proc.wait()
             log_file.close()
-            _record_exit(runs, row, proc, code, started, threads)
+            _record_exit(runs, row, proc, code, started, threads, cpu.get(row))
         tables.write_report(runs, report_rows)
         stream.write("interrupted: every row keeps its last finished epoch; rerun the same command to continue\n")
         raise KeyboardInterrupt
@@ -454,22 +478,40 @@ def run_local(runs, rows, budget, data_dir, jobs, threads, report_rows, stream=s
     return failed
 
 
-def _start(runs, row, budget, data_dir, threads):
+def _start(runs, row, budget, data_dir, threads, log_to="run.log"):
+    """Start one row's run with `threads` threads; its output goes to RUNS/ROW/run.log (log_to=None: to ours)."""
     folder = os.path.join(runs, row)
     command = row_command(row, budget, runs, data_dir)
     env = dict(os.environ, PYTHONUNBUFFERED="1", **thread_env(threads))
     tables.write_text(os.path.join(folder, tables.HOST), json.dumps(describe_host(threads), indent=2) + "\n")
-    log_file = open(os.path.join(folder, "run.log"), "a")
+    log_file = open(os.path.join(folder, log_to), "a") if log_to else sys.stdout
     log_file.write("=== {} {}\n".format(time.strftime("%Y-%m-%d %H:%M:%S"), shlex.join(command)))
     log_file.flush()
     proc = subprocess.Popen(command, cwd=HERE, env=env, stdout=log_file, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL)
+    tables.write_text(os.path.join(folder, RUNNING), json.dumps(dict(pid=proc.pid, hostname=platform.node())))
     return proc, log_file, time.time()
 
 
-def _record_exit(runs, row, proc, code, started, threads):
+def running_here(folder):
+    """The pid of a local run of this row that is still alive on this machine, else None."""
+    info = tables.read_json(os.path.join(folder, RUNNING))
+    if not info or info.get("hostname") != platform.node():
+        return None
+    try:
+        os.kill(info["pid"], 0)
+    except (OSError, KeyError, TypeError):
+        return None
+    return info["pid"]
+
+
+def _record_exit(runs, row, proc, code, started, threads, cpu=None, engine="local"):
+    if os.path.exists(os.path.join(runs, row, RUNNING)):
+        os.remove(os.path.join(runs, row, RUNNING))
     append_jsonl(os.path.join(runs, row, "attempts.jsonl"), dict(
-        engine="local", pid=proc.pid, started=started, ended=time.time(), returncode=code,
+        engine=engine, job=os.environ.get("SLURM_JOB_ID"), pid=proc.pid, started=started, ended=time.time(),
+        returncode=code,
+        cpu_seconds=None if cpu is None else round(cpu, 1), load_average_at_end=load_average(),
         environment={name: str(threads) for name in THREAD_VARIABLES}, hostname=platform.node()))
 
 
@@ -477,34 +519,54 @@ def _record_exit(runs, row, proc, code, started, threads):
 # Slurm engine
 # ---------------------------------------------------------------------------------------------------------
 def job_script(runs, row, budget, data_dir, python=None):
-    """The sbatch script of one row: requeue-safe (always --resume), SIGTERM 2 minutes before the time limit
-    goes to the run itself (it keeps every finished epoch), then the report is rebuilt."""
+    """The sbatch script of one row. Requeue-safe: a requeued job runs the same script, and the row's command
+    always has --resume. SIGTERM two minutes before the time limit goes to the supervisor (--run-row), which
+    passes it on to the run: every finished epoch is kept."""
     folder = os.path.join(os.path.abspath(runs), row)
     python = python or sys.executable
-    command = shlex.join(row_command(row, budget, runs, data_dir, python))
-    threads = "${SLURM_CPUS_PER_TASK:-${SLURM_CPUS_ON_NODE:-1}}"
-    exports = "\n".join("export {}={}".format(name, threads) for name in THREAD_VARIABLES)
+    supervisor = [python, "reproduce.py", "--run-row", row, "--runs", os.path.abspath(runs), "--budget", budget]
+    if data_dir is not None:
+        supervisor += ["--data-dir", os.path.abspath(data_dir)]
     return """#!/bin/bash
 #SBATCH --job-name=reproduce-{row}
 #SBATCH --output={folder}/slurm-%j.out
 #SBATCH --open-mode=append
 #SBATCH --requeue
 #SBATCH --signal=B:TERM@120
-# Written by reproduce.py. The run continues from its last finished epoch when the job is requeued.
+# Written by reproduce.py. Runs, with one BLAS/OpenMP thread per CPU of the job:
+#   {command}
+# then rebuilds the report. A requeued job continues from the last finished epoch.
 cd {here}
-{exports}
-export PYTHONUNBUFFERED=1
-{python} reproduce.py --describe-host {folder} || true
-{command} &
-child=$!
-trap 'kill -TERM $child' TERM INT
-wait $child
-status=$?
-if kill -0 $child 2>/dev/null; then wait $child; status=$?; fi
-{python} reproduce.py --runs {runs} --report --quiet || true
-exit $status
-""".format(row=row, folder=shlex.quote(folder), here=shlex.quote(HERE), exports=exports, python=shlex.quote(python),
-           command=command, runs=shlex.quote(os.path.abspath(runs)))
+exec {supervisor}
+""".format(row=row, folder=folder, here=shlex.quote(HERE), supervisor=shlex.join(supervisor),
+           command=shlex.join(row_command(row, budget, runs, data_dir, python)))
+
+
+def slurm_threads():
+    """The CPUs Slurm gave this job (one BLAS/OpenMP thread each)."""
+    for name in ("SLURM_CPUS_PER_TASK", "SLURM_CPUS_ON_NODE"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 1
+
+
+def supervise_row(runs, row, budget, data_dir, threads, report_rows):
+    """Run one row in the foreground (inside a Slurm job): SIGTERM/SIGINT are passed on to the run, the attempt
+    (times, exit status, CPU time) is recorded and the report rebuilt at the end. Returns the run's exit status."""
+    proc, log_file, started = _start(runs, row, budget, data_dir, threads, log_to=None)
+    forward = lambda signum, frame: proc.send_signal(signal.SIGTERM)  # noqa: E731
+    old = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    cpu = None
+    try:
+        while proc.poll() is None:
+            cpu = cpu_seconds(proc.pid) or cpu
+            time.sleep(POLL_SECONDS)
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+    _record_exit(runs, row, proc, proc.returncode, started, threads, cpu, engine="slurm")
+    tables.write_report(runs, report_rows, curves_for=[row])
+    return proc.returncode
 
 
 def slurm_command(name, *args):
@@ -522,16 +584,26 @@ def job_ids(runs, row):
 
 
 def queue_states(ids):
-    """{job id: (state, elapsed)} for the jobs Slurm still lists (queued, running, requeued, ...)."""
+    """{job id: (state, time used)} for the jobs Slurm still lists (finished ones stay listed for MinJobAge)."""
     if not ids:
         return {}
-    result = slurm_command("squeue", "-h", "-o", "%i|%T|%M", "-j", ",".join(ids))
+    result = slurm_command("squeue", "-h", "-t", "all", "-o", "%i|%T|%M", "-j", ",".join(ids))
+    if result.returncode != 0 and len(ids) > 1:  # one id already forgotten by Slurm: ask one by one
+        states = {}
+        for job in ids:
+            states.update(queue_states([job]))
+        return states
     states = {}
     for line in result.stdout.splitlines():
         parts = line.strip().split("|")
-        if len(parts) == 3:
+        if len(parts) == 3 and parts[0] in ids:
             states[parts[0]] = (parts[1], parts[2])
     return states
+
+
+def active_jobs(ids):
+    """The jobs among `ids` that are queued, running or about to run again (requeued)."""
+    return {job: state for job, state in queue_states(ids).items() if state[0] in ACTIVE_STATES}
 
 
 def accounting_state(job):
@@ -545,7 +617,7 @@ def submit_slurm(runs, rows, budget, data_dir, slurm_args, stream=sys.stdout):
     """One sbatch job per row not finished and not already queued; returns {row: job id}."""
     submitted = {}
     for row in rows:
-        active = queue_states(job_ids(runs, row)[-1:])
+        active = active_jobs(job_ids(runs, row)[-1:])
         if active:
             job, (state, elapsed) = next(iter(active.items()))
             stream.write("{}: already in the queue as job {} ({})\n".format(row, job, state))
@@ -566,7 +638,7 @@ def submit_slurm(runs, rows, budget, data_dir, slurm_args, stream=sys.stdout):
     return submitted
 
 
-def row_status(runs, row):
+def row_status(runs, row, elapsed=True):
     """One status line for --status: Slurm's state of the row's last job and the runs folder's progress."""
     folder = os.path.join(runs, row)
     if not os.path.exists(os.path.join(folder, tables.RUN_SETTINGS)):
@@ -577,15 +649,17 @@ def row_status(runs, row):
     ids = job_ids(runs, row)
     if ids:
         states = queue_states(ids[-1:])
-        if states:
-            state, elapsed = states[ids[-1]]
+        if ids[-1] in states and states[ids[-1]][0] in ACTIVE_STATES:
+            state, time_used = states[ids[-1]]
             what = "queued" if state == "PENDING" else state.lower()
-            return "{} (job {}, {}), {}".format(what, ids[-1], elapsed, progress)
-        final = accounting_state(ids[-1]) or "no longer in the queue"
+            return "{} (job {}{}), {}".format(what, ids[-1], ", " + time_used if elapsed else "", progress)
+        final = states[ids[-1]][0] if ids[-1] in states else accounting_state(ids[-1]) or "no longer in the queue"
         tail = last_line(os.path.join(folder, "slurm-{}.out".format(ids[-1])))
         return "failed or stopped (job {}: {}), {}; last log line: {}".format(ids[-1], final, progress, tail)
-    attempts = [json.loads(line) for line in open(os.path.join(folder, "attempts.jsonl"))] \
-        if os.path.exists(os.path.join(folder, "attempts.jsonl")) else []
+    pid = running_here(folder)
+    if pid:
+        return "running (pid {}), {}".format(pid, progress)
+    attempts = tables.read_log(os.path.join(folder, "attempts.jsonl"))
     if attempts and attempts[-1]["returncode"] not in (0, None):
         return "failed (exit {}), {}; last log line: {}".format(attempts[-1]["returncode"], progress,
                                                                  last_line(os.path.join(folder, "run.log")))
@@ -597,14 +671,14 @@ def wait_slurm(runs, rows, report_rows, stream=sys.stdout):
     board = StatusBoard(rows, stream)
     epochs_seen = {row: -1 for row in rows}
     while True:
-        active = queue_states([ids[-1] for ids in (job_ids(runs, row) for row in rows) if ids])
+        active = active_jobs([ids[-1] for ids in (job_ids(runs, row) for row in rows) if ids])
         changed = []
         for row in rows:
             epochs = len(tables.read_log(os.path.join(runs, row, "log.jsonl")))
             if epochs != epochs_seen[row]:
                 epochs_seen[row] = epochs
                 changed.append(row)
-            board.update(row, row_status(runs, row))
+            board.update(row, row_status(runs, row, elapsed=board.tty))
         if changed:
             tables.write_report(runs, report_rows, curves_for=changed)
         board.draw()
@@ -618,16 +692,21 @@ def wait_slurm(runs, rows, report_rows, stream=sys.stdout):
 # Command line
 # ---------------------------------------------------------------------------------------------------------
 def parse_args(argv):
-    p = cli.Parser(__doc__.splitlines()[0])
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for i in range(len(argv) - 1):  # "--slurm-args --time=1:00" would read the value as an option of ours
+        if argv[i] == "--slurm-args":
+            argv[i:i + 2] = ["--slurm-args=" + argv[i + 1]]
+            break
+    p = cli.Parser(__doc__.splitlines()[0], formatter_class=None)  # the help texts name their defaults
     p.add_argument("--only", metavar="ROWS",
                    help="comma list of rows or globs, e.g. 'mnist-*' (default: all): " + ", ".join(ROWS))
     p.add_argument("--budget", default="paper", choices=list(BUDGETS), metavar="{smoke,short,paper}",
                    help="smoke: minutes per row (plumbing check); short: about an hour per row on 2 cores; "
-                        "paper: the original schedules")
+                        "paper: the original schedules (the default)")
     p.add_argument("--data-dir", help="folder holding mnist/, cifar10/, svhn/ (default: the scripts download)")
     p.add_argument("--runs", help="runs folder (default: runs/BUDGET)")
     p.add_argument("--engine", choices=["local", "slurm"], default="local",
-                   help="local: parallel processes here; slurm: one sbatch job per row")
+                   help="local (the default): parallel processes here; slurm: one sbatch job per row")
     p.add_argument("--jobs", type=cli.positive_int,
                    help="local engine: rows run at once (default: from the cores and the free memory)")
     p.add_argument("--slurm-args", default="", help='options for sbatch, e.g. "--partition=cpu --time=2-0 '
@@ -636,8 +715,7 @@ def parse_args(argv):
     p.add_argument("--report", action="store_true", help="only rebuild TABLE.md, TABLE.json and the plots")
     p.add_argument("--dry-run", action="store_true", help="print the exact commands, run nothing")
     p.add_argument("--status", action="store_true", help="print each row's state (queue and runs folder)")
-    p.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--describe-host", metavar="FOLDER", help=argparse.SUPPRESS)
+    p.add_argument("--run-row", metavar="ROW", help=argparse.SUPPRESS)  # inside a Slurm job (job.sh)
     args = p.parse_args(argv)
     args.runs = args.runs or os.path.join("runs", args.budget)
     return args
@@ -663,9 +741,10 @@ def dry_run(runs, rows, budget, data_dir, engine, jobs, threads, slurm_args, str
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.describe_host:
-        tables.write_text(os.path.join(args.describe_host, tables.HOST), json.dumps(describe_host(), indent=2) + "\n")
-        return 0
+    if args.run_row:
+        if args.run_row not in ROWS:
+            raise UsageError("unknown row {!r}; rows are {}".format(args.run_row, ", ".join(ROWS)))
+        return supervise_row(args.runs, args.run_row, args.budget, args.data_dir, slurm_threads(), list(ROWS))
     rows = select_rows(args.only)
     runs = args.runs
     if args.report or args.status:
@@ -678,7 +757,7 @@ def main(argv=None):
             for row in rows:
                 print("{}  {}".format(row.ljust(width), row_status(runs, row)))
         table = tables.write_report(runs, settings["rows"])
-        if args.report and not args.quiet:
+        if args.report:
             print(tables.markdown(table))
         return 0
     check_data_dir(args.data_dir, rows)
@@ -694,8 +773,11 @@ def main(argv=None):
     for row in rows:
         if plans[row] == "skip":
             print("{}: finished, skipped ({})".format(row, progress_text(runs, row)))
-    if args.engine == "slurm":
-        submit_slurm(runs, todo, args.budget, args.data_dir, args.slurm_args)
+    if not todo:
+        failed = []
+    elif args.engine == "slurm":
+        with RunsLock(runs):
+            submit_slurm(runs, todo, args.budget, args.data_dir, args.slurm_args)
         failed = wait_slurm(runs, rows, list(ROWS)) if args.wait else []
     else:
         with RunsLock(runs):

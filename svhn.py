@@ -2,6 +2,7 @@
 
     python svhn.py --method binarynet                        # BinaryNet, 200 epochs, 598388 training images
     python svhn.py --method bc-det --no-extra --epochs 5 --width 0.25 --data-dir ~/svhn --out runs/svhn-bc
+    python svhn.py --method binarynet-torch7                 # the BNN paper's Torch7 code (docs/torch7.md)
 
 Reads top to bottom like the originals: hyperparameters, data, network, training (ORIGINALS.md §2.1, §2.2,
 §3.3). BinaryConnect's methods see GCN + LeCun-LCN images (computed once and cached), BinaryNet raw pixels.
@@ -14,10 +15,11 @@ from collections import OrderedDict
 import numpy as np
 
 from plumbing import cli, compat  # noqa: F401  (compat: Theano flags and Lasagne patches come first)
-from plumbing import preprocessing, runfiles
+from plumbing import preprocessing, runfiles, torch7_data
 from plumbing.compat import T
 
 import binary_connect
+import binary_net_torch7
 import convnet
 
 # The original scripts' settings, in their print order.
@@ -27,16 +29,23 @@ BINARYNET = OrderedDict(  # BinaryNet/Train-time/svhn.py
 BINARYCONNECT = OrderedDict(  # BinaryConnect/svhn.py ('float' is the same network without binarization)
     batch_size=50, alpha=.1, epsilon=1e-4, num_epochs=200, binary=True, stochastic=True, H=1.,
     W_LR_scale="Glorot", LR_start=.01, LR_fin=3e-6)
+# Main_BinaryNet_SVHN.lua + Models/BinaryNet_SVHN_Model.lua (docs/torch7.md); that script runs until stopped,
+# num_epochs is the Theano script's.
+TORCH7 = OrderedDict(batch_size=200, stochastic=True, num_epochs=200, LR_start=2. ** -7, LR_halving_epochs=20)
 # What each method changes in its family's table, and how its inputs are preprocessed (ORIGINALS.md §3.3).
 METHOD_SETTINGS = {"binarynet": {}, "bc-det": dict(stochastic=False), "bc-stoch": {},
                    "float": dict(binary=False, stochastic=False)}
 INPUTS = {"binarynet": "pm1", "binaryconnect": "gcn-lcn"}
-# Test errors (%) published for these methods on SVHN: [BNN] Table 1 (Theano) and [BC] Table 2.
-PAPER_TEST_ERROR = {"binarynet": 2.80, "bc-det": 2.30, "bc-stoch": 2.15, "float": 2.44}
+# Test errors (%) published for these methods on SVHN: [BNN] Table 1 (Theano and Torch7) and [BC] Table 2.
+PAPER_TEST_ERROR = {"binarynet": 2.80, "bc-det": 2.30, "bc-stoch": 2.15, "float": 2.44, "binarynet-torch7": 2.53}
 
 
 def hyperparameters(method, batch_size=None, epochs=None, shuffle_parts=None):
     """The original script's table for `method`, with the command-line overrides applied."""
+    if method == "binarynet-torch7":  # LR halved every LR_halving_epochs epochs instead of an LR_decay
+        hp = cli.overrides(OrderedDict(TORCH7), batch_size, epochs)
+        hp["shuffle_parts"] = shuffle_parts or 1
+        return hp
     hp = OrderedDict(BINARYNET if cli.family(method) == "binarynet" else BINARYCONNECT)
     hp.update(METHOD_SETTINGS[method])
     cli.overrides(hp, batch_size, epochs)
@@ -68,23 +77,32 @@ def main(argv=None):
 
     print("Loading SVHN dataset")
     family = cli.family(args.method)
-    data = preprocessing.svhn_data(INPUTS[family], data_dir=args.data_dir, use_extra=not args.no_extra,
-                                   lcn_all_channels=args.lcn_all_channels)
+    if family == "binarynet-torch7":  # first images of each class validate; GCN + LCN (all channels) + z-score
+        data = torch7_data.svhn_data(data_dir=args.data_dir, use_extra=not args.no_extra)
+    else:
+        data = preprocessing.svhn_data(INPUTS[family], data_dir=args.data_dir, use_extra=not args.no_extra,
+                                       lcn_all_channels=args.lcn_all_channels)
     train_size = min(args.train_size or len(data["X_train"]), len(data["X_train"]))
-    cli.check_batches(hp["batch_size"], training=train_size, validation=len(data["X_val"]),
-                      test=len(data["X_test"]))
+    if family != "binarynet-torch7":  # the Torch7 code also runs the last, partial minibatch
+        cli.check_batches(hp["batch_size"], training=train_size, validation=len(data["X_val"]),
+                          test=len(data["X_test"]))
 
     print("Building the CNN...")
     widths = tuple(convnet.scaled(f, args.width) for f in convnet.SVHN_WIDTHS)
     dense_units = convnet.scaled(convnet.DENSE_UNITS, args.width)
     input_var, target_var, LR = T.tensor4("inputs"), T.matrix("targets"), T.scalar("LR")
-    cnn = convnet.build_convnet(family, input_var, hp, widths, dense_units, data["X_train"].shape[1:])
     shuffle_parts = hp.get("shuffle_parts", args.shuffle_parts)
     info = runfiles.run_info("svhn", args.method, args.seed, hp, PAPER_TEST_ERROR[args.method], train_size,
                              data.get("files"),
                              width=args.width, conv_widths=list(widths), dense_units=dense_units,
                              shuffle_parts=shuffle_parts, use_extra=not args.no_extra,
-                             lcn_all_channels=args.lcn_all_channels)
+                             lcn_all_channels=args.lcn_all_channels or family == "binarynet-torch7")
+    if family == "binarynet-torch7":
+        cnn, rules = binary_net_torch7.build_convnet(input_var, "svhn", widths, dense_units,
+                                                     data["X_train"].shape[1:], hp["stochastic"])
+        binary_net_torch7.train_and_report(cnn, rules, input_var, target_var, LR, hp, data, train_size, run, info)
+        return 0
+    cnn = convnet.build_convnet(family, input_var, hp, widths, dense_units, data["X_train"].shape[1:])
     binary_connect.train_and_report(cnn, input_var, target_var, LR, hp, data, train_size, run, info,
                                     shuffle_parts)
     return 0

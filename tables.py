@@ -26,8 +26,10 @@ from plumbing.errors import RunError  # noqa: E402
 
 RUN_SETTINGS = "reproduce.json"   # RUNS/reproduce.json (the folder) and RUNS/ROW/reproduce.json (one row)
 HOST = "host.json"                # RUNS/ROW/host.json: the machine a row last ran on
+ATTEMPTS = "attempts.jsonl"       # RUNS/ROW/attempts.jsonl: one line per local process (times, exit, CPU time)
 DATA_CACHE = "data_identity.json"  # RUNS/data_identity.json: digests of the data files, by path, size and mtime
 TABLE_MD, TABLE_JSON = "TABLE.md", "TABLE.json"
+DATA_LABEL = "DATA_LABEL.txt"     # optional first line describing a data folder (scripts/stand_in_data.py writes it)
 DATASET_NAMES = {"mnist": "MNIST", "cifar10": "CIFAR-10", "svhn": "SVHN"}
 
 
@@ -74,7 +76,8 @@ def row_state(runs, row):
     return dict(settings=read_json(os.path.join(folder, RUN_SETTINGS)),
                 results=read_json(os.path.join(folder, "results.json")),
                 log=read_log(os.path.join(folder, "log.jsonl")),
-                host=read_json(os.path.join(folder, HOST)))
+                host=read_json(os.path.join(folder, HOST)),
+                attempts=read_log(os.path.join(folder, ATTEMPTS)))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -141,12 +144,24 @@ def data_identity(dataset, folder, cache=None):
     if not files:
         return dict(label="unknown: no {} files in {}".format(name, folder), official=None, files=[])
     if any(f["official"] is False for f in files):
-        return dict(label="not the official {0} data set: files in the official {0} format (MD5 differs)".format(
-            name), official=False, files=files)
-    if all(f["official"] for f in files):
-        return dict(label="official {} files (MD5 verified)".format(name), official=True, files=files)
-    return dict(label="{} files without an official MD5 to compare (unpacked?)".format(name), official=None,
-                files=files)
+        label, verdict = "not the official {0} data set: files in the official {0} format (MD5 differs)".format(
+            name), False
+    elif all(f["official"] for f in files):
+        label, verdict = "official {} files (MD5 verified)".format(name), True
+    else:
+        label, verdict = "{} files without an official MD5 to compare (unpacked?)".format(name), None
+    description = data_label(folder)
+    return dict(label=label + ("; described as: " + description if description else ""), official=verdict,
+                description=description, files=files)
+
+
+def data_label(folder):
+    """The first line of FOLDER/DATA_LABEL.txt (what the files are, in the words of whoever put them there)."""
+    try:
+        with open(os.path.join(folder, DATA_LABEL), errors="replace") as f:
+            return f.readline().strip()[:200]
+    except OSError:
+        return ""
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -168,6 +183,12 @@ def compare(cell, ours):
         return None, tol, rule, None
     diff = ours - cell.error
     return diff, tol, rule, abs(diff) <= tol + 1e-9
+
+
+def _total_cpu(attempts):
+    """CPU seconds of a row's processes over all attempts (None unless every attempt measured it)."""
+    values = [a.get("cpu_seconds") for a in attempts]
+    return round(sum(values), 1) if values and None not in values else None
 
 
 def table_row(row, state, data):
@@ -199,6 +220,8 @@ def table_row(row, state, data):
         epochs_done=results.get("epochs_done") if results else len(log) or None,
         epochs_planned=results.get("epochs") if results else settings.get("epochs"),
         seconds=results.get("seconds") if results else None,
+        wall_seconds=sum(a["ended"] - a["started"] for a in state["attempts"]) if state["attempts"] else None,
+        cpu_seconds=_total_cpu(state["attempts"]), processes=len(state["attempts"]),
         data=data, environment=results.get("environment") if results else None, host=state["host"],
         command=settings.get("command"))
     return record
@@ -207,11 +230,14 @@ def table_row(row, state, data):
 # ---------------------------------------------------------------------------------------------------------
 # The whole report
 # ---------------------------------------------------------------------------------------------------------
-def title(budgets, all_official):
+def title(budgets, all_official, unfinished=0, ran=1):
     """The table's title; anything but the paper budget on official data says it is not a reproduction."""
     budgets = sorted(b for b in budgets if b)
+    if not ran:
+        return "No results yet (budget {}): the published test errors".format(", ".join(budgets) or "unknown")
     if budgets == ["paper"] and all_official:
-        return "Reproduction of the published test errors (paper schedules, official data)"
+        return "Reproduction of the published test errors (paper schedules, official data{})".format(
+            "; {} row(s) still running or interrupted".format(unfinished) if unfinished else "")
     parts = []
     if budgets != ["paper"]:
         parts.append("reduced budget: {}".format(", ".join(budgets) or "unknown"))
@@ -237,7 +263,8 @@ def build_table(runs, rows, folder_settings=None, data_cache=None):
     ran = [r for r in records if r["ours"] is not None]
     budgets = {r["budget"] for r in ran} or {folder_settings.get("budget")}
     all_official = bool(ran) and all(r["data"].get("official") is True for r in ran)
-    return dict(title=title(budgets, all_official), generated=time.strftime("%Y-%m-%d %H:%M:%S"),
+    unfinished = sum(1 for r in ran if r["status"] != "finished")
+    return dict(title=title(budgets, all_official, unfinished, len(ran)), generated=time.strftime("%Y-%m-%d %H:%M:%S"),
                 budget=folder_settings.get("budget"), runs=os.path.abspath(runs), rows=records,
                 report_host=dict(hostname=platform.node(), python=platform.python_version()))
 
@@ -264,12 +291,22 @@ def _duration(seconds):
         "{}m{:02d}s".format(seconds // 60, seconds % 60)
 
 
+def short_data(data):
+    """The data column of TABLE.md: the MD5 verdict in a few words (the full label is below the table)."""
+    if data.get("official") is True:
+        return "official (MD5 verified)"
+    if data.get("official") is False:
+        return "NOT the official data" + (": " + data["description"] if data.get("description") else "")
+    return "—" if data.get("label") == "—" else "unknown"
+
+
 def markdown(table):
     """TABLE.md: the comparison, then per row what was run and on what."""
     out = ["# " + table["title"], "",
            "Runs folder `{}`, written {}. Errors in percent: test error at the best validation epoch.".format(
                table["runs"], table["generated"]), "",
-           "| row | paper cell | published | ours | difference | agrees | budget | epochs | time | data |",
+           "| row | paper cell | published | ours | difference | agrees | budget | epochs | time: epochs / wall / CPU "
+           "| data |",
            "|---|---|---|---|---|---|---|---|---|---|"]
     for r in table["rows"]:
         p = r["published"]
@@ -279,10 +316,13 @@ def markdown(table):
         diff = "—" if r["difference"] is None else "{:+.2f}".format(r["difference"])
         out.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
             r["row"], cell, _pct(p and p["error"], p and p["spread"]) if p else "—", _pct(r["ours"]), diff,
-            _verdict(r), r["budget"] or "—", epochs, _duration(r["seconds"]), r["data"]["label"]))
+            _verdict(r), r["budget"] or "—", epochs, " / ".join(_duration(r[k]) for k in (
+                "seconds", "wall_seconds", "cpu_seconds")), short_data(r["data"])))
     out += ["", "Agreement rule: within {} published standard deviations where the paper gives mean ± std "
             "(6 runs), else within {:.0f} % of the published error. Only paper-budget runs on the official data "
-            "are compared.".format(published.SIGMAS, 100 * published.TOLERANCE_RELATIVE), ""]
+            "are compared. Time: the epochs' training and evaluation; the wall time of the run's processes (with "
+            "compilation and data loading); their CPU time (one thread each: about the wall time on a quiet "
+            "machine).".format(published.SIGMAS, 100 * published.TOLERANCE_RELATIVE), ""]
     out += ["## What each row ran", ""]
     for r in table["rows"]:
         if r["command"] is None:
@@ -291,6 +331,11 @@ def markdown(table):
         env, host = r["environment"] or {}, r["host"] or {}
         out.append("* **{}** ({}): `{}`".format(r["row"], r["status"], " ".join(r["command"])))
         out.append("  * budget {}; reductions: {}".format(r["budget"], "; ".join(r["reductions"]) or "none"))
+        if r["wall_seconds"] is not None:
+            out.append("  * wall time {} over {} process(es){}".format(
+                _duration(r["wall_seconds"]), r["processes"],
+                "" if r["cpu_seconds"] is None else ", CPU time {} (compilation by g++ not counted)".format(
+                    _duration(r["cpu_seconds"]))))
         if r["best_epoch"] is not None:
             out.append("  * best validation error {} at epoch {}".format(_pct(r["best_val_error"]), r["best_epoch"]))
         out.append("  * data: {}".format(r["data"]["label"]))
@@ -298,8 +343,9 @@ def markdown(table):
             out.append("    * `{}` {} bytes, MD5 {}{}".format(f["path"], f["size"], f["md5"],
                                                            " (official)" if f["official"] else ""))
         if host:
-            out.append("  * hardware: {} ({}), {} CPUs, {} GiB, {} threads per run".format(
-                host.get("cpu"), host.get("hostname"), host.get("cpus"), host.get("memory_gib"), host.get("threads")))
+            out.append("  * hardware: {} ({}), {} CPUs, {} GiB, {} threads per run; load average {} at the start".format(
+                host.get("cpu"), host.get("hostname"), host.get("cpus"), host.get("memory_gib"), host.get("threads"),
+                host.get("load_average")))
         if env:
             out.append("  * software: " + ", ".join("{} {}".format(k, v) for k, v in sorted(env.items())))
         if r["published"] and r["published"]["note"]:

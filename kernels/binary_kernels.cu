@@ -27,6 +27,14 @@
 #define BNN_END_OF_TILE_BARRIER() __syncthreads()
 #endif
 
+// Host compilers (the CPU test harness) have no CUDA rounding intrinsics: plain float32 operations there, built
+// without contraction into fused multiply-adds (-ffp-contract=off), give the same values.
+#ifndef __CUDACC__
+#define __fadd_rn(a, b) ((a) + (b))
+#define __fsub_rn(a, b) ((a) - (b))
+#define __fmul_rn(a, b) ((a) * (b))
+#endif
+
 extern "C" {
 
 // Pack the rows of A (m x n floats) into A_packed (m x words_per_row), words_per_row = ceil(n/32).
@@ -116,6 +124,47 @@ __global__ void baseline_gemm(const float *A, const float *B, float *C, int m, i
     }
     if (row < m && col < k)
         C[(long long)row * k + col] = sum;
+}
+
+// ---- Run-time inference on the device (docs/runtime.md, "The GPU path"): batch norm of a layer's products.
+// bn holds 4 rows of n floats: b, mean, scale = gamma * inv_std, beta. BN(x) = ((x + b) - mean) * scale + beta
+// in float32 in exactly this order (ORIGINALS.md §1.7.2), with round-to-nearest intrinsics that the compiler
+// never contracts into fused multiply-adds: the device computes the host's float32 values bit for bit.
+static __device__ __forceinline__ float bnn_batch_norm(float x, const float *bn, int col, int n)
+{
+    return __fadd_rn(__fmul_rn(__fsub_rn(__fadd_rn(x, bn[col]), bn[n + col]), bn[2 * n + col]), bn[3 * n + col]);
+}
+
+// Batch norm + sign + packing for the next XNOR product, fused: C (m x n floats) -> out (m x ceil(n/32) words),
+// bit j of word (r, w) = [BN(C[r, 32w + j]) >= 0] (sign(0) = +1), padding bits 0: the layout of pack_rows.
+// One thread per output word, 1-D blocks of 64.
+__global__ void bn_sign_pack_rows(const float *C, const float *bn, unsigned int *out, int m, int n)
+{
+    const int words_per_row = (n + BNN_BITS - 1) / BNN_BITS;
+    const int word = blockIdx.x * blockDim.x + threadIdx.x;
+    if (word >= m * words_per_row)
+        return;
+    const int row = word / words_per_row;
+    const int first_col = (word % words_per_row) * BNN_BITS;
+    const float *source = C + (long long)row * n;
+    unsigned int bits = 0u;
+    for (int j = 0; j < BNN_BITS; ++j) {
+        const int col = first_col + j;
+        if (col < n && bnn_batch_norm(source[col], bn, col, n) >= 0.0f)
+            bits |= 1u << j;
+    }
+    out[word] = bits;
+}
+
+// Batch norm of every element of C (m x n): the output layer's values (apply_sign = 0), or +1/-1 floats for the
+// next float product (apply_sign = 1). One thread per element, 1-D blocks of 64.
+__global__ void bn_rows(const float *C, const float *bn, float *out, int m, int n, int apply_sign)
+{
+    const int index = blockIdx.x * blockDim.x + threadIdx.x;
+    if (index >= m * n)
+        return;
+    const float y = bnn_batch_norm(C[index], bn, index % n, n);
+    out[index] = apply_sign ? (y >= 0.0f ? 1.0f : -1.0f) : y;
 }
 
 }  // extern "C"

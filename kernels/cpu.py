@@ -1,4 +1,4 @@
-"""CPU XNOR-popcount GEMM and baseline float GEMM (ORIGINALS.md §4.1-4.3, ENVIRONMENT.md "CPU XNOR-popcount GEMM").
+"""CPU XNOR-popcount GEMM and baseline float GEMM (ORIGINALS.md §4.1-4.3; code paths and limits: docs/kernels.md).
 
 The C source `xnor_cpu.c` next to this file is compiled with the system C compiler on first use into
 `~/.cache/binarynet-archive/kernels/` (override with BINARYNET_KERNEL_CACHE), keyed by a hash of the source,
@@ -8,6 +8,9 @@ Encoding (§4.1, 64-bit words): bit j of word w of a packed row is [x[64w + j] >
 Rows of A and columns of B are both packed along the inner dimension n, so that
     C[i, j] = n - 2 * popcount(Ap[i] xor Bp[j])       (the dot product of the two sign vectors).
 Padding bits past n are 0 in both operands and never count as mismatches.
+
+Code paths (path=): 'avx512' (AVX-512 VPOPCNTDQ), 'avx2' (Harley-Seal with a vpshufb popcount), 'neon' (AArch64),
+'portable' (plain C); 'auto' takes the fastest this CPU runs.  Every path gives the same, exact result.
 """
 import ctypes
 import hashlib
@@ -22,14 +25,20 @@ import numpy as np
 from plumbing.errors import ArchiveError
 
 __all__ = ["KernelError", "pack_rows", "pack_cols", "xnor_gemm_packed", "xnor_gemm", "baseline_gemm",
-           "cpu_features", "available_paths", "library_path", "PATHS"]
+           "cpu_features", "available_paths", "resolved_path", "tuning_info", "set_tuning", "measure_rate",
+           "library_path", "PATHS", "NEEDS", "RATES"]
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "xnor_cpu.c")
 CFLAGS = ["-O3", "-shared", "-fPIC", "-pthread", "-fvisibility=hidden", "-std=gnu11"]
-PATHS = {"auto": 0, "avx512": 1, "portable": 2}
-_ERRORS = {1: "the 'avx512' path needs AVX-512F and AVX-512 VPOPCNTDQ, which this CPU lacks; use path='auto' "
-              "or 'portable'",
-           2: "unknown path code", 3: "bad thread count"}
+PATHS = {"auto": 0, "avx512": 1, "portable": 2, "avx2": 3, "neon": 4}
+# What each path needs from the CPU (for the error message when it is missing).
+NEEDS = {"avx512": "AVX-512 F, DQ, VL, BW and VPOPCNTDQ", "avx2": "AVX2", "neon": "an AArch64 CPU (Advanced SIMD)",
+         "portable": "nothing"}
+# Instruction loops xnor_measure_rate times (see benchmark.py): code -> description.
+RATES = {"popcnt512": (0, "vpopcntq zmm instructions"), "product512": (1, "512-bit xor + vpopcntq + vpaddq products"),
+         "add512": (2, "vpaddq zmm instructions"), "add256": (3, "vpaddq ymm instructions")}
+_ERRORS = {1: "the requested code path cannot run on this CPU", 2: "unknown path code", 3: "bad thread count",
+           4: "out of memory for the packed operands"}
 
 _lib = None
 
@@ -93,6 +102,10 @@ def _load():
     signatures = {
         "xnor_has_avx512_vpopcntdq": [],
         "xnor_has_popcnt": [],
+        "xnor_path_available": [i32],
+        "xnor_tuning_info": [ctypes.c_char_p, i32, ptr, ptr, ptr, ptr, ptr],
+        "xnor_measure_rate": [i32, i32, ctypes.c_double, ptr],
+        "xnor_gemm_f32": [ptr, ptr, i64, i64, i64, ptr, i32, i32],
         "xnor_pack_rows": [ptr, i64, i64, ptr, i32, i32],
         "xnor_pack_cols": [ptr, i64, i64, ptr, i32, i32],
         "xnor_gemm_packed": [ptr, ptr, i64, i64, i64, ptr, i32, i32],
@@ -101,6 +114,7 @@ def _load():
     for name, args in signatures.items():
         fn = getattr(lib, name)
         fn.argtypes, fn.restype = args, ctypes.c_int
+    lib.xnor_set_tuning.argtypes, lib.xnor_set_tuning.restype = [i32, ctypes.c_double, i32, ctypes.c_double, i32], None
     _lib = lib
     return lib
 
@@ -119,6 +133,9 @@ def _threads(threads):
 def _path(path):
     if path not in PATHS:
         raise KernelError("path must be one of {}, got {!r}".format(sorted(PATHS), path))
+    if path != "auto" and not _load().xnor_path_available(PATHS[path]):
+        raise KernelError("the {!r} path needs {}, which this CPU lacks; use path='auto' (available here: {})"
+                          .format(path, NEEDS[path], ", ".join(available_paths())))
     return PATHS[path]
 
 
@@ -166,8 +183,20 @@ def pack_cols(B, threads=None, path="auto"):
     return out
 
 
-def xnor_gemm_packed(Ap, Bp, n, threads=None, path="auto"):
-    """C (m, k) float32 with C[i, j] = n - 2 popcount(Ap[i] xor Bp[j]); Ap = pack_rows(A), Bp = pack_cols(B)."""
+def _output(out, m, k):
+    """A new float32 (m, k) array, or `out` after checking it can hold the product (C-contiguous float32)."""
+    if out is None:
+        return np.empty((m, k), dtype=np.float32)
+    if not isinstance(out, np.ndarray) or out.dtype != np.float32 or out.shape != (m, k) \
+            or not out.flags.c_contiguous or not out.flags.writeable:
+        raise KernelError("out must be a writeable C-contiguous float32 array of shape {}, got {}".format(
+            (m, k), "{} {} array".format(out.dtype, out.shape) if isinstance(out, np.ndarray) else type(out).__name__))
+    return out
+
+
+def xnor_gemm_packed(Ap, Bp, n, threads=None, path="auto", out=None):
+    """C (m, k) float32 with C[i, j] = n - 2 popcount(Ap[i] xor Bp[j]); Ap = pack_rows(A), Bp = pack_cols(B).
+    out: an existing (m, k) float32 array to write C into (no new allocation)."""
     Ap, Bp = _matrix(Ap, np.uint64, "Ap"), _matrix(Bp, np.uint64, "Bp")
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise KernelError("n (the inner dimension in bits) must be a positive integer, got {!r}".format(n))
@@ -180,7 +209,7 @@ def xnor_gemm_packed(Ap, Bp, n, threads=None, path="auto"):
         if (Ap[:, -1] & pad).any() or (Bp[:, -1] & pad).any():
             raise KernelError("padding bits past n = {} must be 0 in the last word (pack with pack_rows/pack_cols)"
                               .format(n))
-    C = np.empty((Ap.shape[0], Bp.shape[0]), dtype=np.float32)
+    C = _output(out, Ap.shape[0], Bp.shape[0])
     _check(_load().xnor_gemm_packed(_ptr(Ap), _ptr(Bp), Ap.shape[0], Bp.shape[0], int(n), _ptr(C),
                                     _threads(threads), _path(path)))
     return C
@@ -196,10 +225,16 @@ def _check_product(A, B):
     return A, B
 
 
-def xnor_gemm(A, B, threads=None, path="auto"):
-    """sign(A) @ sign(B) as float32, sign(0) = +1, by packing both and running the XNOR-popcount GEMM (§4.3)."""
+def xnor_gemm(A, B, threads=None, path="auto", out=None):
+    """sign(A) @ sign(B) as float32, sign(0) = +1, by packing both and running the XNOR-popcount GEMM (§4.3).
+
+    One C call: the packing is fused into the GEMM's pipeline (docs/kernels.md), same result as
+    xnor_gemm_packed(pack_rows(A), pack_cols(B), n).  out: an existing (m, k) float32 array to write into."""
     A, B = _check_product(A, B)
-    return xnor_gemm_packed(pack_rows(A, threads, path), pack_cols(B, threads, path), A.shape[1], threads, path)
+    C = _output(out, A.shape[0], B.shape[1])
+    _check(_load().xnor_gemm_f32(_ptr(A), _ptr(B), A.shape[0], A.shape[1], B.shape[1], _ptr(C),
+                                 _threads(threads), _path(path)))
+    return C
 
 
 def baseline_gemm(A, B, threads=None):
@@ -238,4 +273,50 @@ def cpu_features():
 
 def available_paths():
     """Code paths that run on this CPU, fastest first ('auto' picks the first)."""
-    return (["avx512"] if _load().xnor_has_avx512_vpopcntdq() else []) + ["portable"]
+    lib = _load()
+    return [name for name in ("avx512", "avx2", "neon", "portable") if lib.xnor_path_available(PATHS[name])]
+
+
+def resolved_path(path="auto"):
+    """The code path `path` runs on this CPU ('auto' = the first of available_paths())."""
+    _path(path)
+    return available_paths()[0] if path == "auto" else path
+
+
+def tuning_info():
+    """The microarchitecture the GEMM's tuning was chosen for (from cpuid) and the tuning values."""
+    name = ctypes.create_string_buffer(160)
+    l2, rows, share, first, overlap = (ctypes.c_int64(), ctypes.c_int(), ctypes.c_double(), ctypes.c_double(),
+                                       ctypes.c_int())
+    code = _load().xnor_tuning_info(name, len(name), ctypes.byref(l2), ctypes.byref(rows), ctypes.byref(share),
+                                    ctypes.byref(first), ctypes.byref(overlap))
+    return {"uarch": name.value.decode(), "uarch_code": code, "l2_bytes": l2.value, "task_rows": rows.value,
+            "block_share": share.value, "first_block": first.value, "overlap": bool(overlap.value)}
+
+
+def set_tuning(task_rows=None, block_share=None, prefetch=None, first_block=None, overlap=None):
+    """Override the GEMM tuning chosen for this CPU (benchmarks and tests); None keeps a value.  task_rows is
+    rounded up to a multiple of 24; block_share is the share of L2 a column block of packed B may take;
+    first_block the width of block 0 (packed before any product) as a share of B's columns; overlap False packs
+    both operands first instead of between the micro tiles."""
+    if task_rows is not None and (isinstance(task_rows, bool) or not isinstance(task_rows, int) or task_rows < 1):
+        raise KernelError("task_rows must be a positive integer, got {!r}".format(task_rows))
+    if block_share is not None and not (isinstance(block_share, (int, float)) and block_share > 0):
+        raise KernelError("block_share must be a positive number, got {!r}".format(block_share))
+    if first_block is not None and not (isinstance(first_block, (int, float)) and 0 < first_block <= 1):
+        raise KernelError("first_block must be in (0, 1], got {!r}".format(first_block))
+    _load().xnor_set_tuning(task_rows or 0, float(block_share or 0), -1 if prefetch is None else int(bool(prefetch)),
+                            float(first_block or 0), -1 if overlap is None else int(bool(overlap)))
+
+
+def measure_rate(which, threads=1, seconds=0.05):
+    """Instructions (or 512-bit products) per second of thread CPU time of a register-only loop, summed over
+    `threads` threads running it at once: which is a key of RATES.  None when this CPU lacks the instructions."""
+    if which not in RATES:
+        raise KernelError("which must be one of {}, got {!r}".format(sorted(RATES), which))
+    rate = ctypes.c_double()
+    code = _load().xnor_measure_rate(RATES[which][0], _threads(threads) or 1, float(seconds), ctypes.byref(rate))
+    if code == 1:
+        return None
+    _check(code)
+    return rate.value

@@ -1,90 +1,270 @@
 /*
- * xnor_cpu.c -- CPU kernels for binarynet-archive (ORIGINALS.md section 4, ENVIRONMENT.md "CPU XNOR-popcount GEMM").
+ * xnor_cpu.c -- CPU kernels for binarynet-archive (ORIGINALS.md section 4; docs/kernels.md).
  *
  * Conventions (section 4.1, with 64-bit words instead of the original 32-bit ones):
  *   C (m x k) = A (m x n) . B (n x k), all float32 row-major.
  *   A value v is encoded as bit 1 when v >= 0 (+1; zero counts as +1) and bit 0 when v < 0 (-1; NaN too).
  *   Element 64*w + j of a row goes to bit j of word w (least significant bit first).
- *   Both operands are packed along the inner dimension K = n: A row by row, B column by column (that is, the
- *   rows of B transposed), each into words = ceil(n / 64) uint64.
+ *   Both operands are packed along the inner dimension n: A row by row, B column by column, each into
+ *   W = ceil(n / 64) words.  Padding bits past n are 0 in both operands, so they never count as mismatches:
+ *       C[i, j] = n - 2 * popcount(Apacked[i] xor Bpacked[j])     (dot of two +-1 vectors, h mismatches).
  *
- * Padding: when n is not a multiple of 64, the unused high bits of the last word are 0 in BOTH operands, so
- * their XOR is 0 and they never count as a mismatch.  The GEMM therefore uses the true n:
- *   C[i, j] = n - 2 * popcount(Apacked[i] xor Bpacked[j])      (dot of two +-1 vectors with h mismatches).
+ * Code paths, chosen at run time (path 'auto' takes the first that runs on this CPU):
+ *   avx512    AVX-512 F/DQ/VL/BW + VPOPCNTDQ: xor, vpopcntq, add per 512-bit product.
+ *   avx2      AVX2 only: Harley-Seal carry-save adder over 8 products, then one nibble-lookup (vpshufb) popcount.
+ *   neon      AArch64 Advanced SIMD: veor, vcnt (byte popcount), byte adds widened with pairwise adds.
+ *   portable  plain C (__builtin_popcountll); on x86 cloned for CPUs with and without the POPCNT instruction.
+ * The x86 functions carry target attributes, so the file builds with plain -O3 (no -march) and the library
+ * runs on any x86-64; the NEON code is compiled only for AArch64.
  *
- * Code paths, chosen at run time: PATH_AVX512 (AVX-512F + VPOPCNTDQ intrinsics, 4x4 register blocking; the
- * functions carry a target attribute so the file compiles with plain -O3 and no -march) and PATH_PORTABLE
- * (__builtin_popcountll, cloned for CPUs with and without the POPCNT instruction).  Work is spread over
- * pthreads that take tiles from a shared counter.
+ * GEMM layout ("lanes are columns"): A stays packed row by row (m x W words); B is rearranged into panels of
+ * NB columns, word-interleaved: panel p holds words [w][c] for columns p*NB + c.  A micro tile of MR rows x NB
+ * columns broadcasts one word of each A row and XORs it with the NB/8 (AVX-512) vectors of the panel, so each
+ * accumulator lane is one element of C: no horizontal sums, C is stored with plain vector stores.
+ *
+ * Scheduling: C is cut into column blocks of B that fit in half of L2, and each block into row groups of A;
+ * tasks are taken in block-major order from a shared counter by the threads.  The packing is fused into that
+ * pipeline: block 0 of B is packed first (by all threads); the tasks of block b pack block b + 1 of B in slices,
+ * the tasks of block 0 pack their rows of A, and each thread prefetches the float inputs of the packing its next
+ * task will do while it computes the current one, so the memory reads overlap the popcount work.
  *
  * baseline_gemm_f32 is the "unoptimized baseline kernel" of the paper transposed to the CPU: the 16x16 tiled
  * GEMM of section 4.3 written as plain scalar loops, compiled at -O2 without auto-vectorisation.
  */
 #include <pthread.h>
+#include <sched.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
+#if defined(__x86_64__) || defined(__i386__)
+#define XNOR_X86 1
+#include <cpuid.h>
 #include <immintrin.h>
+#endif
+#if defined(__aarch64__)
+#define XNOR_NEON 1
+#include <arm_neon.h>
+#endif
 
 #define EXPORT __attribute__((visibility("default")))
-#define AVX512 __attribute__((target("avx512f,avx512vpopcntdq")))
 #define INLINE static inline __attribute__((always_inline))
+#define MIN(a, b) ((a) < (b) ? (a) : (b))
+#define MAX(a, b) ((a) > (b) ? (a) : (b))
 
-enum { PATH_AUTO = 0, PATH_AVX512 = 1, PATH_PORTABLE = 2 };
-enum { OK = 0, ERR_PATH_UNAVAILABLE = 1, ERR_BAD_PATH = 2, ERR_THREADS = 3 };
+enum { PATH_AUTO = 0, PATH_AVX512 = 1, PATH_PORTABLE = 2, PATH_AVX2 = 3, PATH_NEON = 4, PATH_COUNT = 5 };
+enum { OK = 0, ERR_PATH_UNAVAILABLE = 1, ERR_BAD_PATH = 2, ERR_THREADS = 3, ERR_MEMORY = 4 };
+
+/* ------------------------------------------------------------------------------------------------------ */
+/* CPU features and the tuning chosen from them.                                                          */
+
+#ifdef XNOR_X86
+#define AVX512 __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,avx512vpopcntdq,avx2,fma,popcnt")))
+#define AVX2 __attribute__((target("avx2,fma,popcnt")))
+
+static int x86_has_avx512(void)
+{
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vpopcntdq");
+}
+
+static int x86_has_avx2(void)
+{
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2");
+}
+#endif
 
 EXPORT int xnor_has_avx512_vpopcntdq(void)
 {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vpopcntdq");
+#ifdef XNOR_X86
+    return x86_has_avx512();
+#else
+    return 0;
+#endif
 }
 
 EXPORT int xnor_has_popcnt(void)
 {
+#ifdef XNOR_X86
     __builtin_cpu_init();
     return __builtin_cpu_supports("popcnt");
+#else
+    return 0;
+#endif
 }
 
-/* Resolve PATH_AUTO; returns -1 when the requested path cannot run on this CPU. */
+/* 1 when `path` (not auto) can run on this CPU. */
+EXPORT int xnor_path_available(int path)
+{
+    switch (path) {
+    case PATH_PORTABLE:
+        return 1;
+#ifdef XNOR_X86
+    case PATH_AVX512:
+        return x86_has_avx512();
+    case PATH_AVX2:
+        return x86_has_avx2();
+#endif
+#ifdef XNOR_NEON
+    case PATH_NEON:
+        return 1; /* Advanced SIMD is part of every AArch64 CPU */
+#endif
+    default:
+        return 0;
+    }
+}
+
+/* Resolve PATH_AUTO; -1 when the requested path cannot run on this CPU, -2 for an unknown code. */
 static int resolve_path(int path)
 {
-    if (path == PATH_AUTO)
-        return xnor_has_avx512_vpopcntdq() ? PATH_AVX512 : PATH_PORTABLE;
-    if (path == PATH_AVX512)
-        return xnor_has_avx512_vpopcntdq() ? PATH_AVX512 : -1;
-    if (path == PATH_PORTABLE)
-        return PATH_PORTABLE;
-    return -2;
+    if (path == PATH_AUTO) {
+        static const int order[] = {PATH_AVX512, PATH_AVX2, PATH_NEON, PATH_PORTABLE};
+        for (int i = 0; i < 4; i++)
+            if (xnor_path_available(order[i]))
+                return order[i];
+    }
+    if (path <= PATH_AUTO || path >= PATH_COUNT)
+        return -2;
+    return xnor_path_available(path) ? path : -1;
+}
+
+/* The microarchitecture family the tuning is chosen for. */
+enum { UARCH_OTHER = 0, UARCH_INTEL_AVX512 = 1, UARCH_AMD_ZEN4 = 2, UARCH_AMD_ZEN5 = 3, UARCH_INTEL = 4,
+       UARCH_AMD = 5, UARCH_ARM = 6 };
+static const char *const UARCH_NAMES[] = {
+    "other", "Intel with AVX-512 (512-bit ops on ports 0 and 5, vpopcntq on port 5 only)",
+    "AMD Zen 4 (512-bit ops split into two 256-bit halves)", "AMD Zen 5 (four 512-bit vector pipes)",
+    "Intel without AVX-512 VPOPCNTDQ", "AMD without AVX-512", "AArch64"};
+
+static int detect_uarch(void)
+{
+#ifdef XNOR_X86
+    unsigned a, b, c, d;
+    if (!__get_cpuid(0, &a, &b, &c, &d))
+        return UARCH_OTHER;
+    char vendor[13];
+    memcpy(vendor, &b, 4);
+    memcpy(vendor + 4, &d, 4);
+    memcpy(vendor + 8, &c, 4);
+    vendor[12] = 0;
+    __get_cpuid(1, &a, &b, &c, &d);
+    unsigned family = (a >> 8) & 0xF;
+    if (family == 0xF)
+        family += (a >> 20) & 0xFF;
+    int avx512 = x86_has_avx512();
+    if (strcmp(vendor, "GenuineIntel") == 0)
+        return avx512 ? UARCH_INTEL_AVX512 : UARCH_INTEL;
+    if (strcmp(vendor, "AuthenticAMD") == 0 || strcmp(vendor, "HygonGenuine") == 0) {
+        if (avx512 && family >= 0x1A)
+            return UARCH_AMD_ZEN5;
+        if (avx512)
+            return UARCH_AMD_ZEN4;
+        return UARCH_AMD;
+    }
+    return UARCH_OTHER;
+#elif defined(XNOR_NEON)
+    return UARCH_ARM;
+#else
+    return UARCH_OTHER;
+#endif
+}
+
+/* Tuning: rows of A per task and the bytes of packed B a column block may take (a share of L2). */
+typedef struct {
+    int uarch;
+    int64_t l2_bytes;
+    int task_rows;       /* rows of A per task (a multiple of every kernel's MR) */
+    double block_share;  /* column block of packed B = this share of L2 */
+    double first_block;  /* block 0 = this share of B's columns (packed before any product; all of A is
+                            packed while block 0 is computed, so it must not be too small either) */
+    int prefetch;        /* 1: prefetch the packing's inputs inside the micro kernel */
+    int overlap;         /* 1: pack between micro tiles (pipeline); 0: pack everything first, then multiply */
+} tuning_t;
+
+static tuning_t choose_tuning(void)
+{
+    tuning_t t = {detect_uarch(), 0, 48, 0.5, 0.25, 1, 1};
+    long l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    t.l2_bytes = l2 > 0 ? l2 : 1 << 20;
+    switch (t.uarch) {
+    case UARCH_INTEL_AVX512: /* 2 MiB L2 (Sapphire Rapids); keep B's block to a quarter (A rows + C share it) */
+        t.block_share = 0.25;
+        break;
+    case UARCH_AMD_ZEN4:
+    case UARCH_AMD_ZEN5: /* 1 MiB private L2 (this machine: measured best at half) */
+        t.block_share = 0.5;
+        break;
+    default:
+        break;
+    }
+    return t;
+}
+
+static tuning_t tuning;
+static pthread_once_t tuning_once = PTHREAD_ONCE_INIT;
+
+static void init_tuning(void)
+{
+    tuning = choose_tuning();
+}
+
+static const tuning_t *get_tuning(void)
+{
+    pthread_once(&tuning_once, init_tuning);
+    return &tuning;
+}
+
+/* The microarchitecture name and the tuning values, for reports.  Returns the uarch code. */
+EXPORT int xnor_tuning_info(char *name, int name_len, int64_t *l2_bytes, int *task_rows, double *block_share,
+                            double *first_block, int *overlap)
+{
+    const tuning_t *t = get_tuning();
+    if (name && name_len > 0) {
+        strncpy(name, UARCH_NAMES[t->uarch], (size_t)name_len - 1);
+        name[name_len - 1] = 0;
+    }
+    if (l2_bytes)
+        *l2_bytes = t->l2_bytes;
+    if (task_rows)
+        *task_rows = t->task_rows;
+    if (block_share)
+        *block_share = t->block_share;
+    if (first_block)
+        *first_block = t->first_block;
+    if (overlap)
+        *overlap = t->overlap;
+    return t->uarch;
+}
+
+/* Override the tuning (benchmarks, tests): values <= 0 (prefetch < 0) keep the current one. */
+EXPORT void xnor_set_tuning(int task_rows, double block_share, int prefetch, double first_block, int overlap)
+{
+    get_tuning();
+    if (task_rows > 0)
+        tuning.task_rows = (task_rows + 23) / 24 * 24;
+    if (block_share > 0)
+        tuning.block_share = block_share;
+    if (prefetch >= 0)
+        tuning.prefetch = prefetch;
+    if (first_block > 0)
+        tuning.first_block = MIN(first_block, 1.0);
+    if (overlap >= 0)
+        tuning.overlap = overlap;
 }
 
 /* ------------------------------------------------------------------------------------------------------ */
-/* A tiny parallel-for: `ntasks` tasks handed out by an atomic counter to `threads` workers.                */
+/* Threads: `threads` workers run fn(ctx) (the caller is one of them).                                      */
 
-typedef void (*task_fn)(const void *ctx, int64_t task);
-
-typedef struct {
-    task_fn fn;
-    const void *ctx;
-    int64_t ntasks;
-    int64_t next;
-} job_t;
-
-static void *worker(void *arg)
-{
-    job_t *job = (job_t *)arg;
-    for (;;) {
-        int64_t t = __atomic_fetch_add(&job->next, 1, __ATOMIC_RELAXED);
-        if (t >= job->ntasks)
-            break;
-        job->fn(job->ctx, t);
-    }
-    return NULL;
-}
-
-/* Smallest work per thread (floats packed, word pairs xor-popcounted, float multiply-adds): ~100 us each. */
-#define MIN_PACK_WORK (1 << 20)
-#define MIN_GEMM_WORK (1 << 22)
+#define MIN_PACK_WORK (1 << 20) /* floats packed per thread, at least */
+#define MIN_GEMM_WORK (1 << 22) /* word pairs per thread, at least */
 #define MIN_BASELINE_WORK (1 << 19)
 
 static int default_threads(void)
@@ -93,153 +273,927 @@ static int default_threads(void)
     return n > 0 ? (int)n : 1;
 }
 
-/* Run tasks 0..ntasks-1 on `threads` threads (never more than ntasks).  threads <= 0 means "all CPUs, but
- * at most one thread per `min_work` units of `work`": starting a thread costs tens of microseconds, and a
- * helper the OS schedules late (busy cores) would delay a tiny product by a whole time slice.  An explicit
- * thread count is used as given. */
-static int parallel_for(int threads, int64_t ntasks, task_fn fn, const void *ctx, double work, double min_work)
+/* threads <= 0: all CPUs, but at most one thread per `min_work` units of `work` (a thread costs tens of
+ * microseconds to start and may be scheduled late on a busy machine); never more than `max_threads`. */
+static int thread_count(int threads, double work, double min_work, int64_t max_threads)
 {
-    job_t job = {fn, ctx, ntasks, 0};
     if (threads <= 0) {
         threads = default_threads();
         if (work < min_work * threads)
             threads = work < min_work ? 1 : (int)(work / min_work);
     }
-    if (threads > ntasks)
-        threads = ntasks > 0 ? (int)ntasks : 1;
+    if (threads > max_threads)
+        threads = max_threads > 0 ? (int)max_threads : 1;
+    return threads;
+}
+
+typedef void *(*worker_fn)(void *);
+
+static void run_workers(int threads, worker_fn fn, void *ctx)
+{
     pthread_t ids[threads > 1 ? threads - 1 : 1];
     int started = 0;
     for (int t = 0; t < threads - 1; t++) {
-        if (pthread_create(&ids[t], NULL, worker, &job) != 0)
+        if (pthread_create(&ids[t], NULL, fn, ctx) != 0)
             break; /* fewer helpers: the caller still finishes every task */
         started++;
     }
-    worker(&job);
+    fn(ctx);
     for (int t = 0; t < started; t++)
         pthread_join(ids[t], NULL);
+}
+
+/* A parallel for: tasks 0..ntasks-1 handed out by an atomic counter. */
+typedef void (*task_fn)(const void *ctx, int64_t task);
+typedef struct {
+    task_fn fn;
+    const void *ctx;
+    int64_t ntasks, next;
+} job_t;
+
+static void *job_worker(void *arg)
+{
+    job_t *job = (job_t *)arg;
+    for (int64_t t; (t = __atomic_fetch_add(&job->next, 1, __ATOMIC_RELAXED)) < job->ntasks;)
+        job->fn(job->ctx, t);
+    return NULL;
+}
+
+static int parallel_for(int threads, int64_t ntasks, task_fn fn, const void *ctx, double work, double min_work)
+{
+    job_t job = {fn, ctx, ntasks, 0};
+    run_workers(thread_count(threads, work, min_work, ntasks), job_worker, &job);
     return OK;
 }
 
-/* ------------------------------------------------------------------------------------------------------ */
-/* Bit-packing.                                                                                             */
-
-static uint64_t pack_word_portable(const float *x, int count)
+INLINE void cpu_relax(void)
 {
-    uint64_t word = 0;
-    for (int j = 0; j < count; j++)
-        word |= (uint64_t)(x[j] >= 0.0f) << j;
-    return word;
+#ifdef XNOR_X86
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ volatile("yield");
+#endif
 }
 
-AVX512 static uint64_t pack_word_avx512(const float *x, int count)
+/* Wait until *value >= target (acquire), spinning briefly, then yielding the CPU. */
+static void wait_for(const int64_t *value, int64_t target)
 {
-    uint64_t word = 0;
-    const __m512 zero = _mm512_setzero_ps();
-    for (int q = 0; q * 16 < count; q++) {
-        int left = count - 16 * q;
-        __mmask16 valid = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
-        __m512 v = _mm512_maskz_loadu_ps(valid, x + 16 * q);
-        __mmask16 bits = _mm512_mask_cmp_ps_mask(valid, v, zero, _CMP_GE_OQ);
-        word |= (uint64_t)bits << (16 * q);
+    for (int spins = 0; __atomic_load_n(value, __ATOMIC_ACQUIRE) < target; spins++) {
+        if (spins < 4096)
+            cpu_relax();
+        else
+            sched_yield();
     }
-    return word;
 }
+
+/* ------------------------------------------------------------------------------------------------------ */
+/* Packing one row: float[count] -> words (bit j of word w = [x[64w + j] >= 0]).                            */
+
+typedef void (*pack_row_fn)(const float *x, int64_t n, uint64_t *dst);
+
+static void pack_row_portable(const float *x, int64_t n, uint64_t *dst)
+{
+    for (int64_t w = 0; w * 64 < n; w++) {
+        int count = (int)MIN(64, n - 64 * w);
+        uint64_t word = 0;
+        for (int j = 0; j < count; j++)
+            word |= (uint64_t)(x[64 * w + j] >= 0.0f) << j;
+        dst[w] = word;
+    }
+}
+
+#ifdef XNOR_X86
+AVX512 static void pack_row_avx512(const float *x, int64_t n, uint64_t *dst)
+{
+    const __m512 zero = _mm512_setzero_ps();
+    int64_t w = 0;
+    for (; 64 * w + 64 <= n; w++) {
+        const float *p = x + 64 * w;
+        uint64_t b0 = _mm512_cmp_ps_mask(_mm512_loadu_ps(p), zero, _CMP_GE_OQ);
+        uint64_t b1 = _mm512_cmp_ps_mask(_mm512_loadu_ps(p + 16), zero, _CMP_GE_OQ);
+        uint64_t b2 = _mm512_cmp_ps_mask(_mm512_loadu_ps(p + 32), zero, _CMP_GE_OQ);
+        uint64_t b3 = _mm512_cmp_ps_mask(_mm512_loadu_ps(p + 48), zero, _CMP_GE_OQ);
+        dst[w] = b0 | b1 << 16 | b2 << 32 | b3 << 48;
+    }
+    if (64 * w < n) {
+        uint64_t word = 0;
+        for (int q = 0; 64 * w + 16 * q < n; q++) {
+            int64_t left = n - 64 * w - 16 * q;
+            __mmask16 valid = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+            __m512 v = _mm512_maskz_loadu_ps(valid, x + 64 * w + 16 * q);
+            word |= (uint64_t)_mm512_mask_cmp_ps_mask(valid, v, zero, _CMP_GE_OQ) << (16 * q);
+        }
+        dst[w] = word;
+    }
+}
+
+AVX2 static void pack_row_avx2(const float *x, int64_t n, uint64_t *dst)
+{
+    const __m256 zero = _mm256_setzero_ps();
+    int64_t w = 0;
+    for (; 64 * w + 64 <= n; w++) {
+        uint64_t word = 0;
+        for (int q = 0; q < 8; q++)
+            word |= (uint64_t)_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(x + 64 * w + 8 * q), zero,
+                                                               _CMP_GE_OQ)) << (8 * q);
+        dst[w] = word;
+    }
+    if (64 * w < n)
+        pack_row_portable(x + 64 * w, n - 64 * w, dst + w);
+}
+#endif
+
+#ifdef XNOR_NEON
+static void pack_row_neon(const float *x, int64_t n, uint64_t *dst)
+{
+    const uint32x4_t weights = {1, 2, 4, 8};
+    const float32x4_t zero = vdupq_n_f32(0.0f);
+    int64_t w = 0;
+    for (; 64 * w + 64 <= n; w++) {
+        uint64_t word = 0;
+        for (int q = 0; q < 16; q++) {
+            uint32x4_t ge = vcgeq_f32(vld1q_f32(x + 64 * w + 4 * q), zero);
+            word |= (uint64_t)vaddvq_u32(vandq_u32(ge, weights)) << (4 * q);
+        }
+        dst[w] = word;
+    }
+    if (64 * w < n)
+        pack_row_portable(x + 64 * w, n - 64 * w, dst + w);
+}
+#endif
+
+/* ------------------------------------------------------------------------------------------------------ */
+/* Micro kernels.  Each computes C[i .. i + MR) x [panel columns] from MR packed rows of A and one panel.    */
+
+typedef struct gemm_job gemm_job;
+/* pf[2w], pf[2w + 1] (w < W) are cache lines to prefetch at word step w (the packing between tiles reads them);
+ * pf is NULL when there is nothing to prefetch (no instructions spent on it then). */
+typedef void (*tile_fn)(const gemm_job *g, int64_t i, int64_t panel, const char *const *pf);
 
 typedef struct {
+    int nb;              /* columns per panel of B */
+    int mr;              /* rows of A per micro tile */
+    tile_fn tile;
+    pack_row_fn pack_row;
+} kernel_t;
+
+struct gemm_job {
+    const kernel_t *kern;
+    const float *Af, *Bf;  /* float inputs (fused call), else NULL */
+    const uint64_t *A;     /* packed rows of A, m x W (given, or the workspace the fused call fills) */
+    const uint64_t *Bp;    /* packed B, k x W (packed call) */
+    uint64_t *Aws;         /* fused call: workspace for packed A */
+    uint64_t *Bpan;        /* B in panels: panels x W x nb */
+    float *C;
+    int64_t m, n, k, W;
+    int64_t task_rows, row_groups;   /* rows of A per task, number of row groups */
+    int64_t panels, block_panels, first_panels, blocks; /* block 0: first_panels, the others block_panels */
+    int64_t slices;                  /* slices per block of B (fused: W word groups; packed: panels) */
+    int64_t ntasks;
+    int prefetch;
+    /* shared state */
+    int overlap;
+    int64_t next_task, next_slice0, next_rows0, next_slot;
+    uint64_t *thread_words;          /* per thread: block_panels * nb words, then 2 * that many uint32 */
+    int64_t *rows_ready;             /* per row group: 1 when its rows of A are packed (fused) */
+    int64_t *slices_done;            /* per block: slices of B packed */
+};
+
+INLINE int64_t tile_cols(const gemm_job *g, int64_t panel)
+{
+    return MIN((int64_t)g->kern->nb, g->k - panel * g->kern->nb);
+}
+
+/* --- portable: 4 rows x 4 columns of scalar accumulators ------------------------------------------------ */
+
+#ifdef XNOR_X86
+__attribute__((target_clones("popcnt", "default")))
+#endif
+static void tile_portable(const gemm_job *g, int64_t i, int64_t panel, const char *const *pf)
+{
+    enum { MR = 4, NB = 4 };
+    const int64_t W = g->W;
+    const uint64_t *b = g->Bpan + panel * W * NB;
+    int rows = (int)MIN(MR, g->m - i), cols = (int)tile_cols(g, panel);
+    const uint64_t *a[MR];
+    for (int r = 0; r < MR; r++)
+        a[r] = g->A + (i + MIN(r, rows - 1)) * W;
+    uint64_t h[MR][NB] = {{0}};
+    for (int64_t w = 0; w < W; w++) {
+        if (pf) {
+            __builtin_prefetch(pf[2 * w], 0, 3);
+            __builtin_prefetch(pf[2 * w + 1], 0, 3);
+        }
+        for (int r = 0; r < MR; r++)
+            for (int c = 0; c < NB; c++)
+                h[r][c] += (uint64_t)__builtin_popcountll(a[r][w] ^ b[w * NB + c]);
+    }
+    for (int r = 0; r < rows; r++)
+        for (int c = 0; c < cols; c++)
+            g->C[(i + r) * g->k + panel * NB + c] = (float)(g->n - 2 * (int64_t)h[r][c]);
+}
+
+static const kernel_t KERNEL_PORTABLE = {4, 4, tile_portable, pack_row_portable};
+
+#ifdef XNOR_X86
+/* --- AVX-512: 8 rows x 24 columns (3 vectors of 8 lanes), 24 accumulators ------------------------------ */
+
+AVX512 static void tile_avx512(const gemm_job *g, int64_t i, int64_t panel, const char *const *pf)
+{
+    enum { MR = 8, NV = 3, NB = 8 * NV };
+    const int64_t W = g->W;
+    const uint64_t *b = g->Bpan + panel * W * NB;
+    int rows = (int)MIN(MR, g->m - i), cols = (int)tile_cols(g, panel);
+    const uint64_t *a[MR];
+    for (int r = 0; r < MR; r++)
+        a[r] = g->A + (i + MIN(r, rows - 1)) * W;
+    __m512i h[MR][NV];
+    for (int r = 0; r < MR; r++)
+        for (int v = 0; v < NV; v++)
+            h[r][v] = _mm512_setzero_si512();
+    for (int64_t w = 0; w < W; w++) {
+        if (pf) {
+            _mm_prefetch(pf[2 * w], _MM_HINT_T0);
+            _mm_prefetch(pf[2 * w + 1], _MM_HINT_T0);
+        }
+        __m512i bv[NV];
+        for (int v = 0; v < NV; v++)
+            bv[v] = _mm512_load_si512((const void *)(b + w * NB + 8 * v));
+#pragma GCC unroll 8
+        for (int r = 0; r < MR; r++) {
+            __m512i x = _mm512_set1_epi64((long long)a[r][w]);
+            for (int v = 0; v < NV; v++)
+                h[r][v] = _mm512_add_epi64(h[r][v], _mm512_popcnt_epi64(_mm512_xor_si512(x, bv[v])));
+        }
+    }
+    const __m512i nn = _mm512_set1_epi64(g->n);
+    for (int r = 0; r < rows; r++) {
+        float *dst = g->C + (i + r) * g->k + panel * NB;
+        for (int v = 0; v < NV && 8 * v < cols; v++) {
+            __m256 f = _mm512_cvtepi64_ps(_mm512_sub_epi64(nn, _mm512_add_epi64(h[r][v], h[r][v])));
+            int left = cols - 8 * v;
+            if (left >= 8)
+                _mm256_storeu_ps(dst + 8 * v, f);
+            else
+                _mm256_mask_storeu_ps(dst + 8 * v, (__mmask8)((1u << left) - 1), f);
+        }
+    }
+}
+
+static const kernel_t KERNEL_AVX512 = {24, 8, tile_avx512, pack_row_avx512};
+
+/* --- AVX2: Harley-Seal over groups of 8 words, 1 row x 8 columns (2 vectors of 4 lanes); 16 registers -- */
+
+/* Carry-save adder: (a + b + c) = 2 * high + low, bit by bit. */
+#define CSA(high, low, a, b, c)                                                                              \
+    do {                                                                                                     \
+        __m256i u_ = _mm256_xor_si256(a, b);                                                                 \
+        high = _mm256_or_si256(_mm256_and_si256(a, b), _mm256_and_si256(u_, c));                             \
+        low = _mm256_xor_si256(u_, c);                                                                       \
+    } while (0)
+
+/* Popcount of each 64-bit lane: nibble lookup with vpshufb, bytes summed with vpsadbw. */
+AVX2 INLINE __m256i popcount_lanes_avx2(__m256i x)
+{
+    const __m256i table = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
+                                           0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+    const __m256i low4 = _mm256_set1_epi8(0x0F);
+    __m256i lo = _mm256_shuffle_epi8(table, _mm256_and_si256(x, low4));
+    __m256i hi = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(x, 4), low4));
+    return _mm256_sad_epu8(_mm256_add_epi8(lo, hi), _mm256_setzero_si256());
+}
+
+AVX2 static void tile_avx2(const gemm_job *g, int64_t i, int64_t panel, const char *const *pf)
+{
+    enum { MR = 1, NV = 2, NB = 4 * NV };
+    const int64_t W = g->W;
+    const uint64_t *b = g->Bpan + panel * W * NB;
+    int rows = (int)MIN(MR, g->m - i), cols = (int)tile_cols(g, panel);
+    const uint64_t *a[MR];
+    for (int r = 0; r < MR; r++)
+        a[r] = g->A + (i + MIN(r, rows - 1)) * W;
+    __m256i ones[MR][NV], twos[MR][NV], fours[MR][NV], eights[MR][NV];
+    for (int r = 0; r < MR; r++)
+        for (int v = 0; v < NV; v++)
+            ones[r][v] = twos[r][v] = fours[r][v] = eights[r][v] = _mm256_setzero_si256();
+#define X(r, v, w) _mm256_xor_si256(_mm256_broadcastq_epi64(_mm_loadl_epi64((const __m128i *)(a[r] + (w)))), \
+                                    _mm256_load_si256((const __m256i *)(b + (w) * NB + 4 * (v))))
+    int64_t w = 0;
+    for (; w + 8 <= W; w += 8) {
+        if (pf)
+            for (int q = 0; q < 16; q++)
+                _mm_prefetch(pf[2 * w + q], _MM_HINT_T0);
+        for (int r = 0; r < MR; r++)
+            for (int v = 0; v < NV; v++) {
+                __m256i twosA, twosB, foursA, foursB, eight;
+                CSA(twosA, ones[r][v], ones[r][v], X(r, v, w), X(r, v, w + 1));
+                CSA(twosB, ones[r][v], ones[r][v], X(r, v, w + 2), X(r, v, w + 3));
+                CSA(foursA, twos[r][v], twos[r][v], twosA, twosB);
+                CSA(twosA, ones[r][v], ones[r][v], X(r, v, w + 4), X(r, v, w + 5));
+                CSA(twosB, ones[r][v], ones[r][v], X(r, v, w + 6), X(r, v, w + 7));
+                CSA(foursB, twos[r][v], twos[r][v], twosA, twosB);
+                CSA(eight, fours[r][v], fours[r][v], foursA, foursB);
+                eights[r][v] = _mm256_add_epi64(eights[r][v], popcount_lanes_avx2(eight));
+            }
+    }
+    /* Total = 8 * eights + 4 * popcount(fours) + 2 * popcount(twos) + popcount(ones) (+ the last words). */
+    __m256i h[MR][NV];
+    for (int r = 0; r < MR; r++)
+        for (int v = 0; v < NV; v++) {
+            __m256i t = _mm256_slli_epi64(eights[r][v], 3);
+            t = _mm256_add_epi64(t, _mm256_slli_epi64(popcount_lanes_avx2(fours[r][v]), 2));
+            t = _mm256_add_epi64(t, _mm256_slli_epi64(popcount_lanes_avx2(twos[r][v]), 1));
+            t = _mm256_add_epi64(t, popcount_lanes_avx2(ones[r][v]));
+            for (int64_t u = w; u < W; u++)
+                t = _mm256_add_epi64(t, popcount_lanes_avx2(X(r, v, u)));
+            h[r][v] = t;
+        }
+#undef X
+    for (int r = 0; r < rows; r++) {
+        float *dst = g->C + (i + r) * g->k + panel * NB;
+        for (int v = 0; v < NV && 4 * v < cols; v++) {
+            int64_t lane[4];
+            _mm256_storeu_si256((__m256i *)lane, h[r][v]);
+            for (int c = 0; c < 4 && 4 * v + c < cols; c++)
+                dst[4 * v + c] = (float)(g->n - 2 * lane[c]);
+        }
+    }
+}
+#undef CSA
+
+static const kernel_t KERNEL_AVX2 = {8, 1, tile_avx2, pack_row_avx2};
+#endif /* XNOR_X86 */
+
+#ifdef XNOR_NEON
+/* --- NEON: 4 rows x 4 columns (2 vectors of 2 lanes); byte counts widened every 31 words --------------- */
+
+static void tile_neon(const gemm_job *g, int64_t i, int64_t panel, const char *const *pf)
+{
+    enum { MR = 4, NV = 2, NB = 2 * NV, BYTE_STEPS = 31 }; /* 31 * 8 <= 255: byte counters cannot wrap */
+    const int64_t W = g->W;
+    const uint64_t *b = g->Bpan + panel * W * NB;
+    int rows = (int)MIN(MR, g->m - i), cols = (int)tile_cols(g, panel);
+    const uint64_t *a[MR];
+    for (int r = 0; r < MR; r++)
+        a[r] = g->A + (i + MIN(r, rows - 1)) * W;
+    uint64x2_t h[MR][NV];
+    for (int r = 0; r < MR; r++)
+        for (int v = 0; v < NV; v++)
+            h[r][v] = vdupq_n_u64(0);
+    for (int64_t w0 = 0; w0 < W; w0 += BYTE_STEPS) {
+        int64_t w1 = MIN(W, w0 + BYTE_STEPS);
+        uint8x16_t bytes[MR][NV];
+        for (int r = 0; r < MR; r++)
+            for (int v = 0; v < NV; v++)
+                bytes[r][v] = vdupq_n_u8(0);
+        for (int64_t w = w0; w < w1; w++) {
+            if (pf) {
+                __builtin_prefetch(pf[2 * w], 0, 3);
+                __builtin_prefetch(pf[2 * w + 1], 0, 3);
+            }
+            uint64x2_t bv[NV];
+            for (int v = 0; v < NV; v++)
+                bv[v] = vld1q_u64(b + w * NB + 2 * v);
+            for (int r = 0; r < MR; r++) {
+                uint64x2_t x = vld1q_dup_u64(a[r] + w);
+                for (int v = 0; v < NV; v++)
+                    bytes[r][v] = vaddq_u8(bytes[r][v], vcntq_u8(vreinterpretq_u8_u64(veorq_u64(x, bv[v]))));
+            }
+        }
+        for (int r = 0; r < MR; r++)
+            for (int v = 0; v < NV; v++)
+                h[r][v] = vpadalq_u32(h[r][v], vpaddlq_u16(vpaddlq_u8(bytes[r][v])));
+    }
+    for (int r = 0; r < rows; r++) {
+        float *dst = g->C + (i + r) * g->k + panel * NB;
+        for (int v = 0; v < NV; v++)
+            for (int c = 0; c < 2 && 2 * v + c < cols; c++)
+                dst[2 * v + c] = (float)(g->n - 2 * (int64_t)(c == 0 ? vgetq_lane_u64(h[r][v], 0)
+                                                                     : vgetq_lane_u64(h[r][v], 1)));
+    }
+}
+
+static const kernel_t KERNEL_NEON = {4, 4, tile_neon, pack_row_neon};
+#endif
+
+static const kernel_t *kernel_for(int path)
+{
+    switch (path) {
+#ifdef XNOR_X86
+    case PATH_AVX512:
+        return &KERNEL_AVX512;
+    case PATH_AVX2:
+        return &KERNEL_AVX2;
+#endif
+#ifdef XNOR_NEON
+    case PATH_NEON:
+        return &KERNEL_NEON;
+#endif
+    default:
+        return &KERNEL_PORTABLE;
+    }
+}
+
+/* ------------------------------------------------------------------------------------------------------ */
+/* Packing B column-wise: word group w (source rows 64w .. 64w + 63) of columns [c0, c1).                  */
+
+/* Transpose a 64 x 64 bit matrix in place: bit c of a[r] <-> bit r of a[c] (block swaps of 32, 16, ..., 1). */
+static void transpose64(uint64_t a[64])
+{
+    uint64_t mask = 0x00000000FFFFFFFFULL;
+    for (int j = 32; j != 0; j >>= 1, mask ^= mask << j)
+        for (int k = 0; k < 64; k = ((k | j) + 1) & ~j) {
+            uint64_t t = ((a[k] >> j) ^ a[k | j]) & mask;
+            a[k] ^= t << j;
+            a[k | j] ^= t;
+        }
+}
+
+/* Column words from row words: rows[r * stride + q] holds bits [64q, 64q + 64) of row r of a 64-row group;
+ * words[j] (j < cols) receives bit r = bit j of row r (rows past `nrows` count as 0). */
+static void rows_to_columns(const uint64_t *rows, int64_t stride, int nrows, int64_t cols, uint64_t *words)
+{
+    uint64_t block[64];
+    for (int64_t q = 0; 64 * q < cols; q++) {
+        for (int r = 0; r < 64; r++)
+            block[r] = r < nrows ? rows[r * stride + q] : 0;
+        transpose64(block);
+        memcpy(words + 64 * q, block, sizeof(uint64_t) * (size_t)MIN(64, cols - 64 * q));
+    }
+}
+
+/* Packs word group w (source rows 64w .. 64w + 63) of columns [c0, c1) of B (n x k) into words[0 .. c1 - c0):
+ * each source row is read once, in order (a sequential stream when c0 = 0 and c1 = k), packed like a row of A,
+ * and the 64 x 64 bit blocks are transposed.  scratch holds 64 * ceil((c1 - c0) / 64) words. */
+static void pack_word_group(const kernel_t *kern, const float *B, int64_t n, int64_t k, int64_t w, int64_t c0,
+                            int64_t c1, uint64_t *words, uint64_t *scratch)
+{
+    enum { AHEAD = 2 }; /* rows prefetched ahead: the pieces of a block are too short for the hardware prefetcher */
+    int rows = (int)MIN(64, n - 64 * w);
+    int64_t cols = c1 - c0, stride = (cols + 63) / 64;
+    for (int r = 0; r < rows; r++) {
+        if (r + AHEAD < rows)
+            for (int64_t off = 0; off < 4 * cols; off += 64)
+                __builtin_prefetch((const char *)(B + (64 * w + r + AHEAD) * k + c0) + off, 0, 3);
+        kern->pack_row(B + (64 * w + r) * k + c0, cols, scratch + r * stride);
+    }
+    rows_to_columns(scratch, stride, rows, cols, words);
+}
+
+/* ------------------------------------------------------------------------------------------------------ */
+/* The GEMM pipeline.                                                                                       */
+
+/* Columns of block `cb` of B, and the panels they cover. */
+INLINE int64_t block_first_panel(const gemm_job *g, int64_t cb)
+{
+    return cb == 0 ? 0 : MIN(g->panels, g->first_panels + (cb - 1) * g->block_panels);
+}
+
+INLINE int64_t block_end_panel(const gemm_job *g, int64_t cb)
+{
+    return MIN(g->panels, g->first_panels + cb * g->block_panels);
+}
+
+/* Columns [c0, c1) of block cb: c1 runs to the end of its last panel (columns past k are zero padding). */
+INLINE void block_columns(const gemm_job *g, int64_t cb, int64_t *c0, int64_t *c1)
+{
+    *c0 = block_first_panel(g, cb) * g->kern->nb;
+    *c1 = block_end_panel(g, cb) * g->kern->nb;
+}
+
+/* Fused call: words[j - c0] for columns [c0, c1) of word group s, into B's panels (zero past k). */
+static void store_word_group(const gemm_job *g, int64_t s, int64_t c0, int64_t c1, const uint64_t *words)
+{
+    const int nb = g->kern->nb;
+    for (int64_t j = c0; j < c1; j++)
+        g->Bpan[(j / nb) * g->W * nb + s * nb + j % nb] = j < g->k ? words[j - c0] : 0;
+}
+
+/* Packed call: panel p of B from the packed rows of B (transposed into [w][c], zero past k). */
+static void repack_panel(const gemm_job *g, int64_t p)
+{
+    const int nb = g->kern->nb;
+    const int64_t W = g->W;
+    uint64_t *dst = g->Bpan + p * W * nb;
+    for (int c = 0; c < nb; c++) {
+        int64_t j = p * nb + c;
+        const uint64_t *src = g->Bp + j * W;
+        for (int64_t w = 0; w < W; w++)
+            dst[w * nb + c] = j < g->k ? src[w] : 0;
+    }
+}
+
+/* Slice s of block cb, all at once (block 0, before any product).  Fused: word group s of the block's
+ * columns; packed: panel s of the block. */
+static void produce_slice(const gemm_job *g, int64_t cb, int64_t s, uint64_t *words, uint64_t *scratch)
+{
+    int64_t c0, c1;
+    block_columns(g, cb, &c0, &c1);
+    if (g->Bf) {
+        if (c0 < g->k)
+            pack_word_group(g->kern, g->Bf, g->n, g->k, s, c0, MIN(c1, g->k), words, scratch);
+        store_word_group(g, s, c0, c1, words);
+    } else if (block_first_panel(g, cb) + s < block_end_panel(g, cb)) {
+        repack_panel(g, block_first_panel(g, cb) + s);
+    }
+}
+
+/* The packing a task does between its micro tiles, in units of at most a few KiB, each unit's input prefetched
+ * one unit ahead (so the reads from memory overlap the popcount work):
+ *   A units   (fused, when the thread's next task is in block 0): the next task's rows of A, 1024 floats a unit;
+ *   B units   the slices of block cb + 1 this task owes: fused, one source row of a word group a unit (the
+ *             column-wise bits collect in the thread's scratch); packed, one panel a unit. */
+enum { A_UNIT = 1024 };
+
+typedef struct {
+    const gemm_job *g;
+    int64_t a0, a1, a_units;        /* rows of A [a0, a1), pieces of A_UNIT floats */
+    int64_t cb, s0, s1, b_units;    /* block cb, slices [s0, s1) */
+    int64_t c0, c1;                 /* that block's columns */
+    int64_t units, done;
+    uint64_t *words;                /* thread scratch: one word per block column */
+    uint64_t *scratch;              /* thread scratch: 64 rows x (block columns / 64) words */
+    int64_t pf_unit;                /* prefetch cursor: unit, */
+    const char *pf_base;            /* its input, */
+    int64_t pf_bytes, pf_offset;    /* its size and the next offset */
+    int64_t pf_used;                /* entries of the tile's prefetch list holding lines (the rest: idle) */
+} owed_t;
+
+INLINE int64_t a_pieces(const gemm_job *g)
+{
+    return (g->n + A_UNIT - 1) / A_UNIT;
+}
+
+INLINE int64_t slice_rows(const gemm_job *g, int64_t s)
+{
+    return MIN(64, g->n - 64 * s);
+}
+
+/* Unit u: the bytes it reads (for prefetching). */
+static void unit_source(const owed_t *o, int64_t u, const char **base, int64_t *bytes, int64_t *stride,
+                        int64_t *rows)
+{
+    const gemm_job *g = o->g;
+    *stride = 0;
+    *rows = 1;
+    if (u < o->a_units) {
+        int64_t r = o->a0 + u / a_pieces(g), piece = u % a_pieces(g);
+        *base = (const char *)(g->Af + r * g->n + piece * A_UNIT);
+        *bytes = 4 * MIN(A_UNIT, g->n - piece * A_UNIT);
+        return;
+    }
+    u -= o->a_units;
+    if (g->Bf) {
+        int64_t s = o->s0 + u / 64, i = u % 64;
+        *base = (const char *)(g->Bf + (64 * s + i) * g->k + o->c0);
+        *bytes = i < slice_rows(g, s) && o->c0 < g->k ? 4 * (MIN(o->c1, g->k) - o->c0) : 0;
+    } else {
+        int64_t j0 = o->c0 + (o->s0 + u) * g->kern->nb, j1 = MIN(g->k, j0 + g->kern->nb);
+        *base = (const char *)(g->Bp + j0 * g->W);
+        *bytes = j1 > j0 ? (j1 - j0) * g->W * 8 : 0;
+    }
+}
+
+enum { PREFETCH_UNITS = 2 }; /* how far the prefetching runs ahead of the packing */
+
+/* pf[0 .. W): the next cache lines of the units [done, done + PREFETCH_UNITS), then `idle` (a line always in
+ * cache).  The list starts all idle; only the entries used last time are rewritten, so a tile with little to
+ * prefetch pays little.  Returns pf, or NULL when there is nothing to prefetch. */
+static const char *const *fill_prefetch(owed_t *o, const char **pf, int64_t W, const char *idle)
+{
+    int64_t limit = MIN(o->units, o->done + PREFETCH_UNITS), w = 0, used = o->pf_used;
+    if (o->g->prefetch) {
+        if (o->pf_unit < o->done) {
+            o->pf_unit = o->done;
+            o->pf_base = NULL;
+        }
+        while (w < W && o->pf_unit < limit) {
+            if (!o->pf_base) {
+                int64_t stride, rows;
+                unit_source(o, o->pf_unit, &o->pf_base, &o->pf_bytes, &stride, &rows);
+                o->pf_offset = 0;
+            }
+            if (o->pf_offset >= o->pf_bytes) {
+                o->pf_unit++;
+                o->pf_base = NULL;
+                continue;
+            }
+            pf[w++] = o->pf_base + o->pf_offset;
+            o->pf_offset += 64;
+        }
+    }
+    o->pf_used = w;
+    for (int64_t i = w; i < used; i++)
+        pf[i] = idle;
+    return w > 0 ? pf : NULL;
+}
+
+static void do_unit(owed_t *o, int64_t u)
+{
+    const gemm_job *g = o->g;
+    if (u < o->a_units) {
+        int64_t r = o->a0 + u / a_pieces(g), piece = u % a_pieces(g);
+        g->kern->pack_row(g->Af + r * g->n + piece * A_UNIT, MIN(A_UNIT, g->n - piece * A_UNIT),
+                          g->Aws + r * g->W + piece * (A_UNIT / 64));
+        return;
+    }
+    u -= o->a_units;
+    if (!g->Bf) {
+        int64_t p = block_first_panel(g, o->cb) + o->s0 + u;
+        if (p < block_end_panel(g, o->cb))
+            repack_panel(g, p);
+        return;
+    }
+    int64_t s = o->s0 + u / 64, i = u % 64, cols = MIN(o->c1, g->k) - o->c0, stride = (cols + 63) / 64;
+    if (i < slice_rows(g, s) && cols > 0)
+        g->kern->pack_row(g->Bf + (64 * s + i) * g->k + o->c0, cols, o->scratch + i * stride);
+    if (i == 63) {
+        if (cols > 0)
+            rows_to_columns(o->scratch, stride, (int)slice_rows(g, s), cols, o->words);
+        store_word_group(g, s, o->c0, o->c1, o->words);
+    }
+}
+
+/* Do units until `target` are done, prefetching one ahead. */
+INLINE void owed_until(owed_t *o, int64_t target)
+{
+    for (; o->done < target; o->done++)
+        do_unit(o, o->done);
+}
+
+/* Slices of block cb + 1 owed by the task of row group rg: spread over all but the last two row groups, so
+ * that the last tasks of a block, which other threads may be waiting behind, owe nothing. */
+INLINE void owed_slices(const gemm_job *g, int64_t rg, int64_t *s0, int64_t *s1)
+{
+    int64_t owners = g->row_groups > 2 ? g->row_groups - 2 : g->row_groups;
+    *s0 = rg < owners ? rg * g->slices / owners : g->slices;
+    *s1 = rg < owners ? (rg + 1) * g->slices / owners : g->slices;
+}
+
+static void rows_of_group(const gemm_job *g, int64_t rg, int64_t *r0, int64_t *r1)
+{
+    *r0 = rg * g->task_rows;
+    *r1 = MIN(g->m, *r0 + g->task_rows);
+}
+
+static void run_task(gemm_job *g, int64_t t, int64_t next, uint64_t *words, uint64_t *scratch, const char **pf)
+{
+    int64_t cb = t / g->row_groups, rg = t % g->row_groups, r0, r1;
+    rows_of_group(g, rg, &r0, &r1);
+    /* 1. this task's rows of A, unless the previous task of this thread packed them already */
+    if (g->overlap && g->Af && cb == 0 && !__atomic_load_n(&g->rows_ready[rg], __ATOMIC_ACQUIRE)) {
+        for (int64_t r = r0; r < r1; r++)
+            g->kern->pack_row(g->Af + r * g->n, g->n, g->Aws + r * g->W);
+        __atomic_store_n(&g->rows_ready[rg], 1, __ATOMIC_RELEASE);
+    }
+    /* 2. what it needs from earlier tasks */
+    wait_for(&g->slices_done[cb], g->slices);
+    if (g->Af)
+        wait_for(&g->rows_ready[rg], 1);
+    /* 3. the packing it owes to later tasks, done between its micro tiles */
+    owed_t o;
+    memset(&o, 0, sizeof(o));
+    o.g = g;
+    o.words = words;
+    o.scratch = scratch;
+    if (g->overlap && g->Af && next < g->ntasks && next / g->row_groups == 0) {
+        rows_of_group(g, next % g->row_groups, &o.a0, &o.a1);
+        o.a_units = (o.a1 - o.a0) * a_pieces(g);
+    }
+    if (cb + 1 < g->blocks) {
+        o.cb = cb + 1;
+        owed_slices(g, rg, &o.s0, &o.s1);
+        block_columns(g, cb + 1, &o.c0, &o.c1);
+        o.b_units = (o.s1 - o.s0) * (g->Bf ? 64 : 1);
+    }
+    o.units = o.a_units + o.b_units;
+    for (int64_t w = 0; w < 2 * g->W; w++)
+        pf[w] = (const char *)words;
+    /* 4. the products */
+    const kernel_t *kern = g->kern;
+    int64_t p0 = block_first_panel(g, cb), p1 = block_end_panel(g, cb);
+    int64_t tiles = (p1 - p0) * ((r1 - r0 + kern->mr - 1) / kern->mr), tile = 0;
+    for (int64_t p = p0; p < p1; p++)
+        for (int64_t i = r0; i < r1; i += kern->mr) {
+            kern->tile(g, i, p, fill_prefetch(&o, pf, 2 * g->W, (const char *)words));
+            owed_until(&o, o.units * ++tile / tiles);
+        }
+    owed_until(&o, o.units);
+    if (o.a_units)
+        __atomic_store_n(&g->rows_ready[next % g->row_groups], 1, __ATOMIC_RELEASE);
+    if (o.s1 > o.s0)
+        __atomic_fetch_add(&g->slices_done[cb + 1], o.s1 - o.s0, __ATOMIC_RELEASE);
+}
+
+static void *gemm_worker(void *arg)
+{
+    gemm_job *g = (gemm_job *)arg;
+    int64_t cols = MAX(g->block_panels, g->first_panels) * g->kern->nb;
+    int64_t slot = __atomic_fetch_add(&g->next_slot, 1, __ATOMIC_RELAXED);
+    uint64_t *words = g->thread_words + slot * (2 * cols + 64 + 2 * g->W);
+    uint64_t *scratch = words + cols;
+    const char **pf = (const char **)(scratch + cols + 64);
+    for (int64_t s; (s = __atomic_fetch_add(&g->next_slice0, 1, __ATOMIC_RELAXED)) < g->slices;) {
+        produce_slice(g, 0, s, words, scratch);
+        __atomic_fetch_add(&g->slices_done[0], 1, __ATOMIC_RELEASE);
+    }
+    if (g->Af && !g->overlap) /* all rows of A too, before any product */
+        for (int64_t rg; (rg = __atomic_fetch_add(&g->next_rows0, 1, __ATOMIC_RELAXED)) < g->row_groups;) {
+            int64_t r0, r1;
+            rows_of_group(g, rg, &r0, &r1);
+            for (int64_t r = r0; r < r1; r++)
+                g->kern->pack_row(g->Af + r * g->n, g->n, g->Aws + r * g->W);
+            __atomic_store_n(&g->rows_ready[rg], 1, __ATOMIC_RELEASE);
+        }
+    int64_t t = __atomic_fetch_add(&g->next_task, 1, __ATOMIC_RELAXED);
+    while (t < g->ntasks) {
+        int64_t next = __atomic_fetch_add(&g->next_task, 1, __ATOMIC_RELAXED);
+        run_task(g, t, next, words, scratch, pf);
+        t = next;
+    }
+    return NULL;
+}
+
+static void *aligned_buffer(size_t bytes)
+{
+    return aligned_alloc(64, (bytes + 63) / 64 * 64 + 64);
+}
+
+/* Workspaces of 2 MiB and more on transparent huge pages where the kernel offers them (fewer TLB misses for the
+ * panels and the packed rows; NumPy does the same for its large arrays). */
+static void *workspace_buffer(size_t bytes)
+{
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    const size_t huge = (size_t)2 << 20;
+    if (bytes >= huge) {
+        size_t rounded = (bytes + huge - 1) / huge * huge;
+        void *p = aligned_alloc(huge, rounded);
+        if (p)
+            madvise(p, rounded, MADV_HUGEPAGE); /* advice only: failure changes nothing */
+        return p;
+    }
+#endif
+    return aligned_buffer(bytes);
+}
+
+/* A workspace kept between calls (up to WORKSPACE_KEEP bytes), so a call does not pay the page faults of fresh
+ * memory; a concurrent call, or a bigger one, gets its own allocation. */
+#define WORKSPACE_KEEP ((size_t)256 << 20)
+static pthread_mutex_t workspace_lock = PTHREAD_MUTEX_INITIALIZER;
+static char *workspace;
+static size_t workspace_bytes;
+
+static char *workspace_acquire(size_t bytes, int *cached)
+{
+    *cached = 0;
+    if (bytes <= WORKSPACE_KEEP && pthread_mutex_trylock(&workspace_lock) == 0) {
+        if (workspace_bytes < bytes) {
+            free(workspace);
+            workspace = workspace_buffer(bytes);
+            workspace_bytes = workspace ? bytes : 0;
+        }
+        if (workspace) {
+            *cached = 1;
+            return workspace;
+        }
+        pthread_mutex_unlock(&workspace_lock);
+    }
+    return workspace_buffer(bytes);
+}
+
+static void workspace_release(char *ws, int cached)
+{
+    if (cached)
+        pthread_mutex_unlock(&workspace_lock);
+    else
+        free(ws);
+}
+
+/* Shared driver of the fused (floats in) and packed (words in) GEMMs. */
+static int run_gemm(const float *Af, const float *Bf, const uint64_t *Ap, const uint64_t *Bp, int64_t m,
+                    int64_t n, int64_t k, float *C, int threads, int path)
+{
+    int p = resolve_path(path);
+    if (p < 0)
+        return p == -1 ? ERR_PATH_UNAVAILABLE : ERR_BAD_PATH;
+    const tuning_t *tune = get_tuning();
+    const kernel_t *kern = kernel_for(p);
+    gemm_job g;
+    memset(&g, 0, sizeof(g));
+    g.kern = kern;
+    g.Af = Af;
+    g.Bf = Bf;
+    g.Bp = Bp;
+    g.C = C;
+    g.m = m;
+    g.n = n;
+    g.k = k;
+    g.W = (n + 63) / 64;
+    g.prefetch = tune->prefetch;
+    g.overlap = tune->overlap;
+    g.task_rows = MAX(kern->mr, tune->task_rows / kern->mr * kern->mr);
+    g.row_groups = (m + g.task_rows - 1) / g.task_rows;
+    g.panels = (k + kern->nb - 1) / kern->nb;
+    int64_t block_bytes = (int64_t)(tune->l2_bytes * tune->block_share);
+    g.block_panels = MAX(1, block_bytes / (g.W * 8 * kern->nb));
+    g.first_panels = g.overlap ? MIN(g.panels, MAX(1, (int64_t)((double)g.panels * tune->first_block + 0.5)))
+                               : g.panels;
+    g.blocks = 1 + (g.panels - g.first_panels + g.block_panels - 1) / g.block_panels;
+    g.slices = Bf ? g.W : g.block_panels;
+    g.ntasks = g.row_groups * g.blocks;
+
+    /* One workspace: B's panels, A's packed rows (fused call), the flags. */
+    size_t bpan_bytes = ((size_t)(g.panels * g.W * kern->nb) * sizeof(uint64_t) + 63) / 64 * 64;
+    size_t aws_bytes = Af ? ((size_t)(m * g.W) * sizeof(uint64_t) + 63) / 64 * 64 : 0;
+    size_t flag_bytes = (size_t)(g.row_groups + g.blocks) * sizeof(int64_t);
+    int nthreads = thread_count(threads, (double)m * k * g.W, MIN_GEMM_WORK, MAX(g.ntasks, 1));
+    int64_t scratch_words = 2 * MAX(g.block_panels, g.first_panels) * kern->nb + 64 + 2 * g.W;
+    size_t scratch_bytes = (size_t)nthreads * (size_t)scratch_words * sizeof(uint64_t);
+    int cached;
+    char *ws = workspace_acquire(bpan_bytes + aws_bytes + flag_bytes + scratch_bytes, &cached);
+    if (!ws)
+        return ERR_MEMORY;
+    g.Bpan = (uint64_t *)ws;
+    g.Aws = Af ? (uint64_t *)(ws + bpan_bytes) : NULL;
+    g.rows_ready = (int64_t *)(ws + bpan_bytes + aws_bytes);
+    g.slices_done = g.rows_ready + g.row_groups;
+    g.thread_words = (uint64_t *)(ws + bpan_bytes + aws_bytes + flag_bytes);
+    memset(g.rows_ready, 0, flag_bytes);
+    g.A = Af ? g.Aws : Ap;
+    run_workers(nthreads, gemm_worker, &g);
+    workspace_release(ws, cached);
+    return OK;
+}
+
+/* C (m x k, float32) from Ap (m x W) and Bp (k x W), W = ceil(n / 64), padding bits zero. */
+EXPORT int xnor_gemm_packed(const uint64_t *Ap, const uint64_t *Bp, int64_t m, int64_t k, int64_t n, float *C,
+                            int threads, int path)
+{
+    return run_gemm(NULL, NULL, Ap, Bp, m, n, k, C, threads, path);
+}
+
+/* C = sign(A) . sign(B) from float32 A (m x n) and B (n x k), the packing fused into the GEMM. */
+EXPORT int xnor_gemm_f32(const float *A, const float *B, int64_t m, int64_t n, int64_t k, float *C, int threads,
+                         int path)
+{
+    return run_gemm(A, B, NULL, NULL, m, n, k, C, threads, path);
+}
+
+/* ------------------------------------------------------------------------------------------------------ */
+/* Public packing (row-major packed outputs).                                                              */
+
+typedef struct {
+    const kernel_t *kern;
     const float *src;
-    int64_t rows, cols, words;
+    int64_t rows, cols, words, chunks;
     uint64_t *dst;
-    int path;
 } pack_ctx;
 
-enum { PACK_ROWS_PER_TASK = 16, PACK_COLS_CHUNK = 1024 };
+enum { PACK_ROWS_PER_TASK = 16 };
 
-/* Task t packs rows [16t, 16t + 16) of a (rows x cols) matrix into (rows x words). */
 static void pack_rows_task(const void *vctx, int64_t t)
 {
     const pack_ctx *c = (const pack_ctx *)vctx;
-    int64_t end = (t + 1) * PACK_ROWS_PER_TASK < c->rows ? (t + 1) * PACK_ROWS_PER_TASK : c->rows;
-    for (int64_t r = t * PACK_ROWS_PER_TASK; r < end; r++) {
-        const float *row = c->src + r * c->cols;
-        for (int64_t w = 0; w < c->words; w++) {
-            int64_t left = c->cols - 64 * w;
-            int count = left >= 64 ? 64 : (int)left;
-            c->dst[r * c->words + w] = c->path == PATH_AVX512 ? pack_word_avx512(row + 64 * w, count)
-                                                              : pack_word_portable(row + 64 * w, count);
-        }
-    }
+    int64_t end = MIN(c->rows, (t + 1) * PACK_ROWS_PER_TASK);
+    for (int64_t r = t * PACK_ROWS_PER_TASK; r < end; r++)
+        c->kern->pack_row(c->src + r * c->cols, c->cols, c->dst + r * c->words);
 }
 
-/* Column packing, portable: columns [j0, j1) of a (rows x cols) matrix, word group w (source rows 64w..). */
-static void pack_cols_block_portable(const pack_ctx *c, int64_t w, int64_t j0, int64_t j1, uint64_t *acc)
-{
-    int64_t rows = c->rows - 64 * w < 64 ? c->rows - 64 * w : 64;
-    memset(acc, 0, sizeof(uint64_t) * (size_t)(j1 - j0));
-    for (int64_t r = 0; r < rows; r++) {
-        const float *row = c->src + (64 * w + r) * c->cols;
-        for (int64_t j = j0; j < j1; j++)
-            acc[j - j0] |= (uint64_t)(row[j] >= 0.0f) << r;
-    }
-}
+/* Task t: word group t / chunks of the column chunk t % chunks (chunks of PACK_COLS_CHUNK columns, so the
+ * scratch stays in L2); B is (rows = n) x (cols = k). */
+enum { PACK_COLS_CHUNK = 16384 };
 
-/* Same with AVX-512, 64 columns (four cache lines of each source row) at a time: the comparison mask of 16
- * columns sets bit r of their 16 words, held in 8 registers while the 64 source rows stream past. */
-AVX512 INLINE __mmask16 valid16(int64_t left)
-{
-    return left >= 16 ? (__mmask16)0xFFFF : left <= 0 ? (__mmask16)0 : (__mmask16)((1u << left) - 1);
-}
-
-AVX512 static void pack_cols_block_avx512(const pack_ctx *c, int64_t w, int64_t j0, int64_t j1, uint64_t *acc)
-{
-    int64_t rows = c->rows - 64 * w < 64 ? c->rows - 64 * w : 64;
-    const __m512 zero = _mm512_setzero_ps();
-    for (int64_t j = j0; j < j1; j += 64) {
-        __mmask16 valid[4];
-        __m512i word[8];
-        for (int q = 0; q < 4; q++)
-            valid[q] = valid16(j1 - j - 16 * q);
-        for (int q = 0; q < 8; q++)
-            word[q] = _mm512_setzero_si512();
-        for (int64_t r = 0; r < rows; r++) {
-            const float *src = c->src + (64 * w + r) * c->cols + j;
-            const __m512i bit_r = _mm512_set1_epi64((long long)(1ULL << r));
-            for (int q = 0; q < 4; q++) {
-                __mmask16 bits = _mm512_mask_cmp_ps_mask(valid[q], _mm512_maskz_loadu_ps(valid[q], src + 16 * q),
-                                                         zero, _CMP_GE_OQ);
-                word[2 * q] = _mm512_mask_or_epi64(word[2 * q], (__mmask8)(bits & 0xFF), word[2 * q], bit_r);
-                word[2 * q + 1] = _mm512_mask_or_epi64(word[2 * q + 1], (__mmask8)(bits >> 8), word[2 * q + 1], bit_r);
-            }
-        }
-        for (int q = 0; q < 4; q++) {
-            _mm512_mask_storeu_epi64(acc + (j - j0) + 16 * q, (__mmask8)(valid[q] & 0xFF), word[2 * q]);
-            _mm512_mask_storeu_epi64(acc + (j - j0) + 16 * q + 8, (__mmask8)(valid[q] >> 8), word[2 * q + 1]);
-        }
-    }
-}
-
-/* Task t packs word group t (source rows 64t .. 64t + 63) of all columns of B (rows = n, cols = k) into
- * Bt packed (k x words), reading whole source rows in order (strided column reads are slow from DRAM). */
 static void pack_cols_task(const void *vctx, int64_t t)
 {
     const pack_ctx *c = (const pack_ctx *)vctx;
-    uint64_t acc[PACK_COLS_CHUNK];
-    for (int64_t j0 = 0; j0 < c->cols; j0 += PACK_COLS_CHUNK) {
-        int64_t j1 = j0 + PACK_COLS_CHUNK < c->cols ? j0 + PACK_COLS_CHUNK : c->cols;
-        if (c->path == PATH_AVX512)
-            pack_cols_block_avx512(c, t, j0, j1, acc);
-        else
-            pack_cols_block_portable(c, t, j0, j1, acc);
+    int64_t w = t / c->chunks, j0 = (t % c->chunks) * PACK_COLS_CHUNK, j1 = MIN(c->cols, j0 + PACK_COLS_CHUNK);
+    uint64_t *words = malloc(sizeof(uint64_t) * (size_t)(j1 - j0));
+    uint64_t *scratch = malloc(sizeof(uint64_t) * (size_t)((j1 - j0) + 64));
+    if (!words || !scratch) { /* small chunks on the stack instead of failing */
+        enum { SMALL = 512 };
+        uint64_t wbuf[SMALL], sbuf[SMALL + 64];
+        for (int64_t a = j0; a < j1; a += SMALL) {
+            int64_t b = MIN(j1, a + SMALL);
+            pack_word_group(c->kern, c->src, c->rows, c->cols, w, a, b, wbuf, sbuf);
+            for (int64_t j = a; j < b; j++)
+                c->dst[j * c->words + w] = wbuf[j - a];
+        }
+    } else {
+        pack_word_group(c->kern, c->src, c->rows, c->cols, w, j0, j1, words, scratch);
         for (int64_t j = j0; j < j1; j++)
-            c->dst[j * c->words + t] = acc[j - j0];
+            c->dst[j * c->words + w] = words[j - j0];
     }
+    free(words);
+    free(scratch);
 }
 
 /* Pack the rows of A (m x n) into out (m x ceil(n/64)). */
 EXPORT int xnor_pack_rows(const float *A, int64_t m, int64_t n, uint64_t *out, int threads, int path)
 {
-    pack_ctx c = {A, m, n, (n + 63) / 64, out, resolve_path(path)};
-    if (c.path < 0)
-        return c.path == -1 ? ERR_PATH_UNAVAILABLE : ERR_BAD_PATH;
+    int p = resolve_path(path);
+    if (p < 0)
+        return p == -1 ? ERR_PATH_UNAVAILABLE : ERR_BAD_PATH;
+    pack_ctx c = {kernel_for(p), A, m, n, (n + 63) / 64, 0, out};
     return parallel_for(threads, (m + PACK_ROWS_PER_TASK - 1) / PACK_ROWS_PER_TASK, pack_rows_task, &c,
                         (double)m * n, MIN_PACK_WORK);
 }
@@ -247,185 +1201,114 @@ EXPORT int xnor_pack_rows(const float *A, int64_t m, int64_t n, uint64_t *out, i
 /* Pack the columns of B (n x k) into out (k x ceil(n/64)), i.e. the rows of B transposed. */
 EXPORT int xnor_pack_cols(const float *B, int64_t n, int64_t k, uint64_t *out, int threads, int path)
 {
-    pack_ctx c = {B, n, k, (n + 63) / 64, out, resolve_path(path)};
-    if (c.path < 0)
-        return c.path == -1 ? ERR_PATH_UNAVAILABLE : ERR_BAD_PATH;
-    return parallel_for(threads, (n + 63) / 64, pack_cols_task, &c,
-                        (double)n * k, MIN_PACK_WORK);
-}
-
-/* ------------------------------------------------------------------------------------------------------ */
-/* XNOR-popcount GEMM.  Ap (m x words), Bp (k x words): C[i, j] = n - 2 popcount(Ap[i] ^ Bp[j]).          */
-
-typedef struct {
-    const uint64_t *A, *B;
-    int64_t m, k, words, n;
-    float *C;
-    int64_t row_tiles, col_block; /* tasks = row_tiles x ceil(k / col_block) */
-} gemm_ctx;
-
-enum { ROWS_PER_TASK = 32 };
-
-/* --- portable path ------------------------------------------------------------------------------------ */
-
-/* One output element; target_clones builds a POPCNT-instruction copy and a generic one (chosen at load). */
-__attribute__((target_clones("popcnt", "default"))) static void
-gemm_tile_portable(const gemm_ctx *c, int64_t i0, int64_t i1, int64_t j0, int64_t j1)
-{
-    const int64_t W = c->words;
-    for (int64_t i = i0; i < i1; i++) {
-        const uint64_t *a = c->A + i * W;
-        for (int64_t j = j0; j < j1; j++) {
-            const uint64_t *b = c->B + j * W;
-            int64_t mismatches = 0;
-            for (int64_t w = 0; w < W; w++)
-                mismatches += __builtin_popcountll(a[w] ^ b[w]);
-            c->C[i * c->k + j] = (float)(c->n - 2 * mismatches);
-        }
-    }
-}
-
-/* --- AVX-512 path -------------------------------------------------------------------------------------- */
-
-AVX512 INLINE __mmask8 tail_mask(int64_t W)
-{
-    return (__mmask8)((1u << (W % 8)) - 1);
-}
-
-/* Sum of the 8 lanes of each of 8 accumulators: returns [sum(v0), ..., sum(v7)] (transpose-and-add). */
-AVX512 INLINE __m512i reduce8(__m512i v0, __m512i v1, __m512i v2, __m512i v3, __m512i v4, __m512i v5,
-                              __m512i v6, __m512i v7)
-{
-    /* Within each 128-bit lane: [a0+a1, b0+b1] etc. */
-    __m512i p01 = _mm512_add_epi64(_mm512_unpacklo_epi64(v0, v1), _mm512_unpackhi_epi64(v0, v1));
-    __m512i p23 = _mm512_add_epi64(_mm512_unpacklo_epi64(v2, v3), _mm512_unpackhi_epi64(v2, v3));
-    __m512i p45 = _mm512_add_epi64(_mm512_unpacklo_epi64(v4, v5), _mm512_unpackhi_epi64(v4, v5));
-    __m512i p67 = _mm512_add_epi64(_mm512_unpacklo_epi64(v6, v7), _mm512_unpackhi_epi64(v6, v7));
-    /* Add 128-bit lanes pairwise: lanes (0+1, 2+3) of the first operand, then of the second. */
-    __m512i q0 = _mm512_add_epi64(_mm512_shuffle_i64x2(p01, p23, 0x88), _mm512_shuffle_i64x2(p01, p23, 0xDD));
-    __m512i q1 = _mm512_add_epi64(_mm512_shuffle_i64x2(p45, p67, 0x88), _mm512_shuffle_i64x2(p45, p67, 0xDD));
-    /* q0 lanes: [v0v1 words 0-3, v0v1 words 4-7, v2v3 0-3, v2v3 4-7]; the same step once more finishes. */
-    return _mm512_add_epi64(_mm512_shuffle_i64x2(q0, q1, 0x88), _mm512_shuffle_i64x2(q0, q1, 0xDD));
-}
-
-/* Store n - 2h for 8 sums h = [row r: 4 columns, row r+1: 4 columns]. */
-AVX512 INLINE void store_pair(const gemm_ctx *c, __m512i h, int64_t i, int64_t j)
-{
-    __m256i h32 = _mm512_cvtepi64_epi32(h);
-    __m256i val = _mm256_sub_epi32(_mm256_set1_epi32((int)c->n), _mm256_add_epi32(h32, h32));
-    __m256 f = _mm256_cvtepi32_ps(val);
-    _mm_storeu_ps(c->C + i * c->k + j, _mm256_castps256_ps128(f));
-    _mm_storeu_ps(c->C + (i + 1) * c->k + j, _mm256_extractf128_ps(f, 1));
-}
-
-/* 4 rows x 4 columns of C, 16 accumulators of 8 x uint64 mismatch counts. */
-AVX512 static void micro_4x4(const gemm_ctx *c, int64_t i, int64_t j)
-{
-    const int64_t W = c->words;
-    const uint64_t *a0 = c->A + i * W, *a1 = a0 + W, *a2 = a1 + W, *a3 = a2 + W;
-    const uint64_t *b0 = c->B + j * W, *b1 = b0 + W, *b2 = b1 + W, *b3 = b2 + W;
-    __m512i s00 = _mm512_setzero_si512(), s01 = s00, s02 = s00, s03 = s00, s10 = s00, s11 = s00, s12 = s00,
-            s13 = s00, s20 = s00, s21 = s00, s22 = s00, s23 = s00, s30 = s00, s31 = s00, s32 = s00, s33 = s00;
-#define XPOP(x, y) _mm512_popcnt_epi64(_mm512_xor_si512(x, y))
-#define STEP(LOAD)                                                                                          \
-    do {                                                                                                    \
-        __m512i A0 = LOAD(a0), A1 = LOAD(a1), A2 = LOAD(a2), A3 = LOAD(a3);                                 \
-        __m512i B = LOAD(b0);                                                                               \
-        s00 = _mm512_add_epi64(s00, XPOP(A0, B)); s10 = _mm512_add_epi64(s10, XPOP(A1, B));                 \
-        s20 = _mm512_add_epi64(s20, XPOP(A2, B)); s30 = _mm512_add_epi64(s30, XPOP(A3, B));                 \
-        B = LOAD(b1);                                                                                       \
-        s01 = _mm512_add_epi64(s01, XPOP(A0, B)); s11 = _mm512_add_epi64(s11, XPOP(A1, B));                 \
-        s21 = _mm512_add_epi64(s21, XPOP(A2, B)); s31 = _mm512_add_epi64(s31, XPOP(A3, B));                 \
-        B = LOAD(b2);                                                                                       \
-        s02 = _mm512_add_epi64(s02, XPOP(A0, B)); s12 = _mm512_add_epi64(s12, XPOP(A1, B));                 \
-        s22 = _mm512_add_epi64(s22, XPOP(A2, B)); s32 = _mm512_add_epi64(s32, XPOP(A3, B));                 \
-        B = LOAD(b3);                                                                                       \
-        s03 = _mm512_add_epi64(s03, XPOP(A0, B)); s13 = _mm512_add_epi64(s13, XPOP(A1, B));                 \
-        s23 = _mm512_add_epi64(s23, XPOP(A2, B)); s33 = _mm512_add_epi64(s33, XPOP(A3, B));                 \
-    } while (0)
-    int64_t w = 0;
-#define FULL(p) _mm512_loadu_si512((const void *)((p) + w))
-    for (; w + 8 <= W; w += 8)
-        STEP(FULL);
-#define TAIL(p) _mm512_maskz_loadu_epi64(tail, (const void *)((p) + w))
-    if (w < W) {
-        __mmask8 tail = tail_mask(W);
-        STEP(TAIL);
-    }
-#undef FULL
-#undef TAIL
-#undef STEP
-    store_pair(c, reduce8(s00, s01, s02, s03, s10, s11, s12, s13), i, j);
-    store_pair(c, reduce8(s20, s21, s22, s23, s30, s31, s32, s33), i + 2, j);
-}
-
-/* One element of C (edges of the tile grid). */
-AVX512 static void micro_1x1(const gemm_ctx *c, int64_t i, int64_t j)
-{
-    const int64_t W = c->words;
-    const uint64_t *a = c->A + i * W, *b = c->B + j * W;
-    __m512i s = _mm512_setzero_si512();
-    int64_t w = 0;
-    for (; w + 8 <= W; w += 8)
-        s = _mm512_add_epi64(s, XPOP(_mm512_loadu_si512((const void *)(a + w)),
-                                     _mm512_loadu_si512((const void *)(b + w))));
-    if (w < W) {
-        __mmask8 tail = tail_mask(W);
-        s = _mm512_add_epi64(s, XPOP(_mm512_maskz_loadu_epi64(tail, a + w), _mm512_maskz_loadu_epi64(tail, b + w)));
-    }
-#undef XPOP
-    c->C[i * c->k + j] = (float)(c->n - 2 * _mm512_reduce_add_epi64(s));
-}
-
-AVX512 static void gemm_tile_avx512(const gemm_ctx *c, int64_t i0, int64_t i1, int64_t j0, int64_t j1)
-{
-    int64_t i_end4 = i0 + (i1 - i0) / 4 * 4, j_end4 = j0 + (j1 - j0) / 4 * 4;
-    /* Four B rows stay in L1 while the 32 A rows of the task (also in L1 or L2) stream past them. */
-    for (int64_t j = j0; j < j_end4; j += 4)
-        for (int64_t i = i0; i < i_end4; i += 4)
-            micro_4x4(c, i, j);
-    for (int64_t i = i_end4; i < i1; i++)
-        for (int64_t j = j0; j < j1; j++)
-            micro_1x1(c, i, j);
-    for (int64_t i = i0; i < i_end4; i++)
-        for (int64_t j = j_end4; j < j1; j++)
-            micro_1x1(c, i, j);
-}
-
-/* Task t covers rows [i0, i1) and columns [j0, j1) of C: row tiles vary fastest. */
-static void run_gemm_task(const gemm_ctx *c, int64_t t,
-                          void (*tile)(const gemm_ctx *, int64_t, int64_t, int64_t, int64_t))
-{
-    int64_t rt = t % c->row_tiles, ct = t / c->row_tiles;
-    int64_t i0 = rt * ROWS_PER_TASK, i1 = i0 + ROWS_PER_TASK < c->m ? i0 + ROWS_PER_TASK : c->m;
-    int64_t j0 = ct * c->col_block, j1 = j0 + c->col_block < c->k ? j0 + c->col_block : c->k;
-    tile(c, i0, i1, j0, j1);
-}
-
-static void gemm_task_avx512(const void *vctx, int64_t t)
-{
-    run_gemm_task((const gemm_ctx *)vctx, t, gemm_tile_avx512);
-}
-
-static void gemm_task_portable(const void *vctx, int64_t t)
-{
-    run_gemm_task((const gemm_ctx *)vctx, t, gemm_tile_portable);
-}
-
-/* C (m x k, float32) from Ap (m x words) and Bp (k x words), words = ceil(n / 64), padding bits zero. */
-EXPORT int xnor_gemm_packed(const uint64_t *Ap, const uint64_t *Bp, int64_t m, int64_t k, int64_t n, float *C,
-                            int threads, int path)
-{
     int p = resolve_path(path);
     if (p < 0)
         return p == -1 ? ERR_PATH_UNAVAILABLE : ERR_BAD_PATH;
-    gemm_ctx c = {Ap, Bp, m, k, (n + 63) / 64, n, C, (m + ROWS_PER_TASK - 1) / ROWS_PER_TASK, 0};
-    /* Column blocks of B sized to about 256 KiB of packed rows (in L2), a multiple of 4 columns. */
-    int64_t cols = (256 * 1024) / (c.words * 8 > 0 ? c.words * 8 : 1);
-    c.col_block = cols < 4 ? 4 : cols / 4 * 4;
-    int64_t ntasks = c.row_tiles * ((k + c.col_block - 1) / c.col_block);
-    return parallel_for(threads, ntasks, p == PATH_AVX512 ? gemm_task_avx512 : gemm_task_portable, &c,
-                        (double)m * k * c.words, MIN_GEMM_WORK);
+    pack_ctx c = {kernel_for(p), B, n, k, (n + 63) / 64, (k + PACK_COLS_CHUNK - 1) / PACK_COLS_CHUNK, out};
+    return parallel_for(threads, c.words * c.chunks, pack_cols_task, &c, (double)n * k, MIN_PACK_WORK);
+}
+
+/* ------------------------------------------------------------------------------------------------------ */
+/* Instruction throughput measured on this CPU (the limits the benchmark compares against).                */
+
+#ifdef XNOR_X86
+/* CPU time of the calling thread: the rate of a core while it runs, even when other processes share it. */
+static double now_seconds(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+/* 12 independent instructions per round, rounds per call; returns instructions (or products) per second. */
+#define R12(S) S(0) S(1) S(2) S(3) S(4) S(5) S(6) S(7) S(8) S(9) S(10) S(11)
+#define POPQ(k) "vpopcntq %%zmm" #k ", %%zmm" #k "\n\t"
+#define ADDQ(k) "vpaddq %%zmm31, %%zmm" #k ", %%zmm" #k "\n\t"
+#define ADDY(k) "vpaddq %%ymm15, %%ymm" #k ", %%ymm" #k "\n\t"
+#define MIX(k) "vpxorq %%zmm30, %%zmm2" #k ", %%zmm1" #k "\n\tvpopcntq %%zmm1" #k ", %%zmm1" #k "\n\t" \
+               "vpaddq %%zmm1" #k ", %%zmm" #k ", %%zmm" #k "\n\t"
+#define ZMM_CLOBBERS "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", \
+    "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "xmm16", "xmm17", "xmm18", "xmm19", "xmm20", "xmm21",    \
+    "xmm22", "xmm23", "xmm24", "xmm25", "xmm26", "xmm27", "xmm28", "xmm29", "xmm30", "xmm31"
+
+AVX512 static void loop_popcnt(int64_t rounds)
+{
+    for (int64_t i = 0; i < rounds; i++)
+        __asm__ volatile(R12(POPQ)::: ZMM_CLOBBERS);
+}
+
+AVX512 static void loop_mix(int64_t rounds)
+{
+    for (int64_t i = 0; i < rounds; i++)
+        __asm__ volatile(MIX(0) MIX(1) MIX(2) MIX(3) MIX(4) MIX(5) MIX(6) MIX(7) MIX(8) MIX(9)::: ZMM_CLOBBERS);
+}
+
+AVX512 static void loop_add512(int64_t rounds)
+{
+    for (int64_t i = 0; i < rounds; i++)
+        __asm__ volatile(R12(ADDQ)::: ZMM_CLOBBERS);
+}
+
+AVX2 static void loop_add256(int64_t rounds)
+{
+    for (int64_t i = 0; i < rounds; i++)
+        __asm__ volatile(ADDY(0) ADDY(1) ADDY(2) ADDY(3) ADDY(4) ADDY(5) ADDY(6) ADDY(7) ADDY(8) ADDY(9)
+                         ADDY(10) ADDY(11)::: "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7",
+                         "xmm8", "xmm9", "xmm10", "xmm11", "xmm15");
+}
+
+typedef struct {
+    int which;
+    double seconds;
+    double rate_sum;
+    pthread_mutex_t lock;
+} rate_job;
+
+static void *rate_worker(void *arg)
+{
+    rate_job *job = (rate_job *)arg;
+    static void (*const loops[])(int64_t) = {loop_popcnt, loop_mix, loop_add512, loop_add256};
+    static const double per_round[] = {12, 10, 12, 12};
+    int64_t rounds = 1 << 16;
+    double start = now_seconds(), elapsed;
+    loops[job->which](rounds); /* warm up (clock ramp, AVX-512 license) */
+    do {
+        start = now_seconds();
+        loops[job->which](rounds);
+        elapsed = now_seconds() - start;
+        rounds *= 2;
+    } while (elapsed < job->seconds);
+    pthread_mutex_lock(&job->lock);
+    job->rate_sum += per_round[job->which] * (double)(rounds / 2) / elapsed;
+    pthread_mutex_unlock(&job->lock);
+    return NULL;
+}
+#endif
+
+/* Instructions per second of thread CPU time, summed over `threads` threads running the same register-only loop
+ * at once:
+ * which = 0: vpopcntq zmm; 1: 512-bit products as xor + vpopcntq + vpaddq; 2: vpaddq zmm; 3: vpaddq ymm.
+ * Returns 0 on success, ERR_PATH_UNAVAILABLE when the CPU lacks the instructions. */
+EXPORT int xnor_measure_rate(int which, int threads, double seconds, double *rate)
+{
+    *rate = 0.0;
+#ifdef XNOR_X86
+    if (which < 0 || which > 3)
+        return ERR_BAD_PATH;
+    if ((which < 3 && !x86_has_avx512()) || (which == 3 && !x86_has_avx2()))
+        return ERR_PATH_UNAVAILABLE;
+    if (threads < 1)
+        return ERR_THREADS;
+    rate_job job = {which, seconds, 0.0, PTHREAD_MUTEX_INITIALIZER};
+    run_workers(threads, rate_worker, &job);
+    *rate = job.rate_sum;
+    return OK;
+#else
+    (void)which;
+    (void)threads;
+    (void)seconds;
+    return ERR_PATH_UNAVAILABLE;
+#endif
 }
 
 /* ------------------------------------------------------------------------------------------------------ */

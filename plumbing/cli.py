@@ -13,12 +13,15 @@ METHODS = OrderedDict([
     ("bc-det", ("binaryconnect", "BinaryConnect with deterministic binary weights [BC]")),
     ("bc-stoch", ("binaryconnect", "BinaryConnect with stochastic binary weights [BC]")),
     ("float", ("binaryconnect", "the BinaryConnect network without binarization (the 'no regularizer' row)")),
+    ("binarynet-torch7", ("binarynet-torch7", "the BNN paper's own Torch7 algorithm: stochastic activations, "
+                                              "shift-based batch norm and AdaMax (docs/torch7.md)")),
 ])
 SEED_MAX = 2 ** 32 - 1  # numpy.random.seed accepts 0 .. 2**32 - 1
 
 
 def family(method):
-    """'binarynet' or 'binaryconnect': which original script a method's network, data and loop come from."""
+    """'binarynet', 'binaryconnect' or 'binarynet-torch7': which original code a method's network, data and loop
+    come from."""
     return METHODS[method][0]
 
 

@@ -5,13 +5,12 @@ integer pre-activation. Inputs are multiples of 1/64 so that every float32 sum i
 all products agree to the bit whatever the summation order.
 """
 import os
-import struct
 
 import numpy as np
 import pytest
 
-import compat  # noqa: F401  (before anything imports theano)
 import binary_inference as bi
+from plumbing import cli
 
 WIDTHS = (784, 96, 80, 64, 10)  # hidden widths not multiples of 64: exercises the padding bits
 
@@ -239,7 +238,7 @@ def test_bad_model_files_give_one_line_errors(tmp_path, model):
     arrays = [a for block in blocks for a in block.arrays()]
     cases = {
         "missing": (str(tmp_path / "nope.npz"), "does not exist"),
-        "text": (_write(tmp_path / "text.npz", b"not a zip file"), "not a readable .npz"),
+        "text": (_write(tmp_path / "text.npz", b"not a zip file"), "is not a .npz file"),
         "count": (None, "6 arrays per"), "keys": (None, "6 arrays per"), "shape": (None, "W has shape"),
         "vector": (None, "gamma has shape"), "nan": (None, "not a finite"), "one": (None, "at least 2"),
     }
@@ -263,31 +262,21 @@ def test_bad_packed_file_and_cli_error_line(tmp_path, model, capsys):
     with pytest.raises(bi.InferenceError, match="not a packed BinaryNet model"):
         bi.run_packed(model["path"], model["X"])
     bad = _write(tmp_path / "bad.npz", b"\x00" * 10)
-    assert bi.main(["--model", bad]) == 1
+    assert cli.main_guard(bi.main, ["--model", bad]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
-    assert bi.main(["--model", model["path"], "--kernels", "fast"]) == 1
+    assert cli.main_guard(bi.main, ["--model", model["path"], "--kernels", "fast"]) == 2
     assert "unknown kernel" in capsys.readouterr().err
 
 
 # -------------------------------------------------------------------------------------------------------- CLI (f)
 
-def _write_idx(path, array, magic):
-    header = struct.pack(">i", magic) + b"".join(struct.pack(">i", d) for d in array.shape)
-    _write(path, header + array.astype(np.uint8).tobytes())
-
-
-def test_cli_on_a_tiny_mnist_folder(tmp_path, model, capsys):
-    rng = np.random.RandomState(5)
-    pixels = rng.randint(0, 256, (100, 28, 28))
+def test_cli_on_a_tiny_mnist_folder(tmp_path, model, write_mnist, capsys):
     test_pixels = (np.round((model["X"][:60].reshape(-1, 28, 28) + 1) * 127.5)).astype(np.uint8)
-    X = test_pixels.reshape(60, -1).astype(np.float32) / 255.0 * 2 - 1  # what load_mnist('binarynet') returns
+    X = test_pixels.reshape(60, -1).astype(np.float32) / 255.0 * 2 - 1  # what load_mnist('pm1') returns
     labels = reference_predictions(model["blocks"], X)
     labels[:6] = (labels[:6] + 1) % 10  # 10 % error
-    _write_idx(tmp_path / "train-images-idx3-ubyte", pixels, 2051)
-    _write_idx(tmp_path / "train-labels-idx1-ubyte", rng.randint(0, 10, 100), 2049)
-    _write_idx(tmp_path / "t10k-images-idx3-ubyte", test_pixels, 2051)
-    _write_idx(tmp_path / "t10k-labels-idx1-ubyte", labels, 2049)
+    write_mnist(str(tmp_path), n_train=100, gz=False, test_images=test_pixels, test_labels=labels)
     export = str(tmp_path / "cli.packed.npz")
     code = bi.main(["--model", model["path"], "--data-dir", str(tmp_path), "--kernels", "blas,xnor",
                     "--export", export])

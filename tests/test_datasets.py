@@ -1,46 +1,21 @@
-"""Readers, splits and preprocessing of datasets.py on tiny files written here in the official formats."""
+"""Readers and splits of plumbing/datasets.py on tiny files written in the official formats (tests/conftest.py)."""
 import gzip
 import hashlib
-import io
 import os
-import pickle
 import struct
-import subprocess
-import sys
-import tarfile
 
 import numpy as np
 import pytest
 import scipy.io
 
-import datasets
-from datasets import DataError
+from plumbing import cli, datasets
+from plumbing.errors import DataError
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import error_lines
 
 
 # --------------------------------------------------------------------------- MNIST / IDX
-def idx_bytes(array):
-    """IDX encoding written from the format description: big-endian int32 magic and dims, then uint8 data."""
-    magic = 2051 if array.ndim == 3 else 2049
-    return struct.pack(">" + "i" * (1 + array.ndim), magic, *array.shape) + array.astype(np.uint8).tobytes()
-
-
-def write_mnist(folder, n_train, n_test, gz=True, seed=0):
-    rng = np.random.RandomState(seed)
-    arrays = {"train-images-idx3-ubyte": rng.randint(0, 256, (n_train, 28, 28), dtype=np.uint8),
-              "train-labels-idx1-ubyte": rng.randint(0, 10, n_train, dtype=np.uint8),
-              "t10k-images-idx3-ubyte": rng.randint(0, 256, (n_test, 28, 28), dtype=np.uint8),
-              "t10k-labels-idx1-ubyte": rng.randint(0, 10, n_test, dtype=np.uint8)}
-    os.makedirs(folder, exist_ok=True)
-    for name, array in arrays.items():
-        raw = idx_bytes(array)
-        with open(os.path.join(folder, name + (".gz" if gz else "")), "wb") as f:
-            f.write(gzip.compress(raw) if gz else raw)
-    return arrays
-
-
-def test_read_idx_plain_and_gzip(tmp_path):
+def test_read_idx_plain_and_gzip(tmp_path, idx_bytes):
     images = np.arange(2 * 28 * 28).reshape(2, 28, 28) % 256
     labels = np.array([3, 7, 0], np.uint8)
     (tmp_path / "im").write_bytes(idx_bytes(images))
@@ -58,80 +33,79 @@ def test_read_idx_plain_and_gzip(tmp_path):
     (lambda raw: raw[:6], "truncated"),
     (lambda raw: raw + b"\0", "after the data"),
 ])
-def test_read_idx_rejects_damaged_files(tmp_path, damage, message):
+def test_read_idx_rejects_damaged_files(tmp_path, idx_bytes, damage, message):
     path = tmp_path / "bad"
     path.write_bytes(damage(idx_bytes(np.zeros((2, 28, 28)))))
     with pytest.raises(DataError, match=message):
         datasets.read_idx(str(path))
 
 
-def test_read_idx_rejects_truncated_gzip(tmp_path):
+def test_read_idx_rejects_truncated_gzip(tmp_path, idx_bytes):
     path = tmp_path / "bad.gz"
     path.write_bytes(gzip.compress(idx_bytes(np.zeros((2, 28, 28))))[:-20])
     with pytest.raises(DataError, match="damaged gzip"):
         datasets.read_idx(str(path))
 
 
-def test_load_mnist_binarynet_split_and_scaling(tmp_path):
+def test_load_mnist_pm1_split_and_scaling(tmp_path, write_mnist):
     arrays = write_mnist(str(tmp_path), n_train=60, n_test=12)
-    data = datasets.load_mnist("binarynet", data_dir=str(tmp_path))
-    x = arrays["train-images-idx3-ubyte"].astype(np.float64)
+    data = datasets.load_mnist("pm1", data_dir=str(tmp_path))
+    x = arrays["train_images"].astype(np.float64)
     expected = 2 * (x / 255) - 1
     for key in ("X_train", "X_val", "X_test", "y_train", "y_val", "y_test"):
         assert data[key].dtype == np.float32, key
     assert data["X_train"].shape == (50, 1, 28, 28) and data["X_val"].shape == (10, 1, 28, 28)
     np.testing.assert_allclose(data["X_train"][:, 0], expected[:50], atol=1e-6, rtol=0)
     np.testing.assert_allclose(data["X_val"][:, 0], expected[50:], atol=1e-6, rtol=0)
-    t = arrays["t10k-images-idx3-ubyte"].astype(np.float64)
+    t = arrays["test_images"].astype(np.float64)
     np.testing.assert_allclose(data["X_test"][:, 0], 2 * (t / 255) - 1, atol=1e-6, rtol=0)
-    labels = arrays["train-labels-idx1-ubyte"]
+    labels = arrays["train_labels"]
     np.testing.assert_array_equal(data["y_val"], 2 * np.eye(10)[labels[50:]] - 1)
-    np.testing.assert_array_equal(data["y_test"], 2 * np.eye(10)[arrays["t10k-labels-idx1-ubyte"]] - 1)
+    np.testing.assert_array_equal(data["y_test"], 2 * np.eye(10)[arrays["test_labels"]] - 1)
 
 
-@pytest.mark.parametrize("method", ["bc-det", "bc-stoch", "float"])
-def test_load_mnist_bc_centering_quirk(tmp_path, method):
+def test_load_mnist_center_quirk(tmp_path, write_mnist):
     arrays = write_mnist(str(tmp_path / "mnist"), n_train=30, n_test=8, gz=False)
-    data = datasets.load_mnist(method, data_dir=str(tmp_path))  # found in the mnist/ subfolder
-    x = arrays["train-images-idx3-ubyte"] / 255.0
+    data = datasets.load_mnist("center", data_dir=str(tmp_path))  # found in the mnist/ subfolder
+    x = arrays["train_images"] / 255.0
     centred = x - x.mean(axis=0)  # mean over all training-file rows, train and validation alike
     np.testing.assert_allclose(data["X_train"][:, 0], centred[:25], atol=1e-6, rtol=0)
     np.testing.assert_allclose(data["X_val"][:, 0], centred[25:], atol=1e-6, rtol=0)
-    t = arrays["t10k-images-idx3-ubyte"] / 255.0
+    t = arrays["test_images"] / 255.0
     np.testing.assert_allclose(data["X_test"][:, 0], t - t.mean(axis=0), atol=1e-6, rtol=0)  # its own mean
 
 
-def test_load_mnist_official_size_split(tmp_path):
+def test_load_mnist_official_size_split(tmp_path, write_mnist):
     """60000 training rows: train = rows 0-49999, validation = rows 50000-59999 (spec §3.1)."""
     arrays = write_mnist(str(tmp_path), n_train=60000, n_test=3, gz=False)
-    data = datasets.load_mnist("binarynet", data_dir=str(tmp_path))
+    data = datasets.load_mnist("pm1", data_dir=str(tmp_path))
     assert data["X_train"].shape == (50000, 1, 28, 28) and data["X_val"].shape == (10000, 1, 28, 28)
-    x = arrays["train-images-idx3-ubyte"].astype(np.float64)
+    x = arrays["train_images"].astype(np.float64)
     np.testing.assert_allclose(data["X_val"][0, 0], 2 * x[50000] / 255.0 - 1, atol=1e-6, rtol=0)
     np.testing.assert_allclose(data["X_train"][-1, 0], 2 * x[49999] / 255.0 - 1, atol=1e-6, rtol=0)
 
 
 def test_mnist_missing_files_name_folder_and_files(tmp_path):
     with pytest.raises(DataError) as info:
-        datasets.load_mnist("binarynet", data_dir=str(tmp_path))
+        datasets.load_mnist("pm1", data_dir=str(tmp_path))
     message = str(info.value)
     assert str(tmp_path) in message and "t10k-labels-idx1-ubyte" in message and "\n" not in message
 
 
-def test_mnist_unofficial_files_are_read_with_a_note(tmp_path, capsys):
+def test_mnist_unofficial_files_are_read_with_a_note(tmp_path, write_mnist, capsys):
     write_mnist(str(tmp_path), n_train=12, n_test=2)
-    datasets.mnist_files(str(tmp_path))
+    datasets.load_mnist("pm1", str(tmp_path))
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "differ from the official MNIST" in err
+    assert err.count("\n") == 1 and "unknown data in MNIST's format" in err
 
 
-def test_mnist_bad_method_and_mismatched_files(tmp_path):
+def test_mnist_bad_transform_and_mismatched_files(tmp_path, write_mnist, idx_bytes):
     arrays = write_mnist(str(tmp_path), n_train=12, n_test=2, gz=False)
-    with pytest.raises(DataError, match="unknown MNIST method 'bnn'"):
+    with pytest.raises(DataError, match="unknown MNIST transform 'bnn'; use one of pm1, center"):
         datasets.load_mnist("bnn", data_dir=str(tmp_path))
     (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(idx_bytes(np.zeros(3)))
     with pytest.raises(DataError, match="3 labels for 2 images"):
-        datasets.load_mnist("binarynet", data_dir=str(tmp_path))
+        datasets.load_mnist("pm1", data_dir=str(tmp_path))
     assert arrays  # files were written
 
 
@@ -146,43 +120,19 @@ def test_one_hot_pm1():
 
 
 # --------------------------------------------------------------------------- CIFAR-10
-def cifar_batches(rows=3, seed=0):
-    rng = np.random.RandomState(seed)
-    names = ["data_batch_{}".format(i) for i in range(1, 6)] + ["test_batch"]
-    batches = {n: {b"data": rng.randint(0, 256, (rows, 3072)).astype(np.uint8),
-                   b"labels": [int(v) for v in rng.randint(0, 10, rows)]} for n in names}
-    # a hand-built first training image: R plane 10, G plane 20, B plane 30, G pixel (row 1, col 2) = 99
+def hand_made_batches(cifar10_batches):
+    """Three images per batch; the first training image is R plane 10, G plane 20, B plane 30, G (1, 2) = 99."""
+    batches = cifar10_batches(rows=3)
     image = np.repeat(np.array([10, 20, 30], np.uint8), 1024)
     image[1024 + 1 * 32 + 2] = 99
     batches["data_batch_1"][b"data"][0] = image
     return batches
 
 
-def write_cifar(folder, batches, tarball=True):
-    """Pickle protocol 2, dict with bytes keys, like the Python 2 originals."""
-    blobs = {n: pickle.dumps(b, protocol=2) for n, b in batches.items()}
-    blobs["batches.meta"] = pickle.dumps({b"label_names": [b"airplane"]}, protocol=2)
-    os.makedirs(folder, exist_ok=True)
-    if tarball:
-        path = os.path.join(folder, "cifar-10-python.tar.gz")
-        with tarfile.open(path, "w:gz") as tar:
-            for name, blob in blobs.items():
-                info = tarfile.TarInfo("cifar-10-batches-py/" + name)
-                info.size = len(blob)
-                tar.addfile(info, io.BytesIO(blob))
-        return path, blobs
-    path = os.path.join(folder, "cifar-10-batches-py")
-    os.makedirs(path)
-    for name, blob in blobs.items():
-        with open(os.path.join(path, name), "wb") as f:
-            f.write(blob)
-    return path, blobs
-
-
 @pytest.mark.parametrize("tarball", [True, False])
-def test_load_cifar10_raw(tmp_path, tarball):
-    batches = cifar_batches()
-    write_cifar(str(tmp_path), batches, tarball)
+def test_load_cifar10_raw(tmp_path, tarball, cifar10_batches, write_cifar10):
+    batches = hand_made_batches(cifar10_batches)
+    write_cifar10(str(tmp_path), batches, tarball)
     x_train, y_train, x_test, y_test = datasets.load_cifar10_raw(str(tmp_path))
     assert x_train.dtype == np.uint8 and x_train.shape == (15, 3, 32, 32) and x_test.shape == (3, 3, 32, 32)
     assert y_train.dtype == np.int64 and y_test.dtype == np.int64
@@ -196,12 +146,12 @@ def test_load_cifar10_raw(tmp_path, tarball):
     np.testing.assert_array_equal(y_test, batches["test_batch"][b"labels"])
 
 
-def test_cifar10_md5_note_for_user_folder_error_for_download_cache(tmp_path, capsys, monkeypatch):
-    write_cifar(str(tmp_path / "user"), cifar_batches())
+def test_cifar10_md5_note_for_user_folder_error_for_download_cache(tmp_path, capsys, monkeypatch, write_cifar10):
+    write_cifar10(str(tmp_path / "user"), rows=3)
     datasets.load_cifar10_raw(str(tmp_path / "user"))
-    assert "differ from the official CIFAR-10" in capsys.readouterr().err
+    assert "unknown data in CIFAR-10's python format" in capsys.readouterr().err
 
-    _, blobs = write_cifar(str(tmp_path / "cache" / "cifar10"), cifar_batches())
+    blobs = write_cifar10(str(tmp_path / "cache" / "cifar10"), rows=3).blobs
     monkeypatch.setattr(datasets, "DEFAULT_DATA_DIR", str(tmp_path / "cache"))
     with pytest.raises(DataError, match="differ from the official CIFAR-10"):
         datasets.load_cifar10_raw(download=False)
@@ -210,10 +160,10 @@ def test_cifar10_md5_note_for_user_folder_error_for_download_cache(tmp_path, cap
     assert x_train.shape == (15, 3, 32, 32)
 
 
-def test_cifar10_missing_truncated_and_hostile_files(tmp_path):
+def test_cifar10_missing_truncated_and_hostile_files(tmp_path, cifar10_batches, write_cifar10):
     with pytest.raises(DataError, match="CIFAR-10 not found in"):
         datasets.load_cifar10_raw(str(tmp_path))
-    path, _ = write_cifar(str(tmp_path / "cut"), cifar_batches())
+    path = write_cifar10(str(tmp_path / "cut"), rows=3).path
     with open(path, "rb") as f:
         raw = f.read()
     with open(path, "wb") as f:
@@ -224,33 +174,20 @@ def test_cifar10_missing_truncated_and_hostile_files(tmp_path):
     class Hostile:
         def __reduce__(self):
             return (os.system, ("touch " + str(tmp_path / "pwned"),))
-    batches = cifar_batches()
+    batches = cifar10_batches(rows=3)
     batches["data_batch_2"][b"labels"] = Hostile()
-    write_cifar(str(tmp_path / "evil"), batches)
+    write_cifar10(str(tmp_path / "evil"), batches)
     with pytest.raises(DataError, match="data_batch_2 cannot be read"):
         datasets.load_cifar10_raw(str(tmp_path / "evil"))
     assert not (tmp_path / "pwned").exists()
 
 
 # --------------------------------------------------------------------------- SVHN
-def write_svhn(folder, counts, seed=0):
-    """Official layout: X uint8 (32, 32, 3, N), y uint8 (N, 1) in 1..10 (10 = digit 0). counts: name -> per label."""
-    rng = np.random.RandomState(seed)
-    os.makedirs(folder, exist_ok=True)
-    written = {}
-    for name, per_label in counts.items():
-        y = rng.permutation(np.repeat(np.arange(1, 11), per_label)).astype(np.uint8).reshape(-1, 1)
-        x = rng.randint(0, 256, (32, 32, 3, y.shape[0])).astype(np.uint8)
-        scipy.io.savemat(os.path.join(folder, name + "_32x32.mat"), {"X": x, "y": y})
-        written[name] = (x, y.ravel())
-    return written
-
-
 def image_key(chw):
     return chw.tobytes()
 
 
-def test_svhn_orientation_and_labels(tmp_path):
+def test_svhn_orientation_and_labels(tmp_path, write_svhn):
     written = write_svhn(str(tmp_path), {"train": 2, "test": 2})
     x, y = written["test"]
     x[:, :, :, 0] = 0
@@ -268,7 +205,7 @@ def test_svhn_orientation_and_labels(tmp_path):
     assert all(lookup[image_key(img)] == label for img, label in zip(xt, yt))
 
 
-def test_svhn_split_balanced_disjoint_and_complete(tmp_path):
+def test_svhn_split_balanced_disjoint_and_complete(tmp_path, write_svhn):
     written = write_svhn(str(tmp_path / "SVHN" / "format2"), {"train": 5, "extra": 4, "test": 1})
     sets = datasets.load_svhn_raw(str(tmp_path), valid_per_class_train=2, valid_per_class_extra=1)
     (xv, yv), (xtr, ytr) = sets["valid"], sets["train"]
@@ -289,7 +226,7 @@ def test_svhn_split_balanced_disjoint_and_complete(tmp_path):
     np.testing.assert_array_equal(np.bincount(from_extra, minlength=10), [1] * 10)
 
 
-def test_svhn_split_follows_the_pylearn2_rule(tmp_path):
+def test_svhn_split_follows_the_pylearn2_rule(tmp_path, write_svhn):
     """Reference written from spec §3.3 on indices: one RandomState(322); per label 1..10 shuffle that label's
     indices and keep the first k (train, then extra); then permute each set with the rng continuing."""
     written = write_svhn(str(tmp_path), {"train": 4, "extra": 3, "test": 2})
@@ -321,7 +258,7 @@ def test_svhn_split_follows_the_pylearn2_rule(tmp_path):
         np.testing.assert_array_equal(again[name][0], sets[name][0])
 
 
-def test_svhn_errors(tmp_path):
+def test_svhn_errors(tmp_path, write_svhn):
     write_svhn(str(tmp_path), {"train": 3, "test": 1})
     with pytest.raises(DataError, match="extra_32x32.mat.*--no-extra"):
         datasets.load_svhn_raw(str(tmp_path))
@@ -333,12 +270,20 @@ def test_svhn_errors(tmp_path):
 
 
 # --------------------------------------------------------------------------- command line
-def test_command_line(tmp_path):
+def test_command_line_prints_the_shapes_or_one_error_line(tmp_path, write_mnist, capsys):
     write_mnist(str(tmp_path), n_train=12, n_test=2)
-    ok = subprocess.run([sys.executable, "datasets.py", "mnist", "--data-dir", str(tmp_path)], cwd=REPO,
-                        capture_output=True, text=True, timeout=60)
+    assert cli.main_guard(datasets.main, ["mnist", "--data-dir", str(tmp_path)]) == 0
+    assert "X_train: (10, 1, 28, 28)" in capsys.readouterr().out
+    assert cli.main_guard(datasets.main, ["cifar10", "--data-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: CIFAR-10 not found") and err.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_module_command_line(tmp_path, write_mnist, run_command):
+    write_mnist(str(tmp_path), n_train=12, n_test=2)
+    ok = run_command(["-m", "plumbing.datasets", "mnist", "--data-dir", str(tmp_path)], timeout=60)
     assert ok.returncode == 0 and "X_train: (10, 1, 28, 28)" in ok.stdout
-    bad = subprocess.run([sys.executable, "datasets.py", "cifar10", "--data-dir", str(tmp_path)], cwd=REPO,
-                         capture_output=True, text=True, timeout=60)
-    assert bad.returncode == 1 and bad.stderr.startswith("error: CIFAR-10 not found")
-    assert bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
+    bad = run_command(["-m", "plumbing.datasets", "cifar10", "--data-dir", str(tmp_path)], timeout=60)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: CIFAR-10 not found")
+    assert len(error_lines(bad.stderr)) == 1 and "Traceback" not in bad.stderr

@@ -1,4 +1,6 @@
-"""download_file against a local HTTP server on 127.0.0.1 (started here, stopped after each test)."""
+"""plumbing.datasets.download_file against a local HTTP server on 127.0.0.1 (started here, stopped after each
+test), and the MNIST download into the default folder."""
+import gzip
 import hashlib
 import os
 import socket
@@ -8,8 +10,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
-import datasets
-from datasets import DataError, download_file
+from plumbing import datasets
+from plumbing.datasets import download_file
+from plumbing.errors import DataError
 
 PAYLOAD = np.random.RandomState(0).randint(0, 256, size=200000).astype(np.uint8).tobytes()
 MD5 = hashlib.md5(PAYLOAD).hexdigest()
@@ -174,21 +177,11 @@ def test_progress_goes_to_stderr(server, tmp_path, capsys):
     assert "0.2 / 0.2 MB (100%)" in captured.err and captured.err.endswith("\n")
 
 
-def _gz_idx(header_ints, data):
-    import gzip
-    import struct
-    return gzip.compress(struct.pack(">" + "i" * len(header_ints), *header_ints) + bytes(data))
-
-
-def test_mnist_download_into_default_dir(server, tmp_path, monkeypatch):
+def test_mnist_download_into_default_dir(server, tmp_path, monkeypatch, write_mnist):
     """data_dir=None: missing files are fetched from the mirrors (first one failing) with MD5 checks."""
-    rng = np.random.RandomState(1)
-    images = {n: rng.randint(0, 256, size=(n, 28, 28)).astype(np.uint8) for n in (12, 6)}
-    labels = {n: rng.randint(0, 10, size=n).astype(np.uint8) for n in (12, 6)}
-    blobs = {"train-images-idx3-ubyte.gz": _gz_idx([2051, 12, 28, 28], images[12].tobytes()),
-             "train-labels-idx1-ubyte.gz": _gz_idx([2049, 12], labels[12].tobytes()),
-             "t10k-images-idx3-ubyte.gz": _gz_idx([2051, 6, 28, 28], images[6].tobytes()),
-             "t10k-labels-idx1-ubyte.gz": _gz_idx([2049, 6], labels[6].tobytes())}
+    arrays = write_mnist(str(tmp_path / "served"), n_train=12, n_test=6)
+    blobs = {name: (tmp_path / "served" / name).read_bytes() for name in os.listdir(tmp_path / "served")}
+    assert gzip.decompress(blobs["t10k-images-idx3-ubyte.gz"])[:8] == bytes([0, 0, 8, 3, 0, 0, 0, 6])
     server.files.update(blobs)
     monkeypatch.setattr(datasets, "DEFAULT_DATA_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(datasets, "MNIST_MIRRORS", [server.base + "/error/", server.base + "/ok/"])
@@ -198,11 +191,11 @@ def test_mnist_download_into_default_dir(server, tmp_path, monkeypatch):
 
     with pytest.raises(DataError, match="downloading is off"):
         datasets.mnist_files(download=False)
-    data = datasets.load_mnist("binarynet")
+    data = datasets.load_mnist("pm1")
     assert (tmp_path / "cache" / "mnist" / "t10k-labels-idx1-ubyte.gz").read_bytes() == blobs[
         "t10k-labels-idx1-ubyte.gz"]
-    np.testing.assert_allclose(data["X_test"][:, 0], images[6] / 255.0 * 2 - 1, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(data["X_test"][:, 0], arrays["test_images"] / 255.0 * 2 - 1, rtol=0, atol=1e-6)
     assert data["X_val"].shape == (2, 1, 28, 28)
     n_requests = len(server.log)
-    datasets.load_mnist("float")  # now cached: no more requests
+    datasets.load_mnist("center")  # now cached: no more requests
     assert len(server.log) == n_requests == 8

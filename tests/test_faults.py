@@ -1,11 +1,9 @@
 """Fault injection on the run folder (plumbing/runfiles.py): a kill at every write step of an epoch, then
 --resume, ends with the files of an uninterrupted run; two runs on one folder; full and read-only disks;
 foreign and damaged files. Each case ends in the correct result or one line and a non-zero exit."""
-import gzip
 import json
 import os
 import signal
-import struct
 import subprocess
 import sys
 import time
@@ -14,6 +12,7 @@ import numpy as np
 import pytest
 
 from plumbing import runfiles
+from conftest import write_mnist_files
 from test_bad_inputs import without_permission_override
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -23,18 +22,8 @@ VOLATILE = {"seconds", "command"}  # wall-clock time and the command line differ
 pytestmark = pytest.mark.slow
 
 
-def write_idx(path, array, magic):
-    with gzip.open(path, "wb") as f:
-        f.write(struct.pack(">ii", magic, len(array)) + b"".join(struct.pack(">i", d) for d in array.shape[1:]))
-        f.write(array.astype(np.uint8).tobytes())
-
-
 def make_mnist(folder, seed):
-    rng = np.random.RandomState(seed)
-    os.makedirs(folder, exist_ok=True)
-    for prefix, n in (("train", 300), ("t10k", 60)):
-        write_idx(os.path.join(folder, prefix + "-images-idx3-ubyte.gz"), rng.randint(0, 256, (n, 28, 28)), 2051)
-        write_idx(os.path.join(folder, prefix + "-labels-idx1-ubyte.gz"), rng.randint(0, 10, n), 2049)
+    write_mnist_files(folder, n_train=300, n_test=60, seed=seed)
     return folder
 
 

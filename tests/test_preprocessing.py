@@ -1,16 +1,13 @@
-"""Tests of preprocessing.py against independent references (direct NumPy/SciPy formulas, hand cases)."""
-import io
+"""plumbing/preprocessing.py against independent references (direct NumPy/SciPy formulas, hand cases)."""
 import json
 import os
-import pickle
-import tarfile
 
 import numpy as np
 import pytest
-import scipy.io
 import scipy.signal
 
-import preprocessing as pp
+from plumbing import cli, datasets
+from plumbing import preprocessing as pp
 
 
 @pytest.fixture
@@ -213,7 +210,8 @@ def test_lcn_in_place_float32(small_chunks):
     (lambda: pp.global_contrast_normalize(np.zeros(4)), 'one image per row'),
     (lambda: pp.global_contrast_normalize(np.zeros((2, 4)), out=np.zeros((2, 5))), 'same shape'),
     (lambda: pp.zca_apply(np.zeros((2, 4)), np.zeros(3), np.eye(3)), 'same image size'),
-    (lambda: pp.cifar10_data('adam'), 'unknown method'),
+    (lambda: pp.cifar10_data('adam'), "unknown transform 'adam'; use one of pm1, gcn-zca"),
+    (lambda: pp.svhn_data('gcn-zca'), "unknown transform 'gcn-zca'; use one of pm1, gcn-lcn"),
 ])
 def test_bad_input_raises_one_line_error(call, fragment):
     with pytest.raises(pp.PreprocessingError) as info:
@@ -315,26 +313,6 @@ def test_temporary_directory_of_a_dead_process_is_removed(tmp_path):
 # The two data sets, on tiny files in the official formats (read through datasets.py)
 # ---------------------------------------------------------------------------------------------------------
 
-def write_cifar_tarball(folder, n_per_batch=4, n_test=6, seed=11):
-    """cifar-10-python.tar.gz with five training batches and a test batch of pickled dicts (spec §3.2)."""
-    rng = np.random.RandomState(seed)
-    images, labels = {}, {}
-    names = ['data_batch_%d' % i for i in range(1, 6)] + ['test_batch']
-    os.makedirs(folder, exist_ok=True)
-    with tarfile.open(os.path.join(folder, 'cifar-10-python.tar.gz'), 'w:gz') as tar:
-        for name in names:
-            n = n_test if name == 'test_batch' else n_per_batch
-            images[name] = rng.randint(0, 256, size=(n, 3072)).astype(np.uint8)
-            labels[name] = [int(v) for v in rng.randint(0, 10, size=n)]
-            payload = pickle.dumps({b'data': images[name], b'labels': labels[name]}, protocol=2)
-            info = tarfile.TarInfo('cifar-10-batches-py/' + name)
-            info.size = len(payload)
-            tar.addfile(info, io.BytesIO(payload))
-    X_train = np.concatenate([images[n] for n in names[:5]]).astype(np.float64)
-    y_train = np.concatenate([labels[n] for n in names[:5]])
-    return X_train, y_train, images['test_batch'].astype(np.float64), np.array(labels['test_batch'])
-
-
 def pm1(labels):
     targets = -np.ones((len(labels), 10), np.float32)
     targets[np.arange(len(labels)), labels] = 1
@@ -356,10 +334,11 @@ def zca_reference_via_svd(train_rows, test_rows, bias=0.1):
     return train, test
 
 
-def test_cifar10_data_bc_pipeline_on_tiny_tarball(tmp_path, monkeypatch):
+def test_cifar10_data_gcn_zca_pipeline_on_tiny_tarball(tmp_path, monkeypatch, write_cifar10, cifar10_arrays):
     raw_dir, cache_dir = str(tmp_path / 'raw'), str(tmp_path / 'cache')
-    X_train_raw, y_train, X_test_raw, y_test = write_cifar_tarball(raw_dir)
-    data = pp.cifar10_data('bc-det', data_dir=raw_dir, cache_dir=cache_dir, download=False)
+    files = write_cifar10(raw_dir, rows=4, test_rows=6, seed=11)
+    X_train_raw, y_train, X_test_raw, y_test = cifar10_arrays(files.batches)
+    data = pp.cifar10_data('gcn-zca', data_dir=raw_dir, cache_dir=cache_dir, download=False)
 
     # split: the last tenth of the 20 training rows validates (rows 45000-49999 of the real set)
     assert data['X_train'].shape == (18, 3, 32, 32) and data['X_val'].shape == (2, 3, 32, 32)
@@ -377,7 +356,7 @@ def test_cifar10_data_bc_pipeline_on_tiny_tarball(tmp_path, monkeypatch):
     np.testing.assert_allclose(whitened, expected_train, atol=2e-4)
     np.testing.assert_allclose(data['X_test'].reshape(6, -1), expected_test, atol=2e-4)
 
-    # second call and the other BC methods share the cache: the builder is not called again
+    # a second call reads the cache: the builder is not called again
     calls = []
 
     def counting_stub(X_train, X_test, params):    # cheap stand-in: only whether it is called matters
@@ -385,36 +364,23 @@ def test_cifar10_data_bc_pipeline_on_tiny_tarball(tmp_path, monkeypatch):
         return {'X_train': np.zeros((18, 3, 32, 32), np.float32), 'X_val': np.zeros((2, 3, 32, 32), np.float32),
                 'X_test': np.zeros((6, 3, 32, 32), np.float32)}
     monkeypatch.setattr(pp, '_build_cifar10_bc', counting_stub)
-    for method in ('bc-det', 'bc-stoch', 'float'):
-        again = pp.cifar10_data(method, data_dir=raw_dir, cache_dir=cache_dir, download=False)
-        np.testing.assert_array_equal(again['X_test'], data['X_test'])
+    again = pp.cifar10_data('gcn-zca', data_dir=raw_dir, cache_dir=cache_dir, download=False)
+    np.testing.assert_array_equal(again['X_test'], data['X_test'])
     assert calls == []
 
     # different raw data misses the cache
-    write_cifar_tarball(raw_dir, seed=12)
-    pp.cifar10_data('bc-det', data_dir=raw_dir, cache_dir=cache_dir, download=False)
+    write_cifar10(raw_dir, rows=4, test_rows=6, seed=12)
+    pp.cifar10_data('gcn-zca', data_dir=raw_dir, cache_dir=cache_dir, download=False)
     assert calls == [1]
 
 
-def test_cifar10_data_binarynet_scaling(tmp_path):
+def test_cifar10_data_pm1_scaling(tmp_path, write_cifar10, cifar10_arrays):
     raw_dir = str(tmp_path / 'raw')
-    X_train_raw, _, X_test_raw, _ = write_cifar_tarball(raw_dir)
-    data = pp.cifar10_data('binarynet', data_dir=raw_dir, cache_dir=str(tmp_path / 'cache'), download=False)
+    X_train_raw, _, X_test_raw, _ = cifar10_arrays(write_cifar10(raw_dir, rows=4, test_rows=6, seed=11).batches)
+    data = pp.cifar10_data('pm1', data_dir=raw_dir, cache_dir=str(tmp_path / 'cache'), download=False)
     np.testing.assert_allclose(data['X_train'].reshape(18, -1), X_train_raw[:18] * 2 / 255 - 1, atol=1e-6)
     np.testing.assert_allclose(data['X_val'].reshape(2, -1), X_train_raw[18:] * 2 / 255 - 1, atol=1e-6)
     np.testing.assert_allclose(data['X_test'].reshape(6, -1), X_test_raw * 2 / 255 - 1, atol=1e-6)
-
-
-def write_svhn_mats(folder, per_class=402, n_test=12, seed=13):
-    """train_32x32.mat and test_32x32.mat in SVHN format 2: X (32, 32, 3, N) uint8, y (N, 1) in 1..10."""
-    rng = np.random.RandomState(seed)
-    os.makedirs(folder, exist_ok=True)
-    labels = np.repeat(np.arange(1, 11), per_class)
-    rng.shuffle(labels)
-    for name, y in (('train', labels), ('test', rng.randint(1, 11, size=n_test))):
-        X = rng.randint(0, 256, size=(32, 32, 3, len(y))).astype(np.uint8)
-        scipy.io.savemat(os.path.join(folder, name + '_32x32.mat'),
-                         {'X': X, 'y': y.reshape(-1, 1).astype(np.uint8)})
 
 
 def expected_gcn_lcn(image, lcn_channels):
@@ -422,40 +388,39 @@ def expected_gcn_lcn(image, lcn_channels):
     return np.array([lcn_reference(gcn[c]) if c in lcn_channels else gcn[c] for c in range(3)])
 
 
-def test_svhn_data_bc_pipeline_on_tiny_mat_files(tmp_path):
-    import datasets
+def test_svhn_data_gcn_lcn_pipeline_on_tiny_mat_files(tmp_path, write_svhn):
     raw_dir, cache_dir = str(tmp_path / 'raw'), str(tmp_path / 'cache')
-    write_svhn_mats(raw_dir)
+    write_svhn(raw_dir, {'train': 402, 'test': 1}, seed=13)
     raw = datasets.load_svhn_raw(data_dir=raw_dir, download=False, use_extra=False)
-    data = pp.svhn_data('bc-det', data_dir=raw_dir, cache_dir=cache_dir, download=False, use_extra=False)
+    data = pp.svhn_data('gcn-lcn', data_dir=raw_dir, cache_dir=cache_dir, download=False, use_extra=False)
     assert data['X_train'].shape == (20, 3, 32, 32) and data['X_val'].shape == (4000, 3, 32, 32)
-    assert data['X_test'].shape == (12, 3, 32, 32)
+    assert data['X_test'].shape == (10, 3, 32, 32)
     for part, name in (('train', 'train'), ('valid', 'val'), ('test', 'test')):
         np.testing.assert_array_equal(data['y_' + name], pm1(raw[part][1]))
         assert data['X_' + name].dtype == np.float32
     for part, name, rows in (('train', 'X_train', range(20)), ('valid', 'X_val', [0, 1999, 3999]),
-                             ('test', 'X_test', range(12))):
+                             ('test', 'X_test', range(10))):
         for i in rows:     # red channel GCN + LCN, green and blue GCN only (pylearn2 quirk)
             np.testing.assert_allclose(data[name][i], expected_gcn_lcn(raw[part][0][i], (0,)), atol=2e-5)
 
-    fixed = pp.svhn_data('float', data_dir=raw_dir, cache_dir=cache_dir, download=False, use_extra=False,
+    fixed = pp.svhn_data('gcn-lcn', data_dir=raw_dir, cache_dir=cache_dir, download=False, use_extra=False,
                          lcn_all_channels=True)
-    for i in range(12):
+    for i in range(10):
         np.testing.assert_allclose(fixed['X_test'][i], expected_gcn_lcn(raw['test'][0][i], (0, 1, 2)), atol=2e-5)
     assert len([f for f in os.listdir(cache_dir) if '.tmp-' not in f]) == 2   # one cache per parameter set
 
-    again = pp.svhn_data('bc-stoch', data_dir=raw_dir, cache_dir=cache_dir, download=False, use_extra=False)
+    again = pp.svhn_data('gcn-lcn', data_dir=raw_dir, cache_dir=cache_dir, download=False, use_extra=False)
     np.testing.assert_array_equal(again['X_val'], data['X_val'])
 
-    plain = pp.svhn_data('binarynet', data_dir=raw_dir, cache_dir=cache_dir, download=False, use_extra=False)
+    plain = pp.svhn_data('pm1', data_dir=raw_dir, cache_dir=cache_dir, download=False, use_extra=False)
     np.testing.assert_allclose(plain['X_test'], raw['test'][0] * 2.0 / 255 - 1, atol=1e-6)
 
 
 def test_command_line_reports_missing_data_in_one_line(tmp_path, capsys):
     empty = tmp_path / 'empty'
     empty.mkdir()
-    status = pp.main(['cifar10', 'bc-det', '--data-dir', str(empty), '--cache-dir', str(tmp_path / 'c'),
-                      '--no-download'])
+    status = cli.main_guard(pp.main, ['cifar10', '--data-dir', str(empty), '--cache-dir', str(tmp_path / 'c'),
+                                      '--no-download'])
     err = capsys.readouterr().err.strip()
-    assert status == 1
+    assert status == 2
     assert err.startswith('error: ') and '\n' not in err and 'Traceback' not in err

@@ -1,15 +1,9 @@
 """Theano ops and the kernel-switching DenseLayer (kernels/theano_ops.py) against NumPy (ORIGINALS.md §4.4)."""
-import os
-import sys
+import numpy as np
+import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import compat  # noqa: E402,F401  (before theano)
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from compat import T, lasagne, theano  # noqa: E402
-
-from kernels.theano_ops import (BaselineGemm, DenseLayer, KernelError, NoGradientError,  # noqa: E402
-                                XnorGemm)
+from kernels.theano_ops import BaselineGemm, DenseLayer, KernelError, NoGradientError, XnorGemm
+from plumbing.compat import T, lasagne, theano
 
 
 def signs64(x):

@@ -1,13 +1,16 @@
-"""Tests of kernels/binary_kernels.cu without a GPU (spec ORIGINALS.md §4, ENVIRONMENT.md "CUDA without a GPU").
+"""Tests of kernels/binary_kernels.cu and kernels/gpu.py without a GPU (spec ORIGINALS.md §4).
 
 1. The exact .cu compiles to cubins: nvcc for sm_75/80/90, NVRTC 12 (pip) for sm_50; the ELF is
    checked for the target, the four kernels, 2 KiB of shared tiles per GEMM and no device heap.
+   A missing nvcc fails these tests with the install hint, unless BINARYNET_ALLOW_NO_NVCC=1 (set in the Docker
+   image, which has NVRTC but no nvcc): then they are skipped with the reason listed at the end of the run.
 2. The exact .cu runs on the CPU through tests/cuda_on_cpu/cuda_on_cpu.h (fibers, one per CUDA thread) with
    the launch geometry of kernels/gpu.py; results are compared exactly with NumPy.
 3. The harness catches the bugs it exists for: a missing barrier, barrier divergence, unguarded loads.
 4. Without a GPU, kernels.gpu reports a one-line reason and never a traceback.
 """
 import ctypes
+import os
 import shutil
 import struct
 import subprocess
@@ -24,6 +27,18 @@ KERNEL_DIR = REPO / "kernels"
 HARNESS_DIR = Path(__file__).resolve().parent / "cuda_on_cpu"
 HARNESS_FILES = ((KERNEL_DIR, "binary_kernels.cu"), (HARNESS_DIR, "cuda_on_cpu.h"), (HARNESS_DIR, "driver.cpp"))
 NVCC_HINT = "nvcc not found: install the CUDA toolkit (CUDA 13, e.g. apt-get install cuda-nvcc-13-0) and put it on PATH"
+ALLOW_NO_NVCC = "BINARYNET_ALLOW_NO_NVCC"
+
+
+def require_nvcc():
+    """nvcc present: return. Absent: skip (with the reason) when BINARYNET_ALLOW_NO_NVCC=1, else fail with the hint."""
+    if shutil.which("nvcc") is not None:
+        return
+    if os.environ.get(ALLOW_NO_NVCC) == "1":
+        reason = "nvcc not on PATH and {}=1: nvcc compilation not tested (NVRTC still is)".format(ALLOW_NO_NVCC)
+        print(reason)
+        pytest.skip(reason)
+    pytest.fail(NVCC_HINT + " (or set {}=1 where only NVRTC is available)".format(ALLOW_NO_NVCC))
 
 
 # ----------------------------------------------------------------------------- NumPy references
@@ -197,8 +212,7 @@ def check_cubin(data, arch):
 
 @pytest.mark.parametrize("arch", [75, 80, 90])
 def test_nvcc_compiles_exact_source_to_cubin(arch):
-    if shutil.which("nvcc") is None:
-        pytest.fail(NVCC_HINT)
+    require_nvcc()
     check_cubin(gpu.compile_cubin(arch, compiler="nvcc"), arch)
 
 
@@ -213,8 +227,7 @@ def test_nvrtc12_compiles_exact_source_for_old_gpus(arch):
 
 
 def test_nvcc_rejects_sm50_with_one_line_error():
-    if shutil.which("nvcc") is None:
-        pytest.fail(NVCC_HINT)
+    require_nvcc()
     with pytest.raises(gpu.KernelCompileError, match="sm_50") as caught:
         gpu.compile_cubin(50, compiler="nvcc")
     assert "\n" not in str(caught.value)
@@ -381,6 +394,17 @@ def test_gpu_status_and_constructor():
     assert timing["agree"] is True and all(timing[key] > 0 for key in ("baseline", "cublas", "xnor", "xnor_nopack"))
 
 
+def test_status_command_prints_one_line(capsys):
+    ok, message = gpu.gpu_status()
+    status = gpu.main([])
+    captured = capsys.readouterr()
+    if ok:
+        assert status == 0 and captured.out.strip() == message
+    else:
+        assert status == 1 and captured.err == f"GPU unavailable: {message}\n" and captured.out == ""
+
+
+@pytest.mark.slow
 def test_module_entry_point_prints_one_line():
     result = subprocess.run([sys.executable, "-m", "kernels.gpu"], capture_output=True, text=True, cwd=REPO)
     ok, message = gpu.gpu_status()
@@ -410,3 +434,18 @@ def test_launch_geometry_covers_every_output_exactly_once():
     for words in [1, 64, 65, 1000]:
         (g, _, _), (b, _, _) = gpu.pack_launch(words)
         assert g * b >= words > (g - 1) * b
+
+
+@pytest.mark.parametrize("allow, outcome", [(None, "failed"), ("1", "skipped"), ("0", "failed")])
+def test_missing_nvcc_fails_unless_explicitly_allowed(monkeypatch, allow, outcome):
+    """The rule of require_nvcc itself, with nvcc hidden from PATH."""
+    monkeypatch.setattr(shutil, "which", lambda name, *args, **kwargs: None)
+    if allow is None:
+        monkeypatch.delenv(ALLOW_NO_NVCC, raising=False)
+    else:
+        monkeypatch.setenv(ALLOW_NO_NVCC, allow)
+    with pytest.raises((pytest.fail.Exception, pytest.skip.Exception)) as info:
+        require_nvcc()
+    assert isinstance(info.value, pytest.skip.Exception if outcome == "skipped" else pytest.fail.Exception)
+    if outcome == "failed":
+        assert NVCC_HINT in str(info.value)

@@ -1,13 +1,11 @@
 """CPU kernels (kernels/cpu.py, kernels/xnor_cpu.c) against NumPy references (ORIGINALS.md §4.1-4.3)."""
 import os
-import sys
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from kernels import cpu  # noqa: E402
-from kernels.cpu import KernelError  # noqa: E402
+from kernels import cpu
+from kernels.cpu import KernelError
 
 
 def cpuinfo_has_vpopcntdq():

@@ -1,0 +1,49 @@
+"""benchmark.py and benchmark_training.py: their argument checks (one line, exit status 2) and the networks the
+training benchmark builds (the scripts' own, at a reduced width). The timings themselves are not tested."""
+import argparse
+
+import pytest
+
+import benchmark
+import benchmark_training
+import mnist
+from plumbing import cli
+from plumbing.compat import T, lasagne
+
+
+def test_sizes_and_thread_counts():
+    assert benchmark.parse_sizes("64, 8x16x4") == [(64, 64, 64), (8, 16, 4)]
+    assert benchmark.parse_threads("1,all,2,all", all_cores=2) == [1, 2]
+    for bad in ("0", "8x8", "axbxc", "8x8x-1"):
+        with pytest.raises(benchmark.BenchmarkError, match="bad size"):
+            benchmark.parse_sizes(bad)
+    with pytest.raises(benchmark.BenchmarkError, match="bad thread count '0'"):
+        benchmark.parse_threads("0", all_cores=2)
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--device", "cpu", "--sizes", "8x8"], "error: bad size '8x8' in --sizes"),
+    (["--device", "cpu", "--repeats", "0"], "error: --repeats must be >= 1"),
+    (["--device", "cpu", "--plot", "chart.pdf"], "error: --plot takes a .png file name"),
+])
+def test_benchmark_errors_are_one_line_with_status_2(argv, fragment, capsys):
+    assert cli.main_guard(benchmark.main, argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(fragment) and err.count("\n") == 1
+
+
+def test_training_benchmark_network_list():
+    assert benchmark_training.network_list("bnn-mnist, bc-svhn") == ["bnn-mnist", "bc-svhn"]
+    with pytest.raises(argparse.ArgumentTypeError, match="unknown network"):
+        benchmark_training.network_list("bnn-imagenet")
+
+
+@pytest.mark.parametrize("name", list(benchmark_training.NETWORKS))
+def test_training_benchmark_builds_the_scripts_networks(name):
+    network, hp, shape = benchmark_training.build(name, 1 / 64, T.tensor4())
+    script, method = benchmark_training.NETWORKS[name]
+    assert hp["batch_size"] == {"mnist": 100, "cifar10": 50, "svhn": 50}[script]
+    layers = lasagne.layers.get_all_layers(network)
+    assert layers[0].shape[1:] == shape and layers[-1].output_shape == (None, 10)
+    if script == "mnist":  # the MLP of mnist.py at 1/64 of its hidden units
+        assert layers[2].num_units == mnist.hyperparameters(method)["num_units"] // 64
