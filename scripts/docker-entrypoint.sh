@@ -64,9 +64,9 @@ check_runs() {
 
 cmd_reproduce() {
     [ -f reproduce.py ] || die "reproduce.py is not in this image (built from an older commit); rebuild the image"
-    local extra=()
-    if ! has_flag --data-dir "$@"; then read -r -a extra <<<"$(data_args)"; fi
-    if ! has_flag --runs "$@"; then extra+=(--runs /runs); check_runs /runs; fi
+    local extra=() data=()
+    if ! has_flag --runs "$@"; then check_runs /runs; extra+=(--runs /runs); fi
+    if ! has_flag --data-dir "$@"; then read -r -a data <<<"$(data_args)"; extra+=("${data[@]}"); fi
     exec python reproduce.py "$@" "${extra[@]}"
 }
 
