@@ -650,41 +650,38 @@ def first_layer_thresholds(w0_bits, fan_in, bias, mean, scale, beta):
 
 
 class FastModel:
-    """A packed model laid out for kernels/packed_net.c: weights packed once, every threshold an integer."""
+    """A packed model laid out for kernels/packed_net.c: weights packed once (in panels of 32 units), every
+    batch norm + sign an integer interval test."""
 
-    def __init__(self, widths, weights, taus, dirs, out_bn):
-        self.widths, self.weights, self.taus, self.dirs, self.out_bn = widths, weights, taus, dirs, out_bn
+    def __init__(self, widths, weights, lo, hi, out_bn):
+        self.widths, self.weights, self.lo, self.hi, self.out_bn = widths, weights, lo, hi, out_bn
 
 
 def prepare_fast(packed_path):
     """FastModel of a packed model file (`export_packed`): the first layer's exact integer thresholds
-    (`first_layer_thresholds`), the hidden layers' folded thresholds, rows padded to whole 512-bit vectors."""
+    (`first_layer_thresholds`) and the hidden layers' folded ones as bounds, the weights in packed_net's panels."""
     model = load_packed(packed_path)
     widths = [int(w) for w in model["widths"]]
     L = len(widths) - 1
-    weights = [np.ascontiguousarray(model["w0"], dtype=np.uint64)]
-    for k in range(1, L):
-        packed = model[f"w{k}"]
-        padded = np.zeros((widths[k + 1], packed_net.stride(widths[k])), dtype=np.uint64)
-        padded[:, :packed.shape[1]] = packed
-        weights.append(padded)
-    dir0, tau0 = first_layer_thresholds(model["w0"], widths[0], *model["bn0"])
-    taus = [tau0] + [np.ascontiguousarray(model[f"tau{k}"], dtype=np.int32) for k in range(1, L - 1)]
-    dirs = [dir0] + [np.ascontiguousarray(model[f"dir{k}"], dtype=np.int8) for k in range(1, L - 1)]
+    weights = [packed_net.panels(model[f"w{k}"], widths[k + 1]) for k in range(L)]
+    thresholds = [first_layer_thresholds(model["w0"], widths[0], *model["bn0"])]
+    thresholds += [(model[f"dir{k}"], model[f"tau{k}"]) for k in range(1, L - 1)]
+    bounds = [packed_net.bounds(directions, taus) for directions, taus in thresholds]
     out_bn = np.ascontiguousarray(model[f"bn{L - 1}"], dtype=np.float32)
-    return FastModel(np.array(widths, dtype=np.int64), weights, taus, dirs, out_bn)
+    return FastModel(np.array(widths, dtype=np.int64), weights, [b[0] for b in bounds], [b[1] for b in bounds],
+                     out_bn)
 
 
 def run_fast(fast, pixels, threads=None, variant="native", scores=False, first_bits=False):
     """Predicted classes of uint8 pixels (N, fan_in) by the fast path; threads=None: every usable CPU.
     With scores / first_bits, returns a dict that also holds the output layer's batch-norm values and the first
-    layer's activations as bits (rows of packed_net.stride(widths[1]) words)."""
+    layer's activations as bits (rows of packed_net.words(widths[1]) words)."""
     pixels = np.ascontiguousarray(np.asarray(pixels).reshape(len(pixels), -1))
     if pixels.dtype != np.uint8 or pixels.shape[1] != fast.widths[0]:
         raise InferenceError(f"the fast path takes uint8 pixels with {fast.widths[0]} per example, got "
                              f"{pixels.dtype} {pixels.shape}; convert float inputs with pixels_from_pm1")
     threads = len(os.sched_getaffinity(0)) if threads is None else threads
-    out = packed_net.run_network(pixels, fast.widths, fast.weights, fast.taus, fast.dirs, fast.out_bn, threads,
+    out = packed_net.run_network(pixels, fast.widths, fast.weights, fast.lo, fast.hi, fast.out_bn, threads,
                                  variant, scores, first_bits)
     return out if scores or first_bits else out["predictions"]
 

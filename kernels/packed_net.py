@@ -95,9 +95,11 @@ def load(variant="native"):
         lib = ctypes.CDLL(library_path(variant))
         i64, ptr = ctypes.c_int64, ctypes.c_void_p
         lib.bnn_fast_path.argtypes, lib.bnn_fast_path.restype = [], ctypes.c_int
-        lib.bnn_stride.argtypes, lib.bnn_stride.restype = [i64], i64
+        lib.bnn_panel_units.argtypes, lib.bnn_panel_units.restype = [], i64
         lib.bnn_run.argtypes = [ptr, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ctypes.c_int]
         lib.bnn_run.restype = ctypes.c_int
+        if lib.bnn_panel_units() != PANEL:
+            raise FastPathError(f"{SOURCE} and kernels/packed_net.py disagree on the panel width; rebuild")
         _libraries[variant] = lib
     return _libraries[variant]
 
@@ -107,9 +109,34 @@ def code_path(variant="native"):
     return PATH_NAMES[load(variant).bnn_fast_path()]
 
 
-def stride(n):
-    """Words per activation row of a layer with n inputs (ceil(n / 64), rounded up to a multiple of 8)."""
-    return (-(-int(n) // 64) + 7) // 8 * 8
+PANEL = 32  # units per panel of packed_net.c's weight layout
+NEVER = 1 << 62  # bounds of a unit that is never on: lo = NEVER > hi = -NEVER
+
+
+def words(n):
+    """uint64 words per activation row of n units: ceil(n / 64)."""
+    return -(-int(n) // 64)
+
+
+def panels(bits, units):
+    """packed_net.c's weight layout from rows of sign bits (units x words, kernels.cpu.pack_cols): panels of 32
+    units, panel p = words x 32 with word w of unit 32p + c at [w, c]; units past `units` are 0."""
+    count, width = -(-units // PANEL), bits.shape[1]
+    padded = np.zeros((count * PANEL, width), dtype=np.uint64)
+    padded[:units] = bits
+    return np.ascontiguousarray(padded.reshape(count, PANEL, width).transpose(0, 2, 1))
+
+
+def bounds(directions, taus):
+    """(lo, hi) int64 per unit, padded to whole panels: dir·value >= tau  <=>  lo <= value <= hi; padding units
+    are never on."""
+    count = -(-len(taus) // PANEL) * PANEL
+    lo, hi = np.full(count, NEVER, dtype=np.int64), np.full(count, -NEVER, dtype=np.int64)
+    up = np.asarray(directions) > 0
+    taus = np.asarray(taus, dtype=np.int64)
+    lo[:len(taus)] = np.where(up, taus, -NEVER)
+    hi[:len(taus)] = np.where(up, NEVER, -taus)
+    return lo, hi
 
 
 def _pointer(array):
@@ -117,35 +144,33 @@ def _pointer(array):
 
 
 def _pointers(arrays):
-    return (ctypes.c_void_p * len(arrays))(*[array.ctypes.data for array in arrays])
+    return (ctypes.c_void_p * max(1, len(arrays)))(*[array.ctypes.data for array in arrays])
 
 
-def run_network(pixels, widths, weights, taus, dirs, out_bn, threads, variant="native", scores=False,
-                first_bits=False):
+def run_network(pixels, widths, weights, lo, hi, out_bn, threads, variant="native", scores=False, first_bits=False):
     """Run the C pass; returns {'predictions': int32 (N,)} plus 'scores' (N, classes) float32 and
-    'first_bits' (N, stride(widths[1])) uint64 when asked. Arrays must already have the layouts of packed_net.c
-    (binary_inference.prepare_fast builds them); only dtypes and shapes are checked here."""
+    'first_bits' (N, words(widths[1])) uint64 when asked. weights[k] = panels(...) of layer k, lo/hi = bounds(...)
+    of layers 0 .. L-2 (binary_inference.prepare_fast builds them); dtypes and shapes are checked here."""
     widths = np.ascontiguousarray(widths, dtype=np.int64)
     L = len(widths) - 1
     n = len(pixels)
-    expected = [(widths[1], -(-widths[0] // 64))] + [(widths[k + 1], stride(widths[k])) for k in range(1, L)]
-    checks = [(pixels, np.uint8, (n, widths[0]))] + [(w, np.uint64, shape) for w, shape in zip(weights, expected)]
-    checks += [(t, np.int32, (widths[k + 1],)) for k, t in enumerate(taus)]
-    checks += [(d, np.int8, (widths[k + 1],)) for k, d in enumerate(dirs)]
+    if len(weights) != L or len(lo) != L - 1 or len(hi) != L - 1 or L < 2:
+        raise FastPathError(f"fast path: {len(weights)} weight matrices and {len(lo)} thresholds for {L} layers")
+    checks = [(pixels, np.uint8, (n, widths[0]))]
+    checks += [(w, np.uint64, (-(-widths[k + 1] // PANEL), words(widths[k]), PANEL)) for k, w in enumerate(weights)]
+    checks += [(b, np.int64, (-(-widths[k + 1] // PANEL) * PANEL,)) for bound in (lo, hi) for k, b in enumerate(bound)]
     checks += [(out_bn, np.float32, (4, widths[L]))]
     for array, dtype, shape in checks:
         if array.dtype != dtype or array.shape != tuple(shape) or not array.flags.c_contiguous:
             raise FastPathError(f"fast path: an array of shape {array.shape} and dtype {array.dtype} where "
                                 f"{tuple(shape)} {np.dtype(dtype).name} (C order) was expected")
-    if len(weights) != L or len(taus) != L - 1 or len(dirs) != L - 1 or L < 2:
-        raise FastPathError(f"fast path: {len(weights)} weight matrices and {len(taus)} thresholds for {L} layers")
     out = {"predictions": np.empty(n, dtype=np.int32)}
     if scores:
         out["scores"] = np.empty((n, widths[L]), dtype=np.float32)
     if first_bits:
-        out["first_bits"] = np.empty((n, stride(widths[1])), dtype=np.uint64)
-    code = load(variant).bnn_run(_pointer(pixels), n, L, _pointer(widths), _pointers(weights), _pointers(taus),
-                                 _pointers(dirs), _pointer(out_bn), _pointer(out["predictions"]),
+        out["first_bits"] = np.empty((n, words(widths[1])), dtype=np.uint64)
+    code = load(variant).bnn_run(_pointer(pixels), n, L, _pointer(widths), _pointers(weights), _pointers(lo),
+                                 _pointers(hi), _pointer(out_bn), _pointer(out["predictions"]),
                                  _pointer(out["scores"]) if scores else None,
                                  _pointer(out["first_bits"]) if first_bits else None, int(threads))
     if code != 0:

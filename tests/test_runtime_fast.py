@@ -138,10 +138,22 @@ def test_fast_path_equals_exact_reference(model, variant, threads):
 
 
 def test_fast_path_padding_bits_stay_zero(model):
-    """Bits past the layer width in the first-layer activation rows (and whole padding words) are 0."""
+    """Bits past the layer width in the first-layer activation rows are 0 (the weight panels' padding units,
+    96 -> 128, are never on)."""
     bits = bi.run_fast(model["fast"], model["pixels"], first_bits=True)["first_bits"]
-    assert bits.shape[1] == packed_net.stride(WIDTHS[1]) == 8
-    assert not (bits[:, 1] >> np.uint64(WIDTHS[1] - 64)).any() and not bits[:, 2:].any()
+    assert bits.shape[1] == packed_net.words(WIDTHS[1]) == 2
+    assert not (bits[:, 1] >> np.uint64(WIDTHS[1] - 64)).any()
+
+
+def test_weight_panels_and_bounds_layout():
+    """Panels of 32 units, word w of unit 32p + c at [p, w, c], zero padding; bounds as an interval per unit."""
+    bits = np.arange(1, 41 * 3 + 1, dtype=np.uint64).reshape(41, 3)
+    panels = packed_net.panels(bits, 41)
+    assert panels.shape == (2, 3, 32) and panels[1, 2, 8] == bits[40, 2] and panels[0, 1, 5] == bits[5, 1]
+    assert not panels[1, :, 9:].any()
+    lo, hi = packed_net.bounds(np.array([1, -1], np.int8), np.array([7, 7], np.int32))
+    assert (lo[0], hi[0], lo[1], hi[1]) == (7, packed_net.NEVER, -packed_net.NEVER, -7)
+    assert (lo[2:] > hi[2:]).all() and len(lo) == 32
 
 
 def test_native_variant_uses_avx512_when_the_cpu_has_it():
@@ -171,8 +183,8 @@ def test_fast_path_refuses_float_inputs(model):
 def test_run_network_checks_layouts(model):
     fast = model["fast"]
     with pytest.raises(packed_net.FastPathError, match="was expected"):
-        packed_net.run_network(model["pixels"], fast.widths, [w[:, :-1].copy() for w in fast.weights], fast.taus,
-                               fast.dirs, fast.out_bn, 1)
+        packed_net.run_network(model["pixels"], fast.widths, [w[:, :-1].copy() for w in fast.weights], fast.lo,
+                               fast.hi, fast.out_bn, 1)
 
 
 # ----------------------------------------------------------------------------------------- against the float path
