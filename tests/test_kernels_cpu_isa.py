@@ -252,6 +252,7 @@ def run_arm(binary, path_code, A, B, threads=2, task_rows=0, block_share=0.0):
     return status, fused, packed, Ap, Bp
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", sorted(ARM_PATHS))
 @pytest.mark.parametrize("shape", ARM_SHAPES)
 def test_arm_gemm_and_packing_exact(rng, arm_driver, path, shape):
@@ -265,6 +266,7 @@ def test_arm_gemm_and_packing_exact(rng, arm_driver, path, shape):
     assert np.array_equal(Bp, reference_pack(B.T.copy()))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", sorted(ARM_PATHS))
 def test_arm_pipeline_with_many_blocks_exact(rng, arm_driver, path):
     A, B = random_inputs(rng, 50, 300, 41)
@@ -275,6 +277,7 @@ def test_arm_pipeline_with_many_blocks_exact(rng, arm_driver, path):
     assert np.array_equal(packed, reference_gemm(A, B))
 
 
+@pytest.mark.slow  # a cross build and an emulator: part of make test, not of the fast selection
 def test_arm_all_differ_does_not_wrap_byte_counters(arm_driver):
     n = 64 * 31 * 3 + 7  # three full spans of the NEON byte counters, then a ragged tail
     A = np.ones((2, n), dtype=np.float32)
@@ -283,6 +286,7 @@ def test_arm_all_differ_does_not_wrap_byte_counters(arm_driver):
     assert np.array_equal(packed, np.full((2, 2), -n, np.float32))
 
 
+@pytest.mark.slow  # a cross build and an emulator: part of make test, not of the fast selection
 def test_arm_build_has_no_x86_path(arm_driver):
     result = subprocess.run(["qemu-aarch64-static", arm_driver, "1", "1", "0", "0"], input=b"",
                             capture_output=True, timeout=60)
