@@ -64,8 +64,8 @@ ARG PIP_INDEX_URL
 ARG PIP_EXTRA_INDEX_URL
 COPY requirements.lock requirements-gpu.lock ${PIP_CERT_FILE} /tmp/build/
 # Every package is installed from the lock files with --require-hashes --no-deps: nothing unpinned gets in.
-# PyCUDA has no wheels; it is compiled here against the locked NumPy (--no-build-isolation) with the locked
-# setuptools installed first, so its build uses no unpinned package either.
+# PyCUDA has no wheels; it is compiled here against the locked NumPy and setuptools, both installed by the first
+# step (--no-build-isolation), so its build uses no unpinned package either.
 RUN set -eux; \
     if [ -n "$PIP_CERT_FILE" ]; then export PIP_CERT="/tmp/build/${PIP_CERT_FILE##*/}"; fi; \
     "$PYTHON" -m venv .venv; \
@@ -78,8 +78,6 @@ RUN set -eux; \
         printf 'CUDA_ROOT = "%s"\nCUDADRV_LIB_DIR = ["%s/lib64", "%s/lib64/stubs"]\nCUDA_ENABLE_CURAND = %s\n' \
             "$cuda" "$cuda" "$cuda" "$curand" > /etc/aksetup-defaults.py; \
         export PATH="$cuda/bin:$PATH"; \
-        awk '/^[^ #]/ {keep = /^setuptools==/} keep' /tmp/build/requirements-gpu.lock > /tmp/build/setuptools.lock; \
-        .venv/bin/python -m pip install --no-cache-dir --require-hashes --no-deps -r /tmp/build/setuptools.lock; \
         .venv/bin/python -m pip install --no-cache-dir --require-hashes --no-deps --no-build-isolation \
             -r /tmp/build/requirements-gpu.lock; \
     fi; \
