@@ -15,7 +15,7 @@
 #                  fills it in; a plain `docker build` records "unrecorded").
 #   VCS_REF        the git commit built, also recorded in the labels.
 #   PYTHON         interpreter name; if missing it is installed with apt as $PYTHON, $PYTHON-venv, $PYTHON-dev.
-#   WITH_GPU=1     also install requirements-gpu.lock (PyCUDA, scikit-cuda) and check them at build time
+#   WITH_GPU=1     also install requirements-gpu.lock (PyCUDA, cuBLAS) and check them at build time
 #                  (`docker-entrypoint.sh gpu-check`); needs a CUDA *devel* base (cuda.h, nvcc, libcuda stub).
 #   PIP_CERT_FILE  path, inside the build context, of a CA bundle pip must trust (TLS-inspecting proxy).
 #                  It is used in the build stage only and never reaches the final image.
@@ -64,8 +64,8 @@ ARG PIP_INDEX_URL
 ARG PIP_EXTRA_INDEX_URL
 COPY requirements.lock requirements-gpu.lock ${PIP_CERT_FILE} /tmp/build/
 # Every package is installed from the lock files with --require-hashes --no-deps: nothing unpinned gets in.
-# PyCUDA has no wheels; it is compiled here against the locked NumPy (--no-build-isolation) with the locked
-# setuptools installed first, so its build uses no unpinned package either.
+# PyCUDA has no wheels; it is compiled here against the locked NumPy and setuptools, both installed by the first
+# step (--no-build-isolation), so its build uses no unpinned package either.
 RUN set -eux; \
     if [ -n "$PIP_CERT_FILE" ]; then export PIP_CERT="/tmp/build/${PIP_CERT_FILE##*/}"; fi; \
     "$PYTHON" -m venv .venv; \
@@ -78,22 +78,17 @@ RUN set -eux; \
         printf 'CUDA_ROOT = "%s"\nCUDADRV_LIB_DIR = ["%s/lib64", "%s/lib64/stubs"]\nCUDA_ENABLE_CURAND = %s\n' \
             "$cuda" "$cuda" "$cuda" "$curand" > /etc/aksetup-defaults.py; \
         export PATH="$cuda/bin:$PATH"; \
-        awk '/^[^ #]/ {keep = /^setuptools==/} keep' /tmp/build/requirements-gpu.lock > /tmp/build/setuptools.lock; \
-        .venv/bin/python -m pip install --no-cache-dir --require-hashes --no-deps -r /tmp/build/setuptools.lock; \
         .venv/bin/python -m pip install --no-cache-dir --require-hashes --no-deps --no-build-isolation \
             -r /tmp/build/requirements-gpu.lock; \
     fi; \
     rm -rf /tmp/build
 COPY . /tmp/src
-# The GPU build check: the CUDA libraries go on the loader's path as in the final image (scikit-cuda dlopens
-# libcublas.so), then `docker-entrypoint.sh gpu-check` (docs/docker.md) runs here, on a machine without a GPU.
+# The GPU variant's build check, `docker-entrypoint.sh gpu-check` (docs/docker.md), runs here, without a GPU.
 RUN set -eux; \
     if [ -n "$PIP_CERT_FILE" ]; then \
         rm -f "/tmp/src/$PIP_CERT_FILE" && rmdir --ignore-fail-on-non-empty "$(dirname "/tmp/src/$PIP_CERT_FILE")"; \
     fi; \
     if [ "$WITH_GPU" = 1 ]; then \
-        echo "${CUDA_ROOT:-/usr/local/cuda}/lib64" > /etc/ld.so.conf.d/binarynet-archive-cuda.conf; \
-        ldconfig; \
         venv_bin="$APP/.venv/bin"; \
         APP=/tmp/src PATH="$venv_bin:${CUDA_ROOT:-/usr/local/cuda}/bin:$PATH" BINARYNET_KERNEL_CACHE=/tmp/kernels \
             bash /tmp/src/scripts/docker-entrypoint.sh gpu-check; \
@@ -115,16 +110,11 @@ LABEL org.opencontainers.image.title="binarynet-archive" \
 COPY --from=build ${APP}/.venv ${APP}/.venv
 COPY --from=build /tmp/src ${APP}
 # The Makefile's venv step is up to date when .venv/.installed is newer than requirements.txt: mark it so.
-# /runs and /cache are writable for any --user uid (sticky, like /tmp). In the GPU variant the CUDA libraries
-# (libcublas.so for scikit-cuda) go on the loader's path.
+# /runs and /cache are writable for any --user uid (sticky, like /tmp).
 RUN set -eux; \
     touch .venv/.installed; \
     mkdir -p /data /runs /cache; \
-    chmod 1777 /runs /cache; \
-    if [ "$WITH_GPU" = 1 ]; then \
-        echo "${CUDA_ROOT:-/usr/local/cuda}/lib64" > /etc/ld.so.conf.d/binarynet-archive-cuda.conf; \
-        ldconfig; \
-    fi
+    chmod 1777 /runs /cache
 ENV PATH=${APP}/.venv/bin:${PATH} \
     BINARYNET_ALLOW_NO_NVCC=1 \
     BINARYNET_DATA=/cache/data \

@@ -159,7 +159,11 @@ nvcc = shutil.which("nvcc")
 line("nvcc", nvcc and "{} ({})".format(([v for v in subprocess.run([nvcc, "--version"], capture_output=True, text=True)
                                         .stdout.splitlines() if "release" in v] or ["?"])[0], nvcc))
 line("PyCUDA", package("pycuda"))
-line("scikit-cuda", package("scikit-cuda"))
+try:
+    cublas = gpu.find_cublas()
+except gpu.GpuUnavailable as error:
+    cublas = "not present ({})".format(error)
+line("cuBLAS", cublas)
 line("CUDA driver / GPU", gpu.gpu_status()[1])
 PY
 }
@@ -178,35 +182,34 @@ cmd_gpu_check() {
     LD_LIBRARY_PATH="$stubdir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" CUDA_ROOT=$cuda python - <<'PY' || status=$?
 """GPU variant build check: imports, driver entry points, cuBLAS, and the kernels compiled for real."""
 import ctypes
-import os
 import shutil
-import sys
 
 import pycuda
 import pycuda.driver as cuda  # links against libcuda.so.1 (the real driver, or the devel image's stub)
-from pycuda import compiler
 
 from plumbing import compat  # noqa: F401  (project import order: compat first)
 from kernels import gpu
 
-print("gpu-check: pycuda {} imports, pycuda.driver and pycuda.compiler load".format(pycuda.VERSION_TEXT))
+print("gpu-check: pycuda {} imports, pycuda.driver loads".format(pycuda.VERSION_TEXT))
 try:
     cuda.init()
     print("gpu-check: cuInit succeeded: {} device(s)".format(cuda.Device.count()))
 except cuda.Error as error:
     print("gpu-check: cuInit fails as expected without a GPU: {}".format(gpu._first_line(error)))
 
-import skcuda  # noqa: E402
-# skcuda.cublas creates a cuBLAS handle while it is imported (to read cuBLAS 12's version), which needs a
-# device; here the library it loads is checked instead: same name, same loader, a call that needs no device.
-lib = ctypes.cdll.LoadLibrary("libcublas.so")
-value = ctypes.c_int()
-parts = []
+# The cuBLAS binding (kernels/gpu.py, ctypes): found, bound, asked for its version; a handle needs a device.
+path = gpu.find_cublas()
+cublas = gpu.Cublas(path)
+value, parts = ctypes.c_int(), []
 for kind in (0, 1, 2):  # MAJOR_VERSION, MINOR_VERSION, PATCH_LEVEL
-    assert lib.cublasGetProperty(kind, ctypes.byref(value)) == 0, "cublasGetProperty failed"
+    assert cublas.lib.cublasGetProperty(kind, ctypes.byref(value)) == 0, "cublasGetProperty failed"
     parts.append(str(value.value))
-print("gpu-check: scikit-cuda {} imports; libcublas.so loads (cuBLAS {}); skcuda.cublas itself needs a "
-      "device to import".format(skcuda.__version__, ".".join(parts)))
+try:
+    cublas.destroy(cublas.create())
+    handle = "cublasCreate_v2 succeeded"
+except gpu.GpuUnavailable as error:
+    handle = "cublasCreate_v2 fails cleanly without a GPU: " + str(error).split(";")[0]
+print("gpu-check: cuBLAS {} bound from {}; {}".format(".".join(parts), path, handle))
 
 for arch in (50, 61, 75):
     cubin = gpu.compile_cubin(arch, compiler="nvrtc")
@@ -214,12 +217,10 @@ for arch in (50, 61, 75):
     print("gpu-check: NVRTC {}.{} compiled binary_kernels.cu for sm_{} ({} bytes)".format(
         *gpu.nvrtc_version(), arch, len(cubin)))
 if shutil.which("nvcc"):
-    source = gpu.KERNEL_SOURCE.read_text()
-    cubin = compiler.compile_plain(source, options=["-arch", "sm_75"], keep=False, nvcc="nvcc", cache_dir=False,
-                                   target="cubin")
-    assert cubin[:4] == b"\x7fELF", "nvcc did not return an ELF cubin"
-    print("gpu-check: nvcc (through pycuda.compiler, as SourceModule does) compiled binary_kernels.cu for sm_75 "
-          "({} bytes)".format(len(cubin)))
+    for arch in gpu.nvcc_archs()[:1]:
+        cubin = gpu.compile_cubin(arch, compiler="nvcc")
+        assert cubin[:4] == b"\x7fELF", "nvcc did not return an ELF cubin"
+        print("gpu-check: nvcc compiled binary_kernels.cu for sm_{} ({} bytes)".format(arch, len(cubin)))
 else:
     print("gpu-check: no nvcc in this base image: only NVRTC compiled the kernels")
 PY
