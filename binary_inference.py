@@ -789,14 +789,16 @@ class cpu_limit:
 
 
 def time_path(run, repeats):
-    """(median s, min s, predictions) of `repeats` calls of run() after one warm-up call on a few examples."""
+    """(median s, min s, median process CPU s, predictions) of `repeats` calls of run() after one warm-up call on a
+    few examples. The CPU time (all threads of the process) is robust to other processes on the machine."""
     run(WARM_UP_EXAMPLES)
-    seconds, predictions = [], None
+    seconds, cpu_seconds, predictions = [], [], None
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         predictions = np.asarray(run(None))
         seconds.append(time.perf_counter() - start)
-    return statistics.median(seconds), min(seconds), predictions
+        cpu_seconds.append(time.process_time() - cpu_start)
+    return statistics.median(seconds), min(seconds), statistics.median(cpu_seconds), predictions
 
 
 def network_name(widths):
@@ -851,8 +853,8 @@ def _benchmark_paths(blocks, fast, pixels, X, labels, thread_counts, repeats, in
             runs.append(("XNOR, original style (Theano + XnorGemm op)", lambda n: xnor_theano(X[:n] if n else X)))
             runs.append((fast_name, lambda n: run_fast(fast, pixels[:n] if n else pixels, threads)))
             for name, run in runs:
-                median, minimum, predictions = time_path(run, repeats)
-                rows.append({"threads": threads, "path": name, "median": median, "min": minimum,
+                median, minimum, cpu, predictions = time_path(run, repeats)
+                rows.append({"threads": threads, "path": name, "median": median, "min": minimum, "cpu": cpu,
                              "predictions": predictions, "error": 100.0 * float(np.mean(predictions != labels))})
                 print(f"  measured threads={threads} {name:<52} {median:8.4f} s", flush=True)
     print_inference_table(rows, float_paths)
@@ -884,15 +886,15 @@ def numpy_blas_name():
 
 def print_inference_table(rows, float_paths):
     reference = rows[0]["predictions"]
-    print(f"\n{'threads':>7}  {'path':<52} {'median s':>9} {'min s':>8} {'best float/t':>12} {'error %':>8} "
-          f"{'differ from Theano float':>25}")
+    print(f"\n{'threads':>7}  {'path':<52} {'median s':>9} {'min s':>8} {'best float/t':>12} {'CPU s':>8} "
+          f"{'error %':>8} {'differ from Theano float':>25}")
     for row in rows:
         same = [r for r in rows if r["threads"] == row["threads"]]
         best_float = min(r["median"] for r in same if r["path"] in float_paths)
         print(f"{row['threads']:>7}  {row['path']:<52} {row['median']:9.4f} {row['min']:8.4f} "
-              f"{best_float / row['median']:11.2f}x {row['error']:8.2f} "
+              f"{best_float / row['median']:11.2f}x {row['cpu']:8.3f} {row['error']:8.2f} "
               f"{int(np.sum(row['predictions'] != reference)):>25}")
-    print()
+    print("(seconds: wall clock; CPU s: median CPU time of the process, all its threads, robust to other load)\n")
 
 
 def fast_path_ties(blocks, fast, pixels, X, reference, fast_rows):
