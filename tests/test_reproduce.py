@@ -82,7 +82,9 @@ def log_values(path):
 # Rows, budgets, commands
 # ---------------------------------------------------------------------------------------------------------
 def test_only_takes_globs_and_comma_lists():
-    assert reproduce.select_rows("mnist-*") == ["mnist-bnn", "mnist-bc-det", "mnist-bc-stoch", "mnist-float"]
+    assert reproduce.select_rows("mnist-*") == ["mnist-bnn", "mnist-bc-det", "mnist-bc-stoch", "mnist-float",
+                                                "mnist-bnn-torch7"]
+    assert reproduce.select_rows("*-torch7") == ["mnist-bnn-torch7", "cifar10-bnn-torch7", "svhn-bnn-torch7"]
     assert reproduce.select_rows("svhn-bnn, cifar10-float") == ["svhn-bnn", "cifar10-float"]
     assert reproduce.select_rows(None) == list(reproduce.ROWS)
 
