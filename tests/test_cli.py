@@ -12,8 +12,9 @@ from plumbing.errors import ArchiveError, DataError, RunError, UsageError
 
 
 def test_methods_and_their_families():
-    assert list(cli.METHODS) == ["binarynet", "bc-det", "bc-stoch", "float"]
-    assert [cli.family(m) for m in cli.METHODS] == ["binarynet", "binaryconnect", "binaryconnect", "binaryconnect"]
+    assert list(cli.METHODS) == ["binarynet", "bc-det", "bc-stoch", "float", "binarynet-torch7"]
+    assert [cli.family(m) for m in cli.METHODS] == ["binarynet", "binaryconnect", "binaryconnect", "binaryconnect",
+                                                    "binarynet-torch7"]
 
 
 @pytest.mark.parametrize("check, text, expected", [
