@@ -54,6 +54,9 @@ def _configure_theano():
     os.environ["THEANO_FLAGS"] = ",".join(defaults + ([user] if user else []))
     # MKL's default threading layer is Intel OpenMP; Theano's own C code uses GNU OpenMP. Use one runtime.
     os.environ.setdefault("MKL_THREADING_LAYER", "GNU")
+    # MKL may use fewer threads than asked when the machine is busy (MKL_DYNAMIC), which changes the summation
+    # order of a product, hence its float32 rounding: a resumed run must see the same products as an uninterrupted one.
+    os.environ.setdefault("MKL_DYNAMIC", "FALSE")
 
 
 if "theano" in sys.modules and sys.modules["theano"].config.floatX != "float32":
