@@ -91,6 +91,8 @@ logging.getLogger("theano.tensor.blas").addFilter(
     lambda record: "did not find a dynamic library" not in record.getMessage())
 # Lasagne 0.1 passes conv2d's old keyword `image_shape`; Theano 1.0 accepts it with a warning on every conv layer.
 warnings.filterwarnings("ignore", message="The `image_shape` keyword argument", category=UserWarning)
+# Lasagne 0.1 imports pkg_resources, which setuptools 67.5 and later deprecate with a warning on every start.
+warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
 import lasagne  # noqa: E402
 
 

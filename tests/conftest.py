@@ -187,3 +187,14 @@ def data_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(datasets, "DEFAULT_DATA_DIR", folder)
     monkeypatch.setenv("BINARYNET_DATA", folder)
     return folder
+
+
+# --------------------------------------------------------------------------- global state
+@pytest.fixture(autouse=True)
+def lasagne_rng_left_as_found():
+    """Every script seeds numpy's global rng and Lasagne draws from it (ORIGINALS.md §1.10): a test that points
+    Lasagne at another rng must put it back, or later in-process runs stop depending on their seed."""
+    yield
+    lasagne = sys.modules.get("lasagne")
+    if lasagne is not None:
+        assert lasagne.random.get_rng() is np.random, "this test left lasagne.random.set_rng() changed"
