@@ -287,7 +287,7 @@ class Run(object):
                 meta = json.loads(str(ckpt["meta"]))
                 if "format" not in meta:  # version 1 kept the log rows in log.jsonl only
                     meta["rows"] = self._read_log_rows()[:meta["summary"]["epochs_done"]]
-                    meta["info"].setdefault("data", None)
+                    meta["data_unrecorded"] = "data" not in meta["info"]
                 elif meta["format"] != FORMAT_VERSION:
                     raise RunError("the checkpoint in {} was written by a newer version of this archive; resume it "
                                    "with that version, or start over in another --out".format(self.out_dir))
@@ -318,6 +318,11 @@ class Run(object):
     def _check_same_run(self, meta):
         info = json.loads(_json(self.info))  # compare as JSON sees both
         changed = sorted(key for key in RESUME_MUST_MATCH if meta["info"].get(key) != info.get(key))
+        if meta.get("data_unrecorded") and "data" in changed:
+            # A version-1 checkpoint did not record its data files: nothing to compare them with.
+            print("note: the checkpoint in {} does not record which data files it was trained on (written by an "
+                  "older version); resuming with the files found now".format(self.out_dir))
+            changed.remove("data")
         if "data" in changed:
             raise RunError("the run in {} was trained on other data files than the ones found now; resume it "
                            "with its original --data-dir, or choose another --out".format(self.out_dir))

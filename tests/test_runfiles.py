@@ -118,6 +118,32 @@ def test_a_checkpoint_from_other_settings_is_refused(tmp_path, change, message):
         started(out, info, state, resume=True)
 
 
+def as_version_1(out):
+    """Rewrite a folder's checkpoint as version 1 wrote it: no format number, no log rows, no data identity."""
+    path = os.path.join(out, runfiles.CHECKPOINT)
+    with np.load(path) as ckpt:
+        arrays = {name: ckpt[name] for name in ckpt.files}
+    meta = json.loads(str(arrays["meta"]))
+    del meta["format"], meta["rows"], meta["info"]["data"]
+    arrays["meta"] = np.array(json.dumps(meta))
+    np.savez(path, **arrays)
+
+
+def test_a_version_1_checkpoint_resumes_without_a_data_check(tmp_path, capsys):
+    """Version 1 recorded no data identity: its runs resume (with a note) rather than being refused for good;
+    its log rows come from log.jsonl, and its other settings are still checked."""
+    out = str(tmp_path)
+    info = dict(INFO, data=[{"name": "train-images-idx3-ubyte.gz", "md5": "f78720b4224f21cce2f2ccf2d7a94c9a"}])
+    run, _ = started(out, info)
+    run.end_epoch({"epoch": 1}, dict(SUMMARY, epochs_done=1), np.arange(3))
+    as_version_1(out)
+    _, (summary, _) = started(out, info, resume=True)
+    assert summary["epochs_done"] == 1
+    assert "does not record which data files" in capsys.readouterr().out
+    with pytest.raises(RunError, match=r"other settings \(train_size differ\)"):
+        started(out, dict(info, train_size=400), resume=True)
+
+
 def test_a_damaged_checkpoint_is_one_clear_error(tmp_path):
     out = str(tmp_path)
     run, _ = started(out)
