@@ -34,6 +34,9 @@ ENV PYTHON=${PYTHON} \
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # Package versions are whatever the chosen base distribution ships (Debian 12 or Ubuntu 22.04): no pins.
 # ca-certificates: the data sets are downloaded over HTTPS when no /data is mounted.
+# tini: process 1 of the container. Without it the command itself would be process 1, which the kernel gives no
+# default signal handling (Ctrl-C and `docker stop` would not stop it) and to which every orphaned process of the
+# tests and the training runs is handed without ever being reaped.
 # hadolint ignore=DL3008
 RUN set -eux; \
     pkgs=(); \
@@ -41,6 +44,7 @@ RUN set -eux; \
     command -v gcc >/dev/null || pkgs+=(gcc); \
     command -v make >/dev/null || pkgs+=(make); \
     [ -f /etc/ssl/certs/ca-certificates.crt ] || pkgs+=(ca-certificates); \
+    command -v tini >/dev/null || pkgs+=(tini); \
     if ! command -v "$PYTHON" >/dev/null; then \
         pkgs+=("$PYTHON" "$PYTHON-venv" "$PYTHON-dev"); \
     else \
@@ -123,5 +127,5 @@ ENV PATH=${APP}/.venv/bin:${PATH} \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     MPLBACKEND=Agg
-ENTRYPOINT ["/opt/binarynet-archive/scripts/docker-entrypoint.sh"]
+ENTRYPOINT ["tini", "--", "/opt/binarynet-archive/scripts/docker-entrypoint.sh"]
 CMD ["help"]
