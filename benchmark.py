@@ -68,8 +68,8 @@ def parse_sizes(text):
         if len(dims) == 1:
             dims = dims * 3
         if len(dims) != 3 or min(dims) < 1:
-            raise BenchmarkError("bad size {!r} in --sizes: use N or MxNxK with positive integers, e.g. "
-                                 "--sizes 4096,1024x2048x512".format(item))
+            raise BenchmarkError(f"bad size {item!r} in --sizes: use N or MxNxK with positive integers, e.g. "
+                                 "--sizes 4096,1024x2048x512")
         sizes.append(tuple(dims))
     return sizes
 
@@ -84,8 +84,8 @@ def parse_threads(text, all_cores):
         elif item.isdigit() and int(item) >= 1:
             counts.append(int(item))
         else:
-            raise BenchmarkError("bad thread count {!r} in --threads: use positive integers or 'all', e.g. "
-                                 "--threads 1,all".format(item))
+            raise BenchmarkError(f"bad thread count {item!r} in --threads: use positive integers or 'all', e.g. "
+                                 "--threads 1,all")
     return list(dict.fromkeys(counts))
 
 
@@ -123,15 +123,14 @@ def build_parser():
 
 def check_args(args):
     if args.repeats < 1 or args.warmup < 0:
-        raise BenchmarkError("--repeats must be >= 1 and --warmup >= 0 (got {}, {})".format(args.repeats,
-                                                                                          args.warmup))
+        raise BenchmarkError(f"--repeats must be >= 1 and --warmup >= 0 (got {args.repeats}, {args.warmup})")
     if args.baseline_max_size < 0:
-        raise BenchmarkError("--baseline-max-size must be >= 0, got {}".format(args.baseline_max_size))
+        raise BenchmarkError(f"--baseline-max-size must be >= 0, got {args.baseline_max_size}")
     if args.clock == "cpu" and args.threads.strip() != "1":
         raise BenchmarkError("--clock cpu measures one thread only (CPU time of several threads is not elapsed "
                              "time): add --threads 1, or use --clock wall")
     if args.plot and not args.plot.lower().endswith(".png"):
-        raise BenchmarkError("--plot takes a .png file name, got {!r}".format(args.plot))
+        raise BenchmarkError(f"--plot takes a .png file name, got {args.plot!r}")
 
 
 def cpuinfo_flags():
@@ -149,16 +148,16 @@ def set_openblas_coretype(choice, isa="auto"):
     """Must run before NumPy is imported. Returns a one-line description of what was done."""
     before = os.environ.get("OPENBLAS_CORETYPE")
     if choice == "keep":
-        return "OPENBLAS_CORETYPE left as {}".format(before)
+        return f"OPENBLAS_CORETYPE left as {before}"
     if choice == "auto" and isa != "auto":
         choice = ISAS[isa][1]
     elif choice == "auto":
         if "avx512f" not in cpuinfo_flags():
-            return "OPENBLAS_CORETYPE left as {} (no AVX-512)".format(before)
+            return f"OPENBLAS_CORETYPE left as {before} (no AVX-512)"
         choice = "SkylakeX"
     os.environ["OPENBLAS_CORETYPE"] = choice
-    return "OPENBLAS_CORETYPE={} (was {}; the NumPy 1.23.5 wheel's OpenBLAS 0.3.20 misdetects this CPU, see " \
-           "ENVIRONMENT.md)".format(choice, before)
+    return f"OPENBLAS_CORETYPE={choice} (was {before}; the NumPy 1.23.5 wheel's OpenBLAS 0.3.20 misdetects this CPU, see " \
+           "ENVIRONMENT.md)"
 
 
 def restrict_isa(isa):
@@ -190,8 +189,8 @@ def choose_device(requested):
     if ok:
         return "gpu"
     if requested == "gpu":
-        raise BenchmarkError("--device gpu: {}".format(message))
-    print("No usable GPU ({}); falling back to the CPU.".format(message))
+        raise BenchmarkError(f"--device gpu: {message}")
+    print(f"No usable GPU ({message}); falling back to the CPU.")
     return "cpu"
 
 
@@ -253,7 +252,7 @@ def instruction_limits(path, threads):
         limits["popcount peak"] = cpu.measure_rate("popcnt512", threads, 0.1) * 512
         limits["xor+popcnt+add issue limit"] = cpu.measure_rate("product512", threads, 0.1) * 512
     elif path == "avx2":
-        limits["AVX2 issue limit ({:.2f} ops/256 bits)".format(AVX2_OPS_PER_PRODUCT)] = \
+        limits[f"AVX2 issue limit ({AVX2_OPS_PER_PRODUCT:.2f} ops/256 bits)"] = \
             cpu.measure_rate("add256", threads, 0.1) / AVX2_OPS_PER_PRODUCT * 256
     return limits
 
@@ -277,8 +276,7 @@ def run_cpu(sizes, thread_counts, args):
             with threadpoolctl.threadpool_limits(limits=threads):
                 in_use = threads_in_use()
                 if any(count != threads for count in in_use.values()):
-                    raise BenchmarkError("could not set BLAS threads to {}: threadpoolctl reports {}".format(
-                        threads, in_use))
+                    raise BenchmarkError(f"could not set BLAS threads to {threads}: threadpoolctl reports {in_use}")
                 path = args.xnor_path
                 Ap, Bp = cpu.pack_rows(A, threads, path), cpu.pack_cols(B, threads, path)
                 # XNOR and NumPy write into outputs allocated once (out=), so a call does not pay for the page
@@ -297,7 +295,7 @@ def run_cpu(sizes, thread_counts, args):
                     row = {"size": (m, n, k), "threads": threads, "kernel": name, "seconds": None,
                            "agrees": None, "note": ""}
                     if name.startswith("baseline") and m * n * k > args.baseline_max_size ** 3:
-                        row["note"] = "skipped: larger than --baseline-max-size {}^3".format(args.baseline_max_size)
+                        row["note"] = f"skipped: larger than --baseline-max-size {args.baseline_max_size}^3"
                     else:
                         row["seconds"], row["min"], result = median_seconds(fn, args.repeats, args.warmup,
                                                                             args.clock)
@@ -318,7 +316,7 @@ def run_gpu(sizes, args):
     try:
         kernels = gpu.GpuKernels()
     except gpu.GpuUnavailable as error:
-        raise BenchmarkError("GPU unavailable: {}".format(str(error).splitlines()[0]))
+        raise BenchmarkError(f"GPU unavailable: {str(error).splitlines()[0]}")
     rows = []
     names = [("xnor", "XNOR (packing incl.)"), ("xnor_nopack", "XNOR (packing excl.)"), ("cublas", "cuBLAS sgemm"),
              ("baseline", "baseline (16x16 tiled CUDA)")]
@@ -345,7 +343,7 @@ def print_table(rows):
         blas = [s for name, s in timed.items() if name.startswith(("BLAS", "cuBLAS"))]
         best_blas = min(blas) if blas else None
         base = next((r["seconds"] for r in group if r["kernel"].startswith("baseline")), None)
-        print("\n{} x {} x {} (m x n x k), threads: {}".format(m, n, k, threads))
+        print(f"\n{m} x {n} x {k} (m x n x k), threads: {threads}")
         print("  {:<44} {:>10} {:>10} {:>10} {:>11} {:>11} {:>6}".format(
             "kernel", "median s", "min s", "GFLOP/s", "baseline/t", "bestBLAS/t", "agrees"))
         for r in group:
@@ -354,8 +352,8 @@ def print_table(rows):
                 continue
             s = r["seconds"]
             print("  {:<44} {:>10.5f} {:>10.5f} {:>10.1f} {:>11} {:>11} {:>6}".format(
-                r["kernel"], s, r.get("min", s), flops / s / 1e9, "{:.1f}x".format(base / s) if base else "n/a",
-                "{:.2f}x".format(best_blas / s) if best_blas else "n/a", "yes" if r["agrees"] else "NO"))
+                r["kernel"], s, r.get("min", s), flops / s / 1e9, f"{base / s:.1f}x" if base else "n/a",
+                f"{best_blas / s:.2f}x" if best_blas else "n/a", "yes" if r["agrees"] else "NO"))
         for r in group:
             for limit, bits_per_second in r.get("limits", {}).items():
                 print("    {}: {} reaches {:.0f}% of the {} ({:.0f} GFLOP-eq/s, measured on {} thread(s))".format(
@@ -384,7 +382,7 @@ def plot(rows, filename):
                 xs.append(g + (i - (len(kernels) - 1) / 2) * width)
                 ys.append(s)
         if ys:  # a kernel skipped at every size (the baseline above --baseline-max-size) gets no legend entry
-            ax.bar(xs, ys, width, label=kernel, color="C{}".format(i))
+            ax.bar(xs, ys, width, label=kernel, color=f"C{i}")
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels(["{}\nthreads={}".format("x".join(map(str, size)), t) for size, t in groups])
     ax.set_yscale("log")
@@ -406,7 +404,7 @@ def machine_line():
 
 def print_ratios(rows, isa_note):
     """One line per size and thread count: XNOR over the best BLAS, with the ISA and the machine."""
-    print("\nRatios, ISA {}:".format(isa_note))
+    print(f"\nRatios, ISA {isa_note}:")
     print("  " + machine_line())
     groups = {}
     for row in rows:
@@ -426,10 +424,10 @@ def print_ratios(rows, isa_note):
 def print_hardware(coretype_note, thread_counts, isa_note):
     from plumbing import compat
     print(machine_line())
-    print("ISA: {}".format(isa_note))
+    print(f"ISA: {isa_note}")
     print("Thread counts: {} (XNOR/baseline: pthreads; BLAS: threadpoolctl.threadpool_limits)".format(
         ", ".join(map(str, thread_counts))))
-    print("Theano BLAS: {} | {}".format(compat.BLAS_NAME, coretype_note))
+    print(f"Theano BLAS: {compat.BLAS_NAME} | {coretype_note}")
     print("threadpoolctl.threadpool_info():")
     print("\n".join(blas_descriptions()))
     print(BASELINE_NOTE)
@@ -461,7 +459,7 @@ def main(argv=None):
         print_ratios(rows, isa_note)
     if args.plot:
         plot(rows, args.plot)
-        print("Wrote {}".format(args.plot))
+        print(f"Wrote {args.plot}")
     if any(r["agrees"] is False for r in rows):
         raise BenchmarkError("the kernels' products differ (see the 'agrees' column)")
     return 0

@@ -78,13 +78,12 @@ def load_blocks(npz_path):
     """Read a BinaryNet MNIST parameter file (arr_0 ... arr_{6L-1}, §2.5) into a list of L `Block`s."""
     arrays = _read_npz(npz_path)
     if not arrays:
-        raise InferenceError("%s is an empty .npz (no arrays); pass the .npz saved by mnist.py" % npz_path)
+        raise InferenceError(f"{npz_path} is an empty .npz (no arrays); pass the .npz saved by mnist.py")
     names = ["arr_%d" % i for i in range(len(arrays))]
     if sorted(arrays) != sorted(names) or not arrays or len(arrays) % ARRAYS_PER_BLOCK:
-        raise InferenceError("%s is not a BinaryNet parameter file: expected arr_0 ... arr_N with 6 arrays per "
-                             "dense block (W, b, beta, gamma, mean, inv_std), found keys %s; save the trained "
-                             "network with numpy.savez(path, *lasagne.layers.get_all_param_values(net))"
-                             % (npz_path, ",".join(sorted(arrays))[:80]))
+        raise InferenceError("{} is not a BinaryNet parameter file: expected arr_0 ... arr_N with 6 arrays per "
+                             "dense block (W, b, beta, gamma, mean, inv_std), found keys {}; save the trained "
+                             "network with numpy.savez(path, *lasagne.layers.get_all_param_values(net))".format(npz_path, ",".join(sorted(arrays))[:80]))
     blocks = []
     for k in range(len(arrays) // ARRAYS_PER_BLOCK):
         group = [arrays["arr_%d" % (ARRAYS_PER_BLOCK * k + j)] for j in range(ARRAYS_PER_BLOCK)]
@@ -98,35 +97,33 @@ def load_blocks(npz_path):
 def _read_npz(path):
     """{name: array} of a .npz file; a missing, empty, non-zip, pickled or damaged file raises InferenceError."""
     if not os.path.exists(path):
-        raise InferenceError("model file %s does not exist; pass the .npz saved by mnist.py" % path)
+        raise InferenceError(f"model file {path} does not exist; pass the .npz saved by mnist.py")
     if not os.path.isfile(path):
-        raise InferenceError("model file %s is a folder or a special file, not a .npz file; pass the .npz saved by "
-                             "mnist.py" % path)
+        raise InferenceError(f"model file {path} is a folder or a special file, not a .npz file; pass the .npz saved by "
+                             "mnist.py")
     try:
         with open(path, "rb") as handle:
             head = handle.read(6)
     except OSError as err:
-        raise InferenceError("model file %s cannot be read (%s); check its permissions" % (path, err.strerror))
+        raise InferenceError(f"model file {path} cannot be read ({err.strerror}); check its permissions")
     if not head:
-        raise InferenceError("model file %s is empty (0 bytes); pass the .npz saved by mnist.py" % path)
+        raise InferenceError(f"model file {path} is empty (0 bytes); pass the .npz saved by mnist.py")
     if head == b"\x93NUMPY":
-        raise InferenceError("%s is a single NumPy array (.npy), not a .npz model; pass the .npz saved by mnist.py "
-                             "(numpy.savez of the network's parameters)" % path)
+        raise InferenceError(f"{path} is a single NumPy array (.npy), not a .npz model; pass the .npz saved by mnist.py "
+                             "(numpy.savez of the network's parameters)")
     if head[:4] not in ZIP_MAGIC:
-        raise InferenceError("%s is not a .npz file (it does not start like a zip archive); pass the .npz saved by "
-                             "mnist.py" % path)
+        raise InferenceError(f"{path} is not a .npz file (it does not start like a zip archive); pass the .npz saved by "
+                             "mnist.py")
     try:
         with np.load(path, allow_pickle=False) as data:
             return {key: data[key] for key in data.files}
     except ValueError as err:
         if "allow_pickle" in str(err):
-            raise InferenceError("%s holds pickled Python objects, which are never loaded (only plain arrays are); "
-                                 "pass the .npz saved by mnist.py" % path)
-        raise InferenceError("%s is a damaged .npz file (%s); pass the .npz saved by mnist.py"
-                             % (path, _first_line(err)))
+            raise InferenceError(f"{path} holds pickled Python objects, which are never loaded (only plain arrays are); "
+                                 "pass the .npz saved by mnist.py")
+        raise InferenceError(f"{path} is a damaged .npz file ({_first_line(err)}); pass the .npz saved by mnist.py")
     except NPZ_ERRORS as err:
-        raise InferenceError("%s is a damaged .npz file (%s); pass the .npz saved by mnist.py"
-                             % (path, _first_line(err)))
+        raise InferenceError(f"{path} is a damaged .npz file ({_first_line(err)}); pass the .npz saved by mnist.py")
 
 
 def _first_line(err):
@@ -138,11 +135,9 @@ def _check_block(path, k, group, fan_in_expected):
     W = group[0]
     where = "%s, dense block %d" % (path, k + 1)
     if W.ndim != 2 or (fan_in_expected is not None and W.shape[0] != fan_in_expected):
-        raise InferenceError("%s: W has shape %s, expected (%s, units); the file is not a chain of dense blocks"
-                             % (where, W.shape, fan_in_expected if fan_in_expected is not None else "fan_in"))
+        raise InferenceError("{}: W has shape {}, expected ({}, units); the file is not a chain of dense blocks".format(where, W.shape, fan_in_expected if fan_in_expected is not None else "fan_in"))
     if 0 in W.shape:
-        raise InferenceError("%s: W has shape %s, a layer with 0 inputs or 0 units; retrain or re-save the model"
-                             % (where, W.shape))
+        raise InferenceError(f"{where}: W has shape {W.shape}, a layer with 0 inputs or 0 units; retrain or re-save the model")
     units = W.shape[1]
     for name, vector in zip(("b", "beta", "gamma", "mean", "inv_std"), group[1:]):
         if vector.shape != (units,):
@@ -150,8 +145,7 @@ def _check_block(path, k, group, fan_in_expected):
                                  "inv_std)" % (where, name, vector.shape, units))
     for name, array in zip(("W", "b", "beta", "gamma", "mean", "inv_std"), group):
         if array.dtype.kind != "f" or not np.all(np.isfinite(array)):
-            raise InferenceError("%s: %s is not a finite floating-point array; retrain or re-save the model"
-                                 % (where, name))
+            raise InferenceError(f"{where}: {name} is not a finite floating-point array; retrain or re-save the model")
     return Block(*[np.ascontiguousarray(a, dtype=np.float32) for a in group])
 
 
@@ -294,19 +288,19 @@ def gpu_inference_report(blocks, X, reference, repeats):
 def resolve_device(device):
     """'cpu', or 'gpu' when one is usable; 'gpu' without a GPU raises, 'auto' falls back to 'cpu' and says so."""
     if device not in DEVICES:
-        raise InferenceError("unknown device %r; choose one of %s" % (device, ", ".join(DEVICES)))
+        raise InferenceError("unknown device {!r}; choose one of {}".format(device, ", ".join(DEVICES)))
     if device == "cpu":
         return "cpu"
     try:
         from kernels.gpu import gpu_status
         usable, message = gpu_status()
     except ImportError as err:
-        usable, message = False, "kernels.gpu cannot be imported (%s)" % err
+        usable, message = False, f"kernels.gpu cannot be imported ({err})"
     if usable:
         return "gpu"
     if device == "gpu":
-        raise InferenceError("--device gpu: no usable GPU (%s); run with --device cpu" % message)
-    print("device auto: no usable GPU (%s); running on the CPU" % message)
+        raise InferenceError(f"--device gpu: no usable GPU ({message}); run with --device cpu")
+    print(f"device auto: no usable GPU ({message}); running on the CPU")
     return "cpu"
 
 
@@ -356,7 +350,7 @@ def evaluate(blocks, X, y, kernels=KERNELS, device="cpu", batch_size=10000):
 def describe_cpu_libraries():
     """One line naming the float BLAS Theano links and NumPy's, and the XNOR code path (docs/environment.md)."""
     from plumbing import compat
-    numpy_blas = ", ".join("%s %s (%s)" % (i.get("internal_api"), i.get("version"), i.get("architecture"))
+    numpy_blas = ", ".join("{} {} ({})".format(i.get("internal_api"), i.get("version"), i.get("architecture"))
                            for i in threadpool_info() if i.get("user_api") == "blas") or "unknown"
     return "Theano BLAS: %s; NumPy BLAS: %s; XNOR path: %s; CPUs: %d" % (
         compat.BLAS_NAME, numpy_blas, available_paths()[0], len(os.sched_getaffinity(0)))
@@ -367,14 +361,13 @@ def _check_kernels(kernels):
         kernels = [k.strip() for k in kernels.split(",") if k.strip()]
     unknown = [k for k in kernels if k not in KERNELS]
     if unknown or not kernels:
-        raise InferenceError("unknown kernel(s) %s; choose from %s (comma-separated)"
-                             % (",".join(unknown) or "(none given)", ",".join(KERNELS)))
+        raise InferenceError("unknown kernel(s) {}; choose from {} (comma-separated)".format(",".join(unknown) or "(none given)", ",".join(KERNELS)))
     return list(dict.fromkeys(kernels))
 
 
 def print_table(results, title):
     """One line per kernel: test error, run time, speed-up vs blas and vs baseline."""
-    print("run-time inference (%s)" % title)
+    print(f"run-time inference ({title})")
     print("%-10s %10s %12s %10s %13s" % ("kernel", "error %", "run time s", "vs blas", "vs baseline"))
     for name, r in results.items():
         ratios = []
@@ -390,9 +383,8 @@ def _check_identical(results):
     bad = {n: count for n, count in differing.items() if count}
     if bad:
         detail = ", ".join("%s differs from %s on %d examples" % (n, names[0], c) for n, c in bad.items())
-        print("!!! PREDICTIONS DIFFER BETWEEN KERNELS: %s !!!" % detail)
-        raise InferenceError("kernels disagree (%s); the binary kernels are not computing the same network"
-                             % detail)
+        print(f"!!! PREDICTIONS DIFFER BETWEEN KERNELS: {detail} !!!")
+        raise InferenceError(f"kernels disagree ({detail}); the binary kernels are not computing the same network")
     if len(names) > 1:
         print("all %d runs give identical predictions" % len(names))
 
@@ -465,21 +457,18 @@ def check_export_path(out_path, model_path):
     """Refuse, before any long evaluation, an export path that is the model itself, a folder, or in a folder
     that is missing or not writable (probed by creating a temporary file there)."""
     if os.path.isdir(out_path):
-        raise InferenceError("--export %s is a folder; pass a file name such as %s"
-                             % (out_path, os.path.join(out_path, "packed.npz")))
+        raise InferenceError("--export {} is a folder; pass a file name such as {}".format(out_path, os.path.join(out_path, "packed.npz")))
     if os.path.exists(out_path) and os.path.exists(model_path) and os.path.samefile(out_path, model_path):
-        raise InferenceError("--export %s is the model file itself, which would be destroyed; pass another file "
-                             "name" % out_path)
+        raise InferenceError(f"--export {out_path} is the model file itself, which would be destroyed; pass another file "
+                             "name")
     folder = os.path.dirname(os.path.abspath(out_path))
     if not os.path.isdir(folder):
-        raise InferenceError("--export %s: the folder %s does not exist; create it or choose another path"
-                             % (out_path, folder))
+        raise InferenceError(f"--export {out_path}: the folder {folder} does not exist; create it or choose another path")
     try:
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".export-probe-"):
             pass
     except OSError as err:
-        raise InferenceError("--export %s: cannot write in %s (%s); choose a writable folder"
-                             % (out_path, folder, err.strerror or err))
+        raise InferenceError(f"--export {out_path}: cannot write in {folder} ({err.strerror or err}); choose a writable folder")
 
 
 def _write_npz_atomically(path, arrays):
@@ -489,7 +478,7 @@ def _write_npz_atomically(path, arrays):
     try:
         fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
     except OSError as err:
-        raise InferenceError("cannot write %s (%s); choose a writable folder" % (path, err.strerror or err))
+        raise InferenceError(f"cannot write {path} ({err.strerror or err}); choose a writable folder")
     try:
         umask = os.umask(0)
         os.umask(umask)
@@ -503,8 +492,7 @@ def _write_npz_atomically(path, arrays):
         if os.path.exists(tmp):
             os.remove(tmp)
         if isinstance(err, OSError):
-            raise InferenceError("could not write %s (%s); free some space or choose another --export path"
-                                 % (path, err.strerror or "short write: %s" % err))
+            raise InferenceError("could not write {} ({}); free some space or choose another --export path".format(path, err.strerror or f"short write: {err}"))
         raise
     folder_fd = os.open(folder, os.O_RDONLY)
     try:
@@ -517,18 +505,17 @@ def load_packed(packed_path):
     """Read and check a packed model file; returns the dict of its arrays."""
     arrays = _read_npz(packed_path)
     if "format" not in arrays or str(arrays["format"]) != PACKED_FORMAT:
-        raise InferenceError("%s is not a packed BinaryNet model; create one with "
-                             "python binary_inference.py --model M.npz --export %s" % (packed_path, packed_path))
+        raise InferenceError(f"{packed_path} is not a packed BinaryNet model; create one with "
+                             f"python binary_inference.py --model M.npz --export {packed_path}")
     version = arrays.get("version")
     if version is None or version.shape != () or version.dtype.kind not in "iu" or int(version) != PACKED_VERSION:
         found = "none" if version is None else (str(version) if version.shape == () and version.dtype.kind in "iu"
-                                                else "a %s array of shape %s" % (version.dtype, version.shape))
+                                                else f"a {version.dtype} array of shape {version.shape}")
         raise InferenceError("%s has packed-format version %s, this code reads version %d; re-export it"
                              % (packed_path, found, PACKED_VERSION))
     widths = arrays.get("widths")
     if widths is None or widths.ndim != 1 or widths.dtype.kind not in "iu" or len(widths) < 3 or widths.min() < 1:
-        raise InferenceError("%s is damaged: 'widths' must list at least 3 positive layer widths; re-export it"
-                             % packed_path)
+        raise InferenceError(f"{packed_path} is damaged: 'widths' must list at least 3 positive layer widths; re-export it")
     widths = [int(w) for w in widths]
     for k in range(len(widths) - 1):
         units = widths[k + 1]
@@ -866,8 +853,7 @@ def _benchmark_paths(blocks, fast, pixels, X, labels, thread_counts, repeats, in
     else:
         print(f"GPU: not measured ({message})")
     ties = fast_path_ties(blocks, fast, pixels, X, reference, [r for r in rows if r["path"] == fast_name])
-    print("packed model: {} bytes, float model {} bytes, {:.1f}x smaller".format(sizes[1], sizes[0],
-                                                                                sizes[0] / sizes[1]))
+    print(f"packed model: {sizes[1]} bytes, float model {sizes[0]} bytes, {sizes[0] / sizes[1]:.1f}x smaller")
     print("load average after:  {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     print(speedup_line(rows, float_paths, fast_name, widths, len(X), ties))
     if ties["unexplained"] or ties["beyond"]:
@@ -974,7 +960,7 @@ def run(model_path, data_dir=None, kernels=KERNELS, device="cpu", export_path=No
         ratio = float_bytes / packed_bytes
         print("packed model %s: %d bytes, float model %d bytes, %.1fx smaller" % (export_path, packed_bytes,
                                                                                   float_bytes, ratio))
-        print("packed run (numpy + kernels.cpu): error %.2f %%, run time %.4f s" % (error, seconds))
+        print(f"packed run (numpy + kernels.cpu): error {error:.2f} %, run time {seconds:.4f} s")
         name, reference = next(iter(results["kernels"].items()))
         differ = int(np.sum(predictions != reference["predictions"]))
         # Bit-exact check: the same packed model with the first layer's float product taken from Theano (MKL).
@@ -985,7 +971,7 @@ def run(model_path, data_dir=None, kernels=KERNELS, device="cpu", export_path=No
             print("!!! PACKED MODEL (THEANO'S FIRST-LAYER PRODUCT) DIFFERS FROM THE %s RUN ON %d EXAMPLES !!!"
                   % (name.upper(), exact_differ))
         else:
-            print("packed model with Theano's first-layer product: same predictions as the %s run" % name)
+            print(f"packed model with Theano's first-layer product: same predictions as the {name} run")
         print("packed model with NumPy's first-layer product: %d of %d predictions differ from the %s run "
               "(float32 sums of the real-valued first layer in another order; all other layers are exact)"
               % (differ, len(X), name))

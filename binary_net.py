@@ -21,7 +21,7 @@ class RoundStraightThrough(theano.scalar.UnaryScalarOp):
         return np.sign(x) * np.floor(np.abs(x) + 0.5)
 
     def c_code(self, node, name, inputs, outputs, sub):
-        return "%s = round(%s);" % (outputs[0], inputs[0])
+        return f"{outputs[0]} = round({inputs[0]});"
 
     def c_code_cache_version(self):
         return (1,)

@@ -76,8 +76,8 @@ class Torch7Sign(theano.scalar.BinaryScalarOp):
     def c_code(self, node, name, inputs, outputs, sub):
         h, u = inputs
         z, = outputs
-        return ("{{ npy_float32 d = ((npy_float32){h} + 1.0f) / 2.0f - (npy_float32){u};"
-                " {z} = (d > 0) - (d < 0); }}").format(h=h, u=u, z=z)
+        return (f"{{ npy_float32 d = ((npy_float32){h} + 1.0f) / 2.0f - (npy_float32){u};"
+                f" {z} = (d > 0) - (d < 0); }}")
 
     def c_code_cache_version(self):
         return (1,)
@@ -175,7 +175,7 @@ def _shift_bn_op(ndim, dtype, epsilon):
         return shift_bn_backward(inputs[0], inputs[1], output_grads[0], epsilon)
 
     return OpFromGraph([x, gamma, beta], [shift_bn_forward(x, gamma, beta, epsilon)], inline=True,
-                       grad_overrides=backward, name="ShiftBatchNorm{}d".format(ndim))
+                       grad_overrides=backward, name=f"ShiftBatchNorm{ndim}d")
 
 
 def shift_batch_norm(x, gamma, beta, epsilon=SBN_EPSILON):

@@ -142,16 +142,15 @@ def cell(row):
 def tolerance(c):
     """How far (percentage points) ours may lie from the published error and still agree, and the rule's name."""
     if c.spread is not None and (c.runs or 1) > 1:
-        return SIGMAS * c.spread, "{} x the published standard deviation ({} runs)".format(SIGMAS, c.runs)
-    return TOLERANCE_RELATIVE * c.error, "{:.0f} % of the published error (single run)".format(
-        100 * TOLERANCE_RELATIVE)
+        return SIGMAS * c.spread, f"{SIGMAS} x the published standard deviation ({c.runs} runs)"
+    return TOLERANCE_RELATIVE * c.error, f"{100 * TOLERANCE_RELATIVE:.0f} % of the published error (single run)"
 
 
 def short_source(c):
     """'[BC] Table 2 (NIPS version)' for a cell."""
-    return "{} {}".format(c.source[0].split()[0], c.source[1])
+    return f"{c.source[0].split()[0]} {c.source[1]}"
 
 
 def source_text(c):
     paper, table, page, column = c.source
-    return "{}, {}, {} column{}".format(paper, table, column, "" if page is None else ", p. {}".format(page))
+    return "{}, {}, {} column{}".format(paper, table, column, "" if page is None else f", p. {page}")

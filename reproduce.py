@@ -205,14 +205,14 @@ def row_plan(runs, row, settings):
     results = tables.read_json(os.path.join(folder, "results.json"))
     if old is None:
         if results is not None or os.path.exists(os.path.join(folder, "checkpoint.npz")):
-            raise UsageError("{} holds a run that reproduce.py did not start; move it away or choose another "
-                             "--runs".format(folder))
+            raise UsageError(f"{folder} holds a run that reproduce.py did not start; move it away or choose another "
+                             "--runs")
         return "run"
     changed = _differences(old, settings, ROW_MUST_MATCH)
     if changed:
         raise UsageError("{} was made with other settings ({} differ: {}); rerun with those settings or choose "
                          "another --runs".format(folder, ", ".join(changed),
-                                                 "; ".join("{}={}".format(k, old.get(k)) for k in changed)))
+                                                 "; ".join(f"{k}={old.get(k)}" for k in changed)))
     if results is not None and results.get("finished"):
         return "skip"
     return "run"
@@ -236,9 +236,8 @@ def check_data_dir(data_dir, rows):
         return
     for dataset in sorted({ROWS[row][0] for row in rows}):
         if not os.path.isdir(os.path.join(data_dir, dataset)):
-            raise UsageError("--data-dir {} has no {}/ folder; put the {} files in {}/{}/ (or leave those rows "
-                             "out with --only)".format(data_dir, dataset, tables.DATASET_NAMES[dataset],
-                                                       data_dir, dataset))
+            raise UsageError(f"--data-dir {data_dir} has no {dataset}/ folder; put the {tables.DATASET_NAMES[dataset]} files in {data_dir}/{dataset}/ (or leave those rows "
+                             "out with --only)")
 
 
 class RunsLock(object):
@@ -256,8 +255,7 @@ class RunsLock(object):
             self.file.seek(0)
             other = self.file.read().strip() or "unknown"
             self.file.close()
-            raise RunError("another reproduce.py (pid {}) is running on {}; wait for it or use another --runs".format(
-                other, os.path.dirname(self.path)))
+            raise RunError(f"another reproduce.py (pid {other}) is running on {os.path.dirname(self.path)}; wait for it or use another --runs")
         self.file.truncate(0)
         self.file.write(str(os.getpid()))
         self.file.flush()
@@ -327,7 +325,7 @@ def cpu_seconds(pid):
 
     On a crowded machine this, not the wall time, tells how long a row takes on a quiet one (one thread each)."""
     try:
-        with open("/proc/{}/stat".format(pid)) as f:
+        with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
@@ -358,7 +356,7 @@ def _eta(log, planned):
 
 
 def _err(value):
-    return "—" if value is None else "{:.2f}%".format(value)
+    return "—" if value is None else f"{value:.2f}%"
 
 
 def last_line(path):
@@ -409,15 +407,15 @@ class StatusBoard(object):
             return
         self.texts[row] = text
         if not self.tty:
-            self.stream.write("{}  {}\n".format(row.ljust(self.width), text))
+            self.stream.write(f"{row.ljust(self.width)}  {text}\n")
             self.stream.flush()
 
     def draw(self):
         if not self.tty:
             return
-        out = "\033[{}F".format(self.drawn) if self.drawn else ""
+        out = f"\033[{self.drawn}F" if self.drawn else ""
         for row, text in self.texts.items():
-            out += "\033[K{}  {}\n".format(row.ljust(self.width), text)
+            out += f"\033[K{row.ljust(self.width)}  {text}\n"
         self.stream.write(out)
         self.stream.flush()
         self.drawn = len(self.texts)
@@ -536,19 +534,18 @@ def job_script(runs, row, budget, data_dir, python=None):
     supervisor = [python, "reproduce.py", "--run-row", row, "--runs", os.path.abspath(runs), "--budget", budget]
     if data_dir is not None:
         supervisor += ["--data-dir", os.path.abspath(data_dir)]
-    return """#!/bin/bash
+    return f"""#!/bin/bash
 #SBATCH --job-name=reproduce-{row}
 #SBATCH --output={folder}/slurm-%j.out
 #SBATCH --open-mode=append
 #SBATCH --requeue
 #SBATCH --signal=B:TERM@120
 # Written by reproduce.py. Runs, with one BLAS/OpenMP thread per CPU of the job:
-#   {command}
+#   {shlex.join(row_command(row, budget, runs, data_dir, python))}
 # then rebuilds the report. A requeued job continues from the last finished epoch.
-cd {here}
-exec {supervisor}
-""".format(row=row, folder=folder, here=shlex.quote(HERE), supervisor=shlex.join(supervisor),
-           command=shlex.join(row_command(row, budget, runs, data_dir, python)))
+cd {shlex.quote(HERE)}
+exec {shlex.join(supervisor)}
+"""
 
 
 def slurm_threads():
@@ -586,10 +583,10 @@ def slurm_command(name, *args):
     try:
         return subprocess.run((name,) + args, capture_output=True, text=True, timeout=60)
     except FileNotFoundError:
-        raise RunError("{} is not installed here; --engine slurm needs the Slurm client commands (sbatch, squeue) "
-                       "on PATH".format(name)) from None
+        raise RunError(f"{name} is not installed here; --engine slurm needs the Slurm client commands (sbatch, squeue) "
+                       "on PATH") from None
     except subprocess.TimeoutExpired:
-        raise RunError("{} did not answer within 60 s; check the Slurm controller (sinfo)".format(name)) from None
+        raise RunError(f"{name} did not answer within 60 s; check the Slurm controller (sinfo)") from None
 
 
 def job_ids(runs, row):
@@ -633,7 +630,7 @@ def submit_slurm(runs, rows, budget, data_dir, slurm_args, stream=sys.stdout):
         active = active_jobs(job_ids(runs, row)[-1:])
         if active:
             job, (state, elapsed) = next(iter(active.items()))
-            stream.write("{}: already in the queue as job {} ({})\n".format(row, job, state))
+            stream.write(f"{row}: already in the queue as job {job} ({state})\n")
             continue
         folder = os.path.join(runs, row)
         script = os.path.join(folder, "job.sh")
@@ -647,7 +644,7 @@ def submit_slurm(runs, rows, budget, data_dir, slurm_args, stream=sys.stdout):
                                                   sbatch_args=slurm_args or ""))
         tables.write_text(os.path.join(folder, "slurm.json"), json.dumps(record, indent=2) + "\n")
         submitted[row] = job
-        stream.write("{}: submitted as job {}\n".format(row, job))
+        stream.write(f"{row}: submitted as job {job}\n")
     return submitted
 
 
@@ -667,11 +664,11 @@ def row_status(runs, row, elapsed=True):
             what = "queued" if state == "PENDING" else state.lower()
             return "{} (job {}{}), {}".format(what, ids[-1], ", " + time_used if elapsed else "", progress)
         final = states[ids[-1]][0] if ids[-1] in states else accounting_state(ids[-1]) or "no longer in the queue"
-        tail = last_line(os.path.join(folder, "slurm-{}.out".format(ids[-1])))
-        return "failed or stopped (job {}: {}), {}; last log line: {}".format(ids[-1], final, progress, tail)
+        tail = last_line(os.path.join(folder, f"slurm-{ids[-1]}.out"))
+        return f"failed or stopped (job {ids[-1]}: {final}), {progress}; last log line: {tail}"
     pid = running_here(folder)
     if pid:
-        return "running (pid {}), {}".format(pid, progress)
+        return f"running (pid {pid}), {progress}"
     attempts = tables.read_log(os.path.join(folder, "attempts.jsonl"))
     if attempts and attempts[-1]["returncode"] not in (0, None):
         return "failed (exit {}), {}; last log line: {}".format(attempts[-1]["returncode"], progress,
@@ -738,18 +735,18 @@ def dry_run(runs, rows, budget, data_dir, engine, jobs, threads, slurm_args, str
     for row in rows:
         plan = row_plan(runs, row, row_settings(row, budget, runs, data_dir))
         if plan == "skip":
-            stream.write("# {}: finished, skipped\n".format(row))
+            stream.write(f"# {row}: finished, skipped\n")
             continue
         if engine == "local":
-            env = " ".join("{}={}".format(k, v) for k, v in thread_env(threads).items())
+            env = " ".join(f"{k}={v}" for k, v in thread_env(threads).items())
             stream.write("cd {} && {} {}\n".format(shlex.quote(HERE), env, shlex.join(
                 row_command(row, budget, runs, data_dir))))
         else:
             script = os.path.join(os.path.abspath(runs), row, "job.sh")
-            stream.write("# {} ({}):\n{}".format(script, row, job_script(runs, row, budget, data_dir)))
+            stream.write(f"# {script} ({row}):\n{job_script(runs, row, budget, data_dir)}")
             stream.write(shlex.join(["sbatch", "--parsable"] + shlex.split(slurm_args) + [script]) + "\n\n")
     if engine == "local":
-        stream.write("# {} rows at a time, {} threads each\n".format(jobs, threads))
+        stream.write(f"# {jobs} rows at a time, {threads} threads each\n")
 
 
 def main(argv=None):
@@ -763,12 +760,11 @@ def main(argv=None):
     if args.report or args.status:
         settings = tables.read_json(os.path.join(runs, tables.RUN_SETTINGS))
         if settings is None:
-            raise UsageError("{} is not a runs folder made by reproduce.py (no {}); pass --runs".format(
-                runs, tables.RUN_SETTINGS))
+            raise UsageError(f"{runs} is not a runs folder made by reproduce.py (no {tables.RUN_SETTINGS}); pass --runs")
         if args.status:
             width = max(len(row) for row in rows)
             for row in rows:
-                print("{}  {}".format(row.ljust(width), row_status(runs, row)))
+                print(f"{row.ljust(width)}  {row_status(runs, row)}")
         table = tables.write_report(runs, settings["rows"])
         if args.report:
             print(tables.markdown(table))
@@ -785,7 +781,7 @@ def main(argv=None):
     write_settings(runs, args.budget, args.data_dir, rows)
     for row in rows:
         if plans[row] == "skip":
-            print("{}: finished, skipped ({})".format(row, progress_text(runs, row)))
+            print(f"{row}: finished, skipped ({progress_text(runs, row)})")
     if not todo:
         failed = []
     elif args.engine == "slurm":
@@ -794,8 +790,7 @@ def main(argv=None):
         failed = wait_slurm(runs, rows, list(ROWS)) if args.wait else []
     else:
         with RunsLock(runs):
-            print("{} rows to run, {} at a time, {} BLAS/OpenMP threads each; runs folder {}".format(
-                len(todo), jobs, threads, runs))
+            print(f"{len(todo)} rows to run, {jobs} at a time, {threads} BLAS/OpenMP threads each; runs folder {runs}")
             failed = run_local(runs, todo, args.budget, args.data_dir, jobs, threads, list(ROWS))
     table = tables.write_report(runs, list(ROWS))
     print("report: {} ({})".format(os.path.join(runs, tables.TABLE_MD), table["title"]))

@@ -45,7 +45,7 @@ def read_json(path, default=None):
     except FileNotFoundError:
         return default
     except (OSError, ValueError) as e:
-        raise RunError("cannot read {} ({}); delete it or restore it".format(path, e)) from None
+        raise RunError(f"cannot read {path} ({e}); delete it or restore it") from None
 
 
 def read_log(path):
@@ -65,7 +65,7 @@ def read_log(path):
 
 def write_text(path, text):
     """Write a report file atomically (a reader never sees half a table)."""
-    tmp = "{}.{}.tmp".format(path, os.getpid())
+    tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "w") as f:
         f.write(text)
     os.replace(tmp, path)
@@ -134,7 +134,7 @@ def data_identity(dataset, folder, cache=None):
     for path in data_files(dataset, folder) if folder and os.path.isdir(folder) else []:
         real = os.path.realpath(path)
         stat = os.stat(real)
-        key = "{}|{}|{}".format(real, stat.st_size, int(stat.st_mtime))
+        key = f"{real}|{stat.st_size}|{int(stat.st_mtime)}"
         if cache is not None and key in cache:
             md5 = cache[key]
         else:
@@ -144,14 +144,13 @@ def data_identity(dataset, folder, cache=None):
         known = official.get(os.path.basename(path))
         files.append(dict(path=real, size=stat.st_size, md5=md5, official=None if known is None else known == md5))
     if not files:
-        return dict(label="unknown: no {} files in {}".format(name, folder), official=None, files=[])
+        return dict(label=f"unknown: no {name} files in {folder}", official=None, files=[])
     if any(f["official"] is False for f in files):
-        label, verdict = "not the official {0} data set: files in the official {0} format (MD5 differs)".format(
-            name), False
+        label, verdict = f"not the official {name} data set: files in the official {name} format (MD5 differs)", False
     elif all(f["official"] for f in files):
-        label, verdict = "official {} files (MD5 verified)".format(name), True
+        label, verdict = f"official {name} files (MD5 verified)", True
     else:
-        label, verdict = "{} files without an official MD5 to compare (unpacked?)".format(name), None
+        label, verdict = f"{name} files without an official MD5 to compare (unpacked?)", None
     description = data_label(folder)
     return dict(label=label + ("; described as: " + description if description else ""), official=verdict,
                 description=description, files=files)
@@ -250,7 +249,7 @@ def title(budgets, all_official, unfinished=0, ran=1):
         return "No results yet (budget {}): the published test errors".format(", ".join(budgets) or "unknown")
     if budgets == ["paper"] and all_official:
         return "Reproduction of the published test errors (paper schedules, official data{})".format(
-            "; {} row(s) still running or interrupted".format(unfinished) if unfinished else "")
+            f"; {unfinished} row(s) still running or interrupted" if unfinished else "")
     parts = []
     if budgets != ["paper"]:
         parts.append("reduced budget: {}".format(", ".join(budgets) or "unknown"))
@@ -285,7 +284,7 @@ def build_table(runs, rows, folder_settings=None, data_cache=None):
 def _pct(value, spread=None):
     if value is None:
         return "missing"
-    return "{:.2f}{}".format(value, "" if spread is None else " ± {:.2f}".format(spread))
+    return "{:.2f}{}".format(value, "" if spread is None else f" ± {spread:.2f}")
 
 
 def _verdict(r):
@@ -300,8 +299,8 @@ def _duration(seconds):
     if seconds is None:
         return "—"
     seconds = int(round(seconds))
-    return "{}h{:02d}m".format(seconds // 3600, seconds // 60 % 60) if seconds >= 3600 else \
-        "{}m{:02d}s".format(seconds // 60, seconds % 60)
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else \
+        f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 def short_data(data):
@@ -331,11 +330,11 @@ def markdown(table):
             r["row"], cell, _pct(p and p["error"], p and p["spread"]) if p else "—", _pct(r["ours"]), diff,
             _verdict(r), r["budget"] or "—", epochs, " / ".join(_duration(r[k]) for k in (
                 "seconds", "wall_seconds", "cpu_seconds")), short_data(r["data"])))
-    out += ["", "Agreement rule: within {} published standard deviations where the paper gives mean ± std "
-            "(6 runs), else within {:.0f} % of the published error. Only paper-budget runs on the official data "
+    out += ["", f"Agreement rule: within {published.SIGMAS} published standard deviations where the paper gives mean ± std "
+            f"(6 runs), else within {100 * published.TOLERANCE_RELATIVE:.0f} % of the published error. Only paper-budget runs on the official data "
             "are compared. Time: the epochs' training and evaluation; the wall time of the run's processes (with "
             "compilation and data loading); their CPU time (one thread each: about the wall time on a quiet "
-            "machine).".format(published.SIGMAS, 100 * published.TOLERANCE_RELATIVE), ""]
+            "machine).", ""]
     out += ["## What each row ran", ""]
     for r in table["rows"]:
         if r["command"] is None:
@@ -361,7 +360,7 @@ def markdown(table):
                 host.get("cpu"), host.get("hostname"), host.get("cpus"), host.get("memory_gib"), host.get("threads"),
                 host.get("load_average")))
         if env:
-            out.append("  * software: " + ", ".join("{} {}".format(k, v) for k, v in sorted(env.items())))
+            out.append("  * software: " + ", ".join(f"{k} {v}" for k, v in sorted(env.items())))
         if r["published"] and r["published"]["note"]:
             out.append("  * note: " + r["published"]["note"])
     return "\n".join(out) + "\n"
@@ -386,7 +385,7 @@ def curve_figure(row, log, cell):
     ax_err.step(epochs, [e["test_error"] for e in log], where="post", label="test error at best validation epoch")
     if cell is not None:
         ax_err.axhline(cell.error, color="k", ls="--", lw=1,
-                       label="published {:.2f} % ({})".format(cell.error, cell.method))
+                       label=f"published {cell.error:.2f} % ({cell.method})")
     ax_err.set_xlabel("epoch")
     ax_err.set_ylabel("error (%)")
     ax_err.set_title(row + ": error")
@@ -424,7 +423,7 @@ def overview_figure(table):
 
 
 def save(fig, path):
-    tmp = "{}.{}.tmp.png".format(path[:-4], os.getpid())
+    tmp = f"{path[:-4]}.{os.getpid()}.tmp.png"
     fig.savefig(tmp, dpi=90)
     plt.close(fig)
     os.replace(tmp, path)
@@ -454,8 +453,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     settings = read_json(os.path.join(args.runs, RUN_SETTINGS))
     if settings is None:
-        raise RunError("{} holds no {}; it was not made by reproduce.py (run `python reproduce.py --runs {} "
-                       "--report`)".format(args.runs, RUN_SETTINGS, args.runs))
+        raise RunError(f"{args.runs} holds no {RUN_SETTINGS}; it was not made by reproduce.py (run `python reproduce.py --runs {args.runs} "
+                       "--report`)")
     table = write_report(args.runs, settings["rows"])
     print(markdown(table))
     return 0

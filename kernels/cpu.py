@@ -54,7 +54,7 @@ def _compiler():
     cc = os.environ.get("CC", "gcc")
     path = shutil.which(cc)
     if path is None:
-        raise KernelError("no C compiler '{}' found: install gcc (apt-get install gcc) or set CC".format(cc))
+        raise KernelError(f"no C compiler '{cc}' found: install gcc (apt-get install gcc) or set CC")
     return path
 
 
@@ -70,7 +70,7 @@ def library_path():
     with open(SOURCE, "rb") as f:
         source = f.read()
     key = hashlib.sha256(source + repr((cc, version, CFLAGS)).encode()).hexdigest()[:16]
-    target = os.path.join(_cache_dir(), "xnor_cpu-{}.so".format(key))
+    target = os.path.join(_cache_dir(), f"xnor_cpu-{key}.so")
     if not os.path.exists(target):
         _build(cc, target)
     return target
@@ -86,7 +86,7 @@ def _build(cc, target):
         result = subprocess.run([cc] + CFLAGS + ["-o", tmp, SOURCE], capture_output=True, text=True)
         if result.returncode != 0:
             first = (result.stderr.strip().splitlines() or ["(no output)"])[0]
-            raise KernelError("compiling {} failed: {}".format(SOURCE, first))
+            raise KernelError(f"compiling {SOURCE} failed: {first}")
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
@@ -126,13 +126,13 @@ def _threads(threads):
     if threads is None:
         return 0  # the C side: every online CPU, but no more threads than the size of the work justifies
     if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
-        raise KernelError("threads must be a positive integer or None (all cores), got {!r}".format(threads))
+        raise KernelError(f"threads must be a positive integer or None (all cores), got {threads!r}")
     return int(threads)
 
 
 def _path(path):
     if path not in PATHS:
-        raise KernelError("path must be one of {}, got {!r}".format(sorted(PATHS), path))
+        raise KernelError(f"path must be one of {sorted(PATHS)}, got {path!r}")
     if path != "auto" and not _load().xnor_path_available(PATHS[path]):
         raise KernelError("the {!r} path needs {}, which this CPU lacks; use path='auto' (available here: {})"
                           .format(path, NEEDS[path], ", ".join(available_paths())))
@@ -141,18 +141,17 @@ def _path(path):
 
 def _matrix(x, dtype, name):
     if not isinstance(x, np.ndarray):
-        raise KernelError("{} must be a NumPy array, got {}".format(name, type(x).__name__))
+        raise KernelError(f"{name} must be a NumPy array, got {type(x).__name__}")
     if x.dtype != dtype:
-        raise KernelError("{} must have dtype {}, got {} (convert with .astype(np.{}))".format(
-            name, np.dtype(dtype).name, x.dtype, np.dtype(dtype).name))
+        raise KernelError(f"{name} must have dtype {np.dtype(dtype).name}, got {x.dtype} (convert with .astype(np.{np.dtype(dtype).name}))")
     if x.ndim != 2:
-        raise KernelError("{} must be 2-D, got shape {}".format(name, x.shape))
+        raise KernelError(f"{name} must be 2-D, got shape {x.shape}")
     return np.ascontiguousarray(x)
 
 
 def _check(code):
     if code != 0:
-        raise KernelError(_ERRORS.get(code, "kernel returned error code {}".format(code)))
+        raise KernelError(_ERRORS.get(code, f"kernel returned error code {code}"))
 
 
 def _ptr(x):
@@ -190,7 +189,7 @@ def _output(out, m, k):
     if not isinstance(out, np.ndarray) or out.dtype != np.float32 or out.shape != (m, k) \
             or not out.flags.c_contiguous or not out.flags.writeable:
         raise KernelError("out must be a writeable C-contiguous float32 array of shape {}, got {}".format(
-            (m, k), "{} {} array".format(out.dtype, out.shape) if isinstance(out, np.ndarray) else type(out).__name__))
+            (m, k), f"{out.dtype} {out.shape} array" if isinstance(out, np.ndarray) else type(out).__name__))
     return out
 
 
@@ -199,16 +198,16 @@ def xnor_gemm_packed(Ap, Bp, n, threads=None, path="auto", out=None):
     out: an existing (m, k) float32 array to write C into (no new allocation)."""
     Ap, Bp = _matrix(Ap, np.uint64, "Ap"), _matrix(Bp, np.uint64, "Bp")
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise KernelError("n (the inner dimension in bits) must be a positive integer, got {!r}".format(n))
+        raise KernelError(f"n (the inner dimension in bits) must be a positive integer, got {n!r}")
     words = words_for(n)
     if Ap.shape[1] != words or Bp.shape[1] != words:
-        raise KernelError("packed operands must have ceil(n/64) = {} words per row for n = {}, got Ap {} and "
-                          "Bp {}".format(words, n, Ap.shape, Bp.shape))
+        raise KernelError(f"packed operands must have ceil(n/64) = {words} words per row for n = {n}, got Ap {Ap.shape} and "
+                          f"Bp {Bp.shape}")
     if n % 64:
         pad = np.uint64(~((1 << (n % 64)) - 1) & 0xFFFFFFFFFFFFFFFF)
         if (Ap[:, -1] & pad).any() or (Bp[:, -1] & pad).any():
-            raise KernelError("padding bits past n = {} must be 0 in the last word (pack with pack_rows/pack_cols)"
-                              .format(n))
+            raise KernelError(f"padding bits past n = {n} must be 0 in the last word (pack with pack_rows/pack_cols)"
+                              )
     C = _output(out, Ap.shape[0], Bp.shape[0])
     _check(_load().xnor_gemm_packed(_ptr(Ap), _ptr(Bp), Ap.shape[0], Bp.shape[0], int(n), _ptr(C),
                                     _threads(threads), _path(path)))
@@ -218,10 +217,9 @@ def xnor_gemm_packed(Ap, Bp, n, threads=None, path="auto", out=None):
 def _check_product(A, B):
     A, B = _matrix(A, np.float32, "A"), _matrix(B, np.float32, "B")
     if A.shape[1] != B.shape[0]:
-        raise KernelError("shapes do not match for A @ B: A {} and B {} (A's columns must equal B's rows)".format(
-            A.shape, B.shape))
+        raise KernelError(f"shapes do not match for A @ B: A {A.shape} and B {B.shape} (A's columns must equal B's rows)")
     if A.shape[1] == 0:
-        raise KernelError("the inner dimension is 0: A {} and B {}".format(A.shape, B.shape))
+        raise KernelError(f"the inner dimension is 0: A {A.shape} and B {B.shape}")
     return A, B
 
 
@@ -300,11 +298,11 @@ def set_tuning(task_rows=None, block_share=None, prefetch=None, first_block=None
     first_block the width of block 0 (packed before any product) as a share of B's columns; overlap False packs
     both operands first instead of between the micro tiles."""
     if task_rows is not None and (isinstance(task_rows, bool) or not isinstance(task_rows, int) or task_rows < 1):
-        raise KernelError("task_rows must be a positive integer, got {!r}".format(task_rows))
+        raise KernelError(f"task_rows must be a positive integer, got {task_rows!r}")
     if block_share is not None and not (isinstance(block_share, (int, float)) and block_share > 0):
-        raise KernelError("block_share must be a positive number, got {!r}".format(block_share))
+        raise KernelError(f"block_share must be a positive number, got {block_share!r}")
     if first_block is not None and not (isinstance(first_block, (int, float)) and 0 < first_block <= 1):
-        raise KernelError("first_block must be in (0, 1], got {!r}".format(first_block))
+        raise KernelError(f"first_block must be in (0, 1], got {first_block!r}")
     _load().xnor_set_tuning(task_rows or 0, float(block_share or 0), -1 if prefetch is None else int(bool(prefetch)),
                             float(first_block or 0), -1 if overlap is None else int(bool(overlap)))
 
@@ -313,7 +311,7 @@ def measure_rate(which, threads=1, seconds=0.05):
     """Instructions (or 512-bit products) per second of thread CPU time of a register-only loop, summed over
     `threads` threads running it at once: which is a key of RATES.  None when this CPU lacks the instructions."""
     if which not in RATES:
-        raise KernelError("which must be one of {}, got {!r}".format(sorted(RATES), which))
+        raise KernelError(f"which must be one of {sorted(RATES)}, got {which!r}")
     rate = ctypes.c_double()
     code = _load().xnor_measure_rate(RATES[which][0], _threads(threads) or 1, float(seconds), ctypes.byref(rate))
     if code == 1:

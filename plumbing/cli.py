@@ -29,9 +29,9 @@ def positive_int(text):
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError("expected a whole number, got {!r}".format(text))
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
     if value <= 0:
-        raise argparse.ArgumentTypeError("must be positive, got {}".format(value))
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
     return value
 
 
@@ -39,9 +39,9 @@ def seed_int(text):
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError("expected a whole number, got {!r}".format(text))
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
     if not 0 <= value <= SEED_MAX:
-        raise argparse.ArgumentTypeError("must be between 0 and {}, got {}".format(SEED_MAX, value))
+        raise argparse.ArgumentTypeError(f"must be between 0 and {SEED_MAX}, got {value}")
     return value
 
 
@@ -49,9 +49,9 @@ def positive_float(text, largest=1e6):
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError("expected a number, got {!r}".format(text))
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}")
     if not 0 < value <= largest:  # also refuses nan and inf
-        raise argparse.ArgumentTypeError("must be a number above 0 and at most {:g}, got {}".format(largest, text))
+        raise argparse.ArgumentTypeError(f"must be a number above 0 and at most {largest:g}, got {text}")
     return value
 
 
@@ -65,14 +65,14 @@ class Parser(argparse.ArgumentParser):
         super().__init__(description=description, **kwargs)
 
     def error(self, message):
-        self.exit(2, "{}: error: {} (see --help)\n".format(self.prog, message))
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def experiment_parser(description, units_flag=False, width_flag=False):
     """The flags of mnist.py, cifar10.py and svhn.py."""
     p = Parser(description)
     p.add_argument("--method", choices=list(METHODS), default="binarynet",
-                   help="; ".join("{}: {}".format(name, text) for name, (_, text) in METHODS.items()))
+                   help="; ".join(f"{name}: {text}" for name, (_, text) in METHODS.items()))
     p.add_argument("--epochs", type=positive_int, help="number of epochs (default: the original script's)")
     p.add_argument("--train-size", type=positive_int, help="use only the first N training rows (default: all)")
     p.add_argument("--batch-size", type=positive_int, help="minibatch size (default: the original script's)")
@@ -119,7 +119,7 @@ def main_guard(main, *args):
     try:
         return main(*args)
     except ArchiveError as e:
-        sys.stderr.write("error: {}\n".format(e))
+        sys.stderr.write(f"error: {e}\n")
         return 2
     except KeyboardInterrupt as e:
         sys.stderr.write("{}: the last finished epoch is kept; rerun with --resume to continue\n".format(
@@ -134,5 +134,5 @@ def check_batches(batch_size, **sets):
     """Every set must hold at least one minibatch (the originals use floor(N / batch_size) batches, §3.4)."""
     for name, rows in sets.items():
         if rows < batch_size:
-            raise UsageError("the {} set has {} rows, fewer than one minibatch of {}; pass a smaller "
-                             "--batch-size".format(name, rows, batch_size))
+            raise UsageError(f"the {name} set has {rows} rows, fewer than one minibatch of {batch_size}; pass a smaller "
+                             "--batch-size")

@@ -125,10 +125,9 @@ class _Progress:
         self.last = now
         mb = done / 1e6
         if self.total:
-            text = "\r  {}: {:.1f} / {:.1f} MB ({:3.0f}%)".format(self.name, mb, self.total / 1e6,
-                                                                 100.0 * done / self.total)
+            text = f"\r  {self.name}: {mb:.1f} / {self.total / 1e6:.1f} MB ({100.0 * done / self.total:3.0f}%)"
         else:
-            text = "\r  {}: {:.1f} MB".format(self.name, mb)
+            text = f"\r  {self.name}: {mb:.1f} MB"
         sys.stderr.write(text + ("\n" if final else ""))
         sys.stderr.flush()
 
@@ -142,7 +141,7 @@ def _fetch_once(url, part, timeout, progress):
     have = os.path.getsize(part) if os.path.exists(part) else 0
     request = urllib.request.Request(url, headers={"User-Agent": "binarynet-archive"})
     if have:
-        request.add_header("Range", "bytes={}-".format(have))
+        request.add_header("Range", f"bytes={have}-")
     try:
         response = urllib.request.urlopen(request, timeout=timeout)
     except urllib.error.HTTPError as e:
@@ -153,7 +152,7 @@ def _fetch_once(url, part, timeout, progress):
         status = response.status
         length = response.headers.get("Content-Length")
         length = int(length) if length is not None and length.isdigit() else None
-        if status == 206 and response.headers.get("Content-Range", "").startswith("bytes {}-".format(have)):
+        if status == 206 and response.headers.get("Content-Range", "").startswith(f"bytes {have}-"):
             mode, start = "ab", have
         else:  # server ignored the Range header (or answered oddly): start again from zero
             mode, start = "wb", 0
@@ -177,7 +176,7 @@ def _check_file(path, md5, sha256, size):
     """Return None when `path` matches the given size/digests, else a short description of the mismatch."""
     actual = os.path.getsize(path)
     if size is not None and actual != size:
-        return "size {} bytes, expected {}".format(actual, size)
+        return f"size {actual} bytes, expected {size}"
     if md5 is not None and file_digest(path, "md5") != md5.lower():
         return "MD5 mismatch"
     if sha256 is not None and file_digest(path, "sha256") != sha256.lower():
@@ -203,7 +202,7 @@ def download_file(urls, path, md5=None, sha256=None, size=None, progress=True, t
     failures = []
     for url in urls:
         if progress:
-            sys.stderr.write("Downloading {}\n".format(url))
+            sys.stderr.write(f"Downloading {url}\n")
         try:
             complete, stalls, last_size = False, 0, -1
             while not complete:
@@ -212,21 +211,21 @@ def download_file(urls, path, md5=None, sha256=None, size=None, progress=True, t
                 if not complete:  # resume as long as each attempt brings new bytes
                     stalls = stalls + 1 if size_now <= last_size else 0
                     if stalls >= 3:
-                        raise ConnectionError("transfer keeps breaking off at {} bytes".format(size_now))
+                        raise ConnectionError(f"transfer keeps breaking off at {size_now} bytes")
                     last_size = size_now
         except urllib.error.HTTPError as e:
-            failures.append("{} (HTTP {})".format(url, e.code))
+            failures.append(f"{url} (HTTP {e.code})")
             continue
         except urllib.error.URLError as e:
-            failures.append("{} ({})".format(url, e.reason))
+            failures.append(f"{url} ({e.reason})")
             continue
         except (OSError, http.client.HTTPException) as e:
-            failures.append("{} ({})".format(url, e or type(e).__name__))
+            failures.append(f"{url} ({e or type(e).__name__})")
             continue
         problem = _check_file(part, md5, sha256, size)
         if problem:
             os.remove(part)
-            failures.append("{} (downloaded file rejected: {})".format(url, problem))
+            failures.append(f"{url} (downloaded file rejected: {problem})")
             continue
         os.replace(part, path)
         return path
@@ -256,12 +255,12 @@ def _check_regular_file(path):
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
-        raise DataError("{} does not exist; check the path or --data-dir".format(path)) from None
+        raise DataError(f"{path} does not exist; check the path or --data-dir") from None
     except OSError as e:
-        raise DataError("{} cannot be read ({}); check its permissions".format(path, e.strerror)) from None
+        raise DataError(f"{path} cannot be read ({e.strerror}); check its permissions") from None
     if not stat.S_ISREG(mode):
         kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file (a device, FIFO or socket)"
-        raise DataError("{} is {}, not a data file; remove it or replace it with the file".format(path, kind))
+        raise DataError(f"{path} is {kind}, not a data file; remove it or replace it with the file")
 
 
 def _read_file(path):
@@ -271,7 +270,7 @@ def _read_file(path):
         with open(path, "rb") as f:
             return f.read()
     except OSError as e:
-        raise DataError("{} cannot be read ({}); check the file".format(path, e.strerror or e)) from None
+        raise DataError(f"{path} cannot be read ({e.strerror or e}); check the file") from None
 
 
 def file_info(path, size, md5, official, note):
@@ -290,16 +289,15 @@ def _accept_files(files, folder, dataset, unknown_note, downloaded):
                         "a folder with your own files with --data-dir".format(", ".join(unknown), folder, dataset))
     for note in dict.fromkeys(f["note"] for f in odd):
         names = [f["name"] for f in odd if f["note"] == note]
-        which = "all {} files".format(len(names)) if len(names) == len(files) > 1 else ", ".join(names)
-        _note("{} ({} in {}); reading them anyway".format(note, which, folder))
+        which = f"all {len(names)} files" if len(names) == len(files) > 1 else ", ".join(names)
+        _note(f"{note} ({which} in {folder}); reading them anyway")
 
 
 def one_hot_pm1(labels, n_classes=10):
     """Targets in {-1, +1}: 2 * onehot(labels) - 1 as float32 (N, n_classes) (ORIGINALS.md §3.1)."""
     labels = np.asarray(labels).ravel()
     if labels.size and (np.any(labels != np.round(labels)) or labels.min() < 0 or labels.max() >= n_classes):
-        raise DataError("class labels must be integers in 0..{}, got values from {} to {}".format(
-            n_classes - 1, labels.min(), labels.max()))
+        raise DataError(f"class labels must be integers in 0..{n_classes - 1}, got values from {labels.min()} to {labels.max()}")
     targets = np.full((labels.size, n_classes), -1.0, dtype=np.float32)
     targets[np.arange(labels.size), labels.astype(np.int64)] = 1.0
     return targets
@@ -315,34 +313,31 @@ def _gunzip(raw, path):
     try:
         return gzip.decompress(raw)
     except (EOFError, OSError, zlib.error) as e:
-        raise DataError("{} is a damaged gzip file ({}); delete it and download it again".format(path, e)) from None
+        raise DataError(f"{path} is a damaged gzip file ({e}); delete it and download it again") from None
 
 
 def _parse_idx(raw, path):
     """uint8 array from the bytes of an unpacked IDX file (format in `read_idx`)."""
     if len(raw) < 8:
-        raise DataError("{} is truncated ({} bytes, shorter than an IDX header); download it again".format(
-            path, len(raw)))
+        raise DataError(f"{path} is truncated ({len(raw)} bytes, shorter than an IDX header); download it again")
     magic = struct.unpack(">i", raw[:4])[0]
     if magic not in (2049, 2051):
-        raise DataError("{} is not an MNIST IDX file (magic number {}, expected 2051 for images or 2049 for "
-                        "labels); check that the right file is in place".format(path, magic))
+        raise DataError(f"{path} is not an MNIST IDX file (magic number {magic}, expected 2051 for images or 2049 for "
+                        "labels); check that the right file is in place")
     ndim = 3 if magic == 2051 else 1
     header = 4 + 4 * ndim
     if len(raw) < header:
-        raise DataError("{} is truncated inside its header; download it again".format(path))
+        raise DataError(f"{path} is truncated inside its header; download it again")
     dims = struct.unpack(">" + "i" * ndim, raw[4:header])
     if min(dims) < 0:
-        raise DataError("{} has a negative dimension in its header {}; the file is corrupt".format(path, dims))
+        raise DataError(f"{path} has a negative dimension in its header {dims}; the file is corrupt")
     count = 1
     for d in dims:  # Python integers: no overflow for any header
         count *= d
     if len(raw) < header + count:
-        raise DataError("{} is truncated: {} bytes, header {} needs {}; download it again".format(
-            path, len(raw), dims, header + count))
+        raise DataError(f"{path} is truncated: {len(raw)} bytes, header {dims} needs {header + count}; download it again")
     if len(raw) > header + count:
-        raise DataError("{} has {} bytes after the data announced by its header {}; the file is corrupt".format(
-            path, len(raw) - header - count, dims))
+        raise DataError(f"{path} has {len(raw) - header - count} bytes after the data announced by its header {dims}; the file is corrupt")
     return np.frombuffer(raw, dtype=np.uint8, count=count, offset=header).reshape(dims).copy()
 
 
@@ -390,8 +385,8 @@ def mnist_files(data_dir=None, download=True):
         found = _find([folder], [name + ".gz", name])
         if found is None:
             if not download:
-                raise DataError("{}.gz is not in {} and downloading is off; allow downloads or pass "
-                                "--data-dir DIR with the MNIST files".format(name, folder))
+                raise DataError(f"{name}.gz is not in {folder} and downloading is off; allow downloads or pass "
+                                "--data-dir DIR with the MNIST files")
             found = download_file([m + name + ".gz" for m in MNIST_MIRRORS], os.path.join(folder, name + ".gz"),
                                   md5=md5, size=size)
         paths[key] = found
@@ -402,20 +397,18 @@ def _mnist_split_size(n):
     """Validation rows at the end of the training file: n // 6 (10000 of the official 60000, spec §3.1)."""
     n_val = n // 6
     if n_val == 0:
-        raise DataError("the MNIST training file has only {} images, too few to split off a validation set; "
-                        "use the full file".format(n))
+        raise DataError(f"the MNIST training file has only {n} images, too few to split off a validation set; "
+                        "use the full file")
     return n_val
 
 
 def _mnist_pair(images, labels, images_path, labels_path):
     if images.ndim != 3 or images.shape[1:] != (28, 28):
-        raise DataError("{} holds images of shape {}, expected 28x28 images; check the file".format(
-            images_path, images.shape[1:]))
+        raise DataError(f"{images_path} holds images of shape {images.shape[1:]}, expected 28x28 images; check the file")
     if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
-        raise DataError("{} has {} labels for {} images in {}; the files do not belong together".format(
-            labels_path, labels.shape[0], images.shape[0], images_path))
+        raise DataError(f"{labels_path} has {labels.shape[0]} labels for {images.shape[0]} images in {images_path}; the files do not belong together")
     if labels.size and labels.max() > 9:
-        raise DataError("{} has label {} outside 0..9; check the file".format(labels_path, labels.max()))
+        raise DataError(f"{labels_path} has label {labels.max()} outside 0..9; check the file")
     return images, labels
 
 
@@ -466,7 +459,7 @@ def load_mnist(transform, data_dir=None, download=True):
 # ---------------------------------------------------------------------------------------------------------
 # CIFAR-10 (ORIGINALS.md §3.2)
 # ---------------------------------------------------------------------------------------------------------
-CIFAR10_BATCHES = ["data_batch_{}".format(i) for i in range(1, 6)] + ["test_batch"]
+CIFAR10_BATCHES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
 
 
 class _ArrayUnpickler(pickle._Unpickler):
@@ -483,7 +476,7 @@ class _ArrayUnpickler(pickle._Unpickler):
                    ("numpy", "dtype"): _simple_dtype, ("numpy.core.multiarray", "scalar"): _simple_scalar,
                    ("_codecs", "encode"): codecs.encode}
         if (module, name) not in allowed:
-            raise pickle.UnpicklingError("unexpected object {}.{} in the pickle".format(module, name))
+            raise pickle.UnpicklingError(f"unexpected object {module}.{name} in the pickle")
         return allowed[module, name]
 
     def load_build(self):
@@ -517,7 +510,7 @@ def _empty_array(subtype, shape, typecode):
 def _simple_dtype(*args):
     dtype = np.dtype(*args)
     if dtype.hasobject or dtype.names is not None or dtype.itemsize > 64:
-        raise pickle.UnpicklingError("unexpected data type {} in the pickle".format(dtype))
+        raise pickle.UnpicklingError(f"unexpected data type {dtype} in the pickle")
     return dtype
 
 
@@ -540,16 +533,16 @@ def cifar10_files(data_dir=None, download=True):
         folders = [data_dir, os.path.join(data_dir, "cifar10")]
         found = _find(folders, [CIFAR10_FOLDER, CIFAR10_TARBALL])
         if found is None:
-            raise DataError("CIFAR-10 not found in {}: expected {} or the folder {}/; put it there or omit "
-                            "--data-dir to download it".format(data_dir, CIFAR10_TARBALL, CIFAR10_FOLDER))
+            raise DataError(f"CIFAR-10 not found in {data_dir}: expected {CIFAR10_TARBALL} or the folder {CIFAR10_FOLDER}/; put it there or omit "
+                            "--data-dir to download it")
         return found
     folder = os.path.join(DEFAULT_DATA_DIR, "cifar10")
     found = _find([folder], [CIFAR10_FOLDER, CIFAR10_TARBALL])
     if found is not None:
         return found
     if not download:
-        raise DataError("{} is not in {} and downloading is off; allow downloads or pass --data-dir DIR with "
-                        "the file".format(CIFAR10_TARBALL, folder))
+        raise DataError(f"{CIFAR10_TARBALL} is not in {folder} and downloading is off; allow downloads or pass --data-dir DIR with "
+                        "the file")
     return download_file(CIFAR10_URL, os.path.join(folder, CIFAR10_TARBALL), md5=CIFAR10_MD5, size=CIFAR10_SIZE)
 
 
@@ -563,8 +556,7 @@ def _cifar_batches(source):
         for name in CIFAR10_BATCHES:
             path = os.path.join(source, name)
             if not os.path.exists(path):
-                raise DataError("{} is missing in {}; restore the complete {} folder".format(
-                    name, source, CIFAR10_FOLDER))
+                raise DataError(f"{name} is missing in {source}; restore the complete {CIFAR10_FOLDER} folder")
             yield name, _read_file(path)
         return
     _check_regular_file(source)
@@ -574,15 +566,13 @@ def _cifar_batches(source):
                 try:
                     member = tar.getmember(CIFAR10_FOLDER + "/" + name)
                 except KeyError:
-                    raise DataError("{} has no {}/{}; it is not the CIFAR-10 python tarball".format(
-                        source, CIFAR10_FOLDER, name)) from None
+                    raise DataError(f"{source} has no {CIFAR10_FOLDER}/{name}; it is not the CIFAR-10 python tarball") from None
                 if not member.isreg():
-                    raise DataError("{}: the member {} is a {}, not a file; this is not the CIFAR-10 python "
-                                    "tarball".format(source, member.name, _member_kind(member)))
+                    raise DataError(f"{source}: the member {member.name} is a {_member_kind(member)}, not a file; this is not the CIFAR-10 python "
+                                    "tarball")
                 yield name, tar.extractfile(member).read()
     except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
-        raise DataError("{} is damaged or truncated ({}); delete it and download it again".format(
-            source, e)) from None
+        raise DataError(f"{source} is damaged or truncated ({e}); delete it and download it again") from None
 
 
 def _member_kind(member):
@@ -600,20 +590,20 @@ def _cifar_labels(name, labels, rows):
     problem = None
     if isinstance(labels, np.ndarray):
         if labels.ndim != 1 or labels.dtype.kind not in "iu":
-            problem = "an array of {} {}".format(labels.dtype, labels.shape)
+            problem = f"an array of {labels.dtype} {labels.shape}"
     elif isinstance(labels, (list, tuple)):
         odd = next((v for v in labels if isinstance(v, bool) or not isinstance(v, (int, np.integer))), None)
         if odd is not None:
-            problem = "a list holding {} {}".format(type(odd).__name__, repr(odd)[:20])
+            problem = f"a list holding {type(odd).__name__} {repr(odd)[:20]}"
     else:
-        problem = "a {}".format(type(labels).__name__)
+        problem = f"a {type(labels).__name__}"
     if problem is None and len(labels) != rows:
-        problem = "{} labels for {} images".format(len(labels), rows)
+        problem = f"{len(labels)} labels for {rows} images"
     if problem is None and not all(0 <= v <= 9 for v in labels):
         problem = "values outside 0..9"
     if problem:
-        raise DataError("CIFAR-10 batch {}: 'labels' must be a list of {} integers in 0..9, got {}; replace the "
-                        "file".format(name, rows, problem))
+        raise DataError(f"CIFAR-10 batch {name}: 'labels' must be a list of {rows} integers in 0..9, got {problem}; replace the "
+                        "file")
     return np.array(labels, dtype=np.int64).reshape(rows)
 
 
@@ -622,14 +612,13 @@ def _parse_cifar_batch(name, raw):
     try:
         batch = _ArrayUnpickler(io.BytesIO(raw), encoding="bytes").load()
     except Exception as e:  # any unpickling failure means a damaged or foreign file
-        raise DataError("CIFAR-10 batch {} cannot be read ({}); replace the file".format(
-            name, str(e).splitlines()[0][:200] if str(e) else type(e).__name__)) from None
+        raise DataError(f"CIFAR-10 batch {name} cannot be read ({str(e).splitlines()[0][:200] if str(e) else type(e).__name__}); replace the file") from None
     if not isinstance(batch, dict):
-        raise DataError("CIFAR-10 batch {} is not a dict; replace the file".format(name))
+        raise DataError(f"CIFAR-10 batch {name} is not a dict; replace the file")
     data = batch.get(b"data", batch.get("data"))
     labels = batch.get(b"labels", batch.get("labels"))
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
-        raise DataError("CIFAR-10 batch {}: 'data' must be uint8 (n, 3072); replace the file".format(name))
+        raise DataError(f"CIFAR-10 batch {name}: 'data' must be uint8 (n, 3072); replace the file")
     return data, _cifar_labels(name, labels, data.shape[0])
 
 
@@ -657,7 +646,7 @@ def read_cifar10(data_dir=None, download=True):
         note = "{} (MD5 of {} differs from the official)".format(CIFAR10_UNKNOWN_NOTE, ", ".join(differ))
         files = [file_info(source, os.path.getsize(source), file_digest(source), not differ, note)]
     _accept_files(files, folder, "CIFAR-10", CIFAR10_UNKNOWN_NOTE, data_dir is None)
-    train = [parts["data_batch_{}".format(i)] for i in range(1, 6)]
+    train = [parts[f"data_batch_{i}"] for i in range(1, 6)]
     x_test, y_test = parts["test_batch"]
     return {"X_train": np.concatenate([d for d, _ in train]).reshape(-1, 3, 32, 32),
             "y_train": np.concatenate([labels for _, labels in train]),
@@ -696,8 +685,8 @@ def svhn_files(data_dir=None, download=True, use_extra=True):
         path = os.path.join(folder, filename)
         if not os.path.exists(path):
             if not download:
-                raise DataError("{} is not in {} and downloading is off; allow downloads or pass --data-dir "
-                                "DIR with the SVHN files".format(filename, folder))
+                raise DataError(f"{filename} is not in {folder} and downloading is off; allow downloads or pass --data-dir "
+                                "DIR with the SVHN files")
             download_file(SVHN_URL + filename, path, md5=md5, size=size)
         paths[n] = path
     return paths
@@ -715,18 +704,17 @@ def _read_svhn_mat(path):
             warnings.simplefilter("ignore")
             mat = scipy.io.loadmat(path, variable_names=["X", "y"])
     except Exception as e:  # scipy raises many types for damaged files
-        raise DataError("{} cannot be read as a MATLAB file ({}); delete it and download it again".format(
-            path, str(e).splitlines()[0][:200] if str(e) else type(e).__name__)) from None
+        raise DataError(f"{path} cannot be read as a MATLAB file ({str(e).splitlines()[0][:200] if str(e) else type(e).__name__}); delete it and download it again") from None
     if "X" not in mat or "y" not in mat:
-        raise DataError("{} lacks the variables X and y of SVHN format 2; check the file".format(path))
+        raise DataError(f"{path} lacks the variables X and y of SVHN format 2; check the file")
     x, y = mat["X"], mat["y"]
     if not isinstance(y, np.ndarray) or y.dtype.kind not in "iuf" or y.ndim > 2 or y.size != max(y.shape, default=1):
         raise DataError("{}: y must be a vector of N labels 1..10, got {} {}; check the file".format(
             path, getattr(y, "dtype", type(y).__name__), getattr(y, "shape", "")))
     y = y.ravel()
     if y.size and not (np.all(np.isfinite(y)) and np.all(y == np.round(y)) and y.min() >= 1 and y.max() <= 10):
-        raise DataError("{}: labels must be whole numbers 1..10 (10 = digit 0), got values from {} to {}; check "
-                        "the file".format(path, y.min(), y.max()))
+        raise DataError(f"{path}: labels must be whole numbers 1..10 (10 = digit 0), got values from {y.min()} to {y.max()}; check "
+                        "the file")
     if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 4 or x.shape[:3] != (32, 32, 3) \
             or x.shape[3] != y.size:
         raise DataError("{}: X must be uint8 (32, 32, 3, N) with N = {} labels, got {} {}; check the file".format(
@@ -751,8 +739,8 @@ def _take_valid(rng, labels, per_class, name):
     for c in range(1, 11):
         idx = np.flatnonzero(labels == c)
         if idx.size < per_class:
-            raise DataError("SVHN {} has {} images of label {}, fewer than the {} per class the validation "
-                            "split takes; use the full file".format(name, idx.size, c, per_class))
+            raise DataError(f"SVHN {name} has {idx.size} images of label {c}, fewer than the {per_class} per class the validation "
+                            "split takes; use the full file")
         rng.shuffle(idx)
         chosen.append(idx[:per_class])
     valid = np.sort(np.concatenate(chosen))
@@ -832,8 +820,7 @@ def main(argv=None):
     parser = cli.Parser("Download (or check) a data set and print what loads: python -m plumbing.datasets mnist")
     parser.add_argument("dataset", choices=["mnist", "cifar10", "svhn"])
     parser.add_argument("--data-dir", default=None,
-                        help="read the files from this folder instead of downloading (default: {})".format(
-                            DEFAULT_DATA_DIR))
+                        help=f"read the files from this folder instead of downloading (default: {DEFAULT_DATA_DIR})")
     parser.add_argument("--no-extra", action="store_true", help="SVHN: do without extra_32x32.mat")
     args = parser.parse_args(argv)
     if args.dataset == "mnist":
@@ -846,7 +833,7 @@ def main(argv=None):
         data = load_svhn_raw(args.data_dir, use_extra=not args.no_extra)
         shapes = {"X_" + k: data[k][0].shape for k in ("train", "valid", "test")}
     for key, shape in shapes.items():
-        print("{}: {}".format(key, shape))
+        print(f"{key}: {shape}")
     for f in data["files"]:
         status = "official" if f["official"] else "not official: " + f["note"]
         print("file {}: {} bytes, MD5 {}, {}".format(f["name"], f["bytes"], f["md5"], status))

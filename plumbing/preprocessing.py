@@ -60,8 +60,8 @@ def _row_chunk(X, start, stop):
 def _check_batch(X, what):
     """Raise unless X is an array of images or rows with a leading batch axis."""
     if X.ndim < 2:
-        raise PreprocessingError('%s must have shape (N, D) or (N, C, H, W), got shape %s; '
-                                 'pass one image per row' % (what, X.shape))
+        raise PreprocessingError(f'{what} must have shape (N, D) or (N, C, H, W), got shape {X.shape}; '
+                                 'pass one image per row')
 
 
 def _prepare_out(X, out):
@@ -71,10 +71,10 @@ def _prepare_out(X, out):
         dtype = np.float64 if X.dtype == np.float64 else np.float32
         return np.empty(X.shape, dtype=dtype)
     if out.shape != X.shape:
-        raise PreprocessingError('out has shape %s but the input has shape %s; pass an array of the '
-                                 'same shape' % (out.shape, X.shape))
+        raise PreprocessingError(f'out has shape {out.shape} but the input has shape {X.shape}; pass an array of the '
+                                 'same shape')
     if out.dtype not in (np.float32, np.float64):
-        raise PreprocessingError('out has dtype %s; pass a float32 or float64 array' % out.dtype)
+        raise PreprocessingError(f'out has dtype {out.dtype}; pass a float32 or float64 array')
     if not out.flags.c_contiguous:
         raise PreprocessingError('out is not C-contiguous; pass np.ascontiguousarray(out)')
     return out
@@ -107,10 +107,9 @@ def global_contrast_normalize(X, scale=1.0, subtract_mean=True, use_std=False, s
     """
     X = np.asarray(X)
     if not scale > 0:
-        raise PreprocessingError('GCN scale must be > 0, got %r; pass a positive scale' % (scale,))
+        raise PreprocessingError(f'GCN scale must be > 0, got {scale!r}; pass a positive scale')
     if sqrt_bias < 0 or min_divisor < 0:
-        raise PreprocessingError('GCN sqrt_bias and min_divisor must be >= 0, got %r and %r'
-                                 % (sqrt_bias, min_divisor))
+        raise PreprocessingError(f'GCN sqrt_bias and min_divisor must be >= 0, got {sqrt_bias!r} and {min_divisor!r}')
     out = _prepare_out(X, out)
     if use_std and X[0].size < 2:
         raise PreprocessingError('GCN with use_std needs at least 2 values per row; use use_std=False')
@@ -144,7 +143,7 @@ def zca_fit(X, filter_bias=ZCA_FILTER_BIAS):
     if n == 0:
         raise PreprocessingError('ZCA needs at least one training row; pass a non-empty X')
     if filter_bias < 0:
-        raise PreprocessingError('ZCA filter_bias must be >= 0, got %r' % (filter_bias,))
+        raise PreprocessingError(f'ZCA filter_bias must be >= 0, got {filter_bias!r}')
     mean = np.zeros(d)
     for start, stop in _chunks(n):
         mean += _row_chunk(X, start, stop).sum(axis=0, dtype=np.float64)
@@ -157,8 +156,8 @@ def zca_fit(X, filter_bias=ZCA_FILTER_BIAS):
     cov[np.diag_indices(d)] += filter_bias
     eigenvalues, V = np.linalg.eigh(cov)
     if eigenvalues.min() <= 0:
-        raise PreprocessingError('ZCA covariance is singular (smallest eigenvalue %.3g); use '
-                                 'filter_bias > 0 or more training rows' % eigenvalues.min())
+        raise PreprocessingError(f'ZCA covariance is singular (smallest eigenvalue {eigenvalues.min():.3g}); use '
+                                 'filter_bias > 0 or more training rows')
     P = (V / np.sqrt(eigenvalues)) @ V.T
     return mean, P
 
@@ -209,10 +208,9 @@ def lecun_lcn(X, kernel_size=LCN_KERNEL_SIZE, threshold=LCN_THRESHOLD, channels=
     """
     X = np.asarray(X)
     if X.ndim != 4:
-        raise PreprocessingError('LCN needs images shaped (N, C, H, W), got shape %s; reshape first'
-                                 % (X.shape,))
+        raise PreprocessingError(f'LCN needs images shaped (N, C, H, W), got shape {X.shape}; reshape first')
     if not (isinstance(kernel_size, (int, np.integer)) and kernel_size > 0 and kernel_size % 2 == 1):
-        raise PreprocessingError('LCN kernel_size must be a positive odd integer, got %r' % (kernel_size,))
+        raise PreprocessingError(f'LCN kernel_size must be a positive odd integer, got {kernel_size!r}')
     channels = tuple(int(c) for c in channels)
     n_channels = X.shape[1]
     if len(set(channels)) != len(channels) or any(not 0 <= c < n_channels for c in channels):
@@ -245,7 +243,7 @@ def fingerprint_arrays(arrays):
     digest = hashlib.sha256()
     for array in arrays:
         array = np.asarray(array)
-        digest.update(('%s%s;' % (array.dtype.str, array.shape)).encode())
+        digest.update((f'{array.dtype.str}{array.shape};').encode())
         rows = array.reshape(1, -1) if array.ndim == 0 else array
         for start, stop in _chunks(len(rows), 20000):
             digest.update(memoryview(np.ascontiguousarray(rows[start:stop])).cast('B'))
@@ -269,7 +267,7 @@ def _crc32(array):
 
 
 def _cache_folder(cache_dir, name, key):
-    return os.path.join(cache_dir, '%s-%s' % (name, key[:32]))
+    return os.path.join(cache_dir, f'{name}-{key[:32]}')
 
 
 def _read_cache(folder, key, names=None):
@@ -400,9 +398,8 @@ def load_or_build(cache_dir, name, key, build, names=None):
         os.makedirs(cache_dir, exist_ok=True)
         _write_cache(folder, key, arrays)
     except OSError as e:
-        sys.stderr.write('note: could not write the preprocessing cache in %s (%s); continuing without it, the '
-                         'next run computes the arrays again (free space or pass --cache-dir)\n'
-                         % (cache_dir, e.strerror or 'short write: %s' % e))
+        sys.stderr.write('note: could not write the preprocessing cache in {} ({}); continuing without it, the '
+                         'next run computes the arrays again (free space or pass --cache-dir)\n'.format(cache_dir, e.strerror or f'short write: {e}'))
     return arrays
 
 
@@ -412,13 +409,13 @@ def load_or_build(cache_dir, name, key, build, names=None):
 
 def _check_transform(transform, known):
     if transform not in known:
-        raise PreprocessingError('unknown transform %r; use one of %s' % (transform, ', '.join(known)))
+        raise PreprocessingError('unknown transform {!r}; use one of {}'.format(transform, ', '.join(known)))
 
 
 def _check_images(X, what):
     if X.ndim != 4 or X.shape[1:] != (3, 32, 32) or X.dtype != np.uint8:
-        raise PreprocessingError('%s must be uint8 of shape (N, 3, 32, 32), got %s %s; check the raw '
-                                 'reader' % (what, X.dtype, X.shape))
+        raise PreprocessingError(f'{what} must be uint8 of shape (N, 3, 32, 32), got {X.dtype} {X.shape}; check the raw '
+                                 'reader')
 
 
 def _default_cache_dir():
@@ -510,7 +507,7 @@ def svhn_data(transform, data_dir=None, cache_dir=None, download=True, use_extra
     _check_transform(transform, SVHN_TRANSFORMS)
     raw = datasets.load_svhn_raw(data_dir=data_dir, download=download, use_extra=use_extra)
     for part in ('train', 'valid', 'test'):
-        _check_images(raw[part][0], 'SVHN %s images' % part)
+        _check_images(raw[part][0], f'SVHN {part} images')
     names = {'train': 'X_train', 'valid': 'X_val', 'test': 'X_test'}
     if transform == 'pm1':
         X = {names[part]: scale_to_pm1(raw[part][0]) for part in names}
@@ -543,7 +540,7 @@ def main(argv=None):
                          use_extra=not args.no_extra, lcn_all_channels=args.lcn_all_channels)
     for name in sorted(data):
         if name != 'files':
-            print('%s %s %s' % (name, data[name].dtype, data[name].shape))
+            print(f'{name} {data[name].dtype} {data[name].shape}')
     return 0
 
 

@@ -82,8 +82,7 @@ def _write_error(path, error):
     hint = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some space", errno.EFBIG: "free some space",
             errno.EROFS: "use a writable --out", errno.EACCES: "fix the folder's permissions or use another --out",
             errno.EPERM: "fix the folder's permissions or use another --out"}.get(error.errno, "fix the cause")
-    return RunError("cannot write {}: {}; {} and rerun with --resume (finished epochs are kept)".format(
-        path, error.strerror or error, hint))
+    return RunError(f"cannot write {path}: {error.strerror or error}; {hint} and rerun with --resume (finished epochs are kept)")
 
 
 def atomic_write_bytes(path, data):
@@ -202,24 +201,22 @@ class Run(object):
         return os.path.join(self.out_dir, name)
 
     def _staged(self, epoch):
-        return self.path(".{}.epoch{}".format(self.params_file, epoch))
+        return self.path(f".{self.params_file}.epoch{epoch}")
 
     # ------------------------------------------------------------------------------------------ claiming
     def _claim(self):
         try:
             os.makedirs(self.out_dir, exist_ok=True)
         except OSError as e:
-            raise RunError("cannot create the output folder {}: {}; choose another --out".format(
-                self.out_dir, e.strerror))
+            raise RunError(f"cannot create the output folder {self.out_dir}: {e.strerror}; choose another --out")
         if not os.path.isdir(self.out_dir):
-            raise RunError("--out {} is not a folder; choose another --out".format(self.out_dir))
+            raise RunError(f"--out {self.out_dir} is not a folder; choose another --out")
         self._lock()
         self._remove_temporaries()
         has_checkpoint = os.path.exists(self.path(CHECKPOINT))
         if has_checkpoint and not self.resume:
             self.release()
-            raise RunError("{} already holds a run; add --resume to continue it, or choose another --out".format(
-                self.out_dir))
+            raise RunError(f"{self.out_dir} already holds a run; add --resume to continue it, or choose another --out")
         ours = [name for name in (RESULTS, LOG, self.params_file) if os.path.exists(self.path(name))]
         if ours and not has_checkpoint:
             self.release()
@@ -231,7 +228,7 @@ class Run(object):
         try:
             self._lock_file = open(self.path(LOCK), "a+")
         except OSError as e:
-            raise RunError("cannot write to {}: {}; use a writable --out".format(self.out_dir, e.strerror))
+            raise RunError(f"cannot write to {self.out_dir}: {e.strerror}; use a writable --out")
         try:
             fcntl.lockf(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -239,8 +236,7 @@ class Run(object):
             holder = self._lock_file.read().strip() or "another process"
             self._lock_file.close()
             self._lock_file = None
-            raise RunError("{} is in use by {}; wait for that run to end, or choose another --out".format(
-                self.out_dir, holder))
+            raise RunError(f"{self.out_dir} is in use by {holder}; wait for that run to end, or choose another --out")
         try:
             self._lock_file.seek(0)
             self._lock_file.truncate()
@@ -289,14 +285,14 @@ class Run(object):
                     meta["rows"] = self._read_log_rows()[:meta["summary"]["epochs_done"]]
                     meta["data_unrecorded"] = "data" not in meta["info"]
                 elif meta["format"] != FORMAT_VERSION:
-                    raise RunError("the checkpoint in {} was written by a newer version of this archive; resume it "
-                                   "with that version, or start over in another --out".format(self.out_dir))
+                    raise RunError(f"the checkpoint in {self.out_dir} was written by a newer version of this archive; resume it "
+                                   "with that version, or start over in another --out")
                 self._check_same_run(meta)
                 for i, var in enumerate(self.state_vars):
                     value = ckpt["state_%d" % i]
                     if value.shape != var.get_value(borrow=True).shape:
-                        raise RunError("the checkpoint in {} does not match this network (different sizes); use "
-                                       "the flags of the interrupted run, or another --out".format(self.out_dir))
+                        raise RunError(f"the checkpoint in {self.out_dir} does not match this network (different sizes); use "
+                                       "the flags of the interrupted run, or another --out")
                     var.set_value(value)
                 name, pos, has_gauss, cached = meta["rng"]
                 np.random.set_state((name, ckpt["rng_keys"], pos, has_gauss, cached))
@@ -320,18 +316,18 @@ class Run(object):
         changed = sorted(key for key in RESUME_MUST_MATCH if meta["info"].get(key) != info.get(key))
         if meta.get("data_unrecorded") and "data" in changed:
             # A version-1 checkpoint did not record its data files: nothing to compare them with.
-            print("note: the checkpoint in {} does not record which data files it was trained on (written by an "
-                  "older version); resuming with the files found now".format(self.out_dir))
+            print(f"note: the checkpoint in {self.out_dir} does not record which data files it was trained on (written by an "
+                  "older version); resuming with the files found now")
             changed.remove("data")
         if "data" in changed:
-            raise RunError("the run in {} was trained on other data files than the ones found now; resume it "
-                           "with its original --data-dir, or choose another --out".format(self.out_dir))
+            raise RunError(f"the run in {self.out_dir} was trained on other data files than the ones found now; resume it "
+                           "with its original --data-dir, or choose another --out")
         if changed:
             raise RunError("the run in {} was started with other settings ({} differ); resume it with its "
                            "original flags, or choose another --out".format(self.out_dir, ", ".join(changed)))
         if meta["n_state"] != len(self.state_vars):
-            raise RunError("the checkpoint in {} is from a different network; start a new run with another "
-                           "--out, or drop --resume".format(self.out_dir))
+            raise RunError(f"the checkpoint in {self.out_dir} is from a different network; start a new run with another "
+                           "--out, or drop --resume")
 
     def _settle_parameters(self, best_epoch):
         """Promote the staged parameters of the committed best epoch; drop those of uncommitted epochs."""

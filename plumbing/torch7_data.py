@@ -46,8 +46,8 @@ def dp_split_rows(n, valid_ratio):
     """
     n_train = int(np.floor(n * (1. - valid_ratio)))
     if not 1 < n_train < n:
-        raise DataError("a training file of {} rows is too small for dp's split (valid ratio {:.3g}); "
-                        "use the full file".format(n, valid_ratio))
+        raise DataError(f"a training file of {n} rows is too small for dp's split (valid ratio {valid_ratio:.3g}); "
+                        "use the full file")
     return np.arange(n_train), np.arange(n_train - 1, n - 1)
 
 
@@ -57,8 +57,8 @@ def rescale_to_unit(X, out=None):
     out = np.empty(X.shape, np.float32) if out is None else out
     low, high = float(X.min()), float(X.max())
     if high <= low:
-        raise DataError("every value of a set is {}; a set of constant images cannot be rescaled, check the "
-                        "files".format(low))
+        raise DataError(f"every value of a set is {low}; a set of constant images cannot be rescaled, check the "
+                        "files")
     for start in range(0, len(X), CHUNK_ROWS):
         chunk = X[start:start + CHUNK_ROWS].astype(np.float64)
         out[start:start + CHUNK_ROWS] = (chunk - low) / (high - low)
@@ -145,7 +145,7 @@ def unsup_zca_fit(X, epsilon=UNSUP_ZCA_EPSILON):
     """
     n, d = len(X), int(np.prod(X.shape[1:]))
     if n < 2:
-        raise DataError("the second ZCA needs at least 2 training rows, got {}; use more rows".format(n))
+        raise DataError(f"the second ZCA needs at least 2 training rows, got {n}; use more rows")
     rows = X.reshape(n, d)
     mean = np.zeros(d)
     for start in range(0, n, CHUNK_ROWS):
@@ -203,8 +203,8 @@ def first_per_class(labels, per_class, name):
     for c in range(1, 11):
         idx = np.flatnonzero(labels == c)
         if idx.size < per_class:
-            raise DataError("SVHN {} has {} images of label {}, fewer than the {} the validation split takes; "
-                            "use the full file".format(name, idx.size, c, per_class))
+            raise DataError(f"SVHN {name} has {idx.size} images of label {c}, fewer than the {per_class} the validation split takes; "
+                            "use the full file")
         picked.append(idx[:per_class])
     valid = np.concatenate(picked)
     rest = np.ones(labels.size, bool)

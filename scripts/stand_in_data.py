@@ -49,13 +49,12 @@ def mnist(folder, source, n_train, n_test, rng):
             found = [os.path.join(source, name + ext) for ext in (".gz", "") if
                      os.path.exists(os.path.join(source, name + ext))]
             if not found:
-                raise datasets.DataError("{} has no {}[.gz]; pass the folder holding the four files".format(
-                    source, name))
+                raise datasets.DataError(f"{source} has no {name}[.gz]; pass the folder holding the four files")
             link = os.path.join(folder, os.path.basename(found[0]))
             if os.path.lexists(link):
                 os.remove(link)
             os.symlink(os.path.abspath(found[0]), link)
-        write_label(folder, "MNIST-format files from {} (not MNIST)".format(os.path.abspath(source)))
+        write_label(folder, f"MNIST-format files from {os.path.abspath(source)} (not MNIST)")
         return
     for prefix, n in (("train", n_train), ("t10k", n_test)):
         write_idx(os.path.join(folder, prefix + "-images-idx3-ubyte.gz"), rng.randint(0, 256, (n, 28, 28)))
@@ -66,7 +65,7 @@ def mnist(folder, source, n_train, n_test, rng):
 def cifar10(folder, per_batch, n_test, rng):
     batches = os.path.join(folder, datasets.CIFAR10_FOLDER)
     os.makedirs(batches, exist_ok=True)
-    names = ["data_batch_{}".format(i) for i in range(1, 6)] + ["test_batch"]
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
     for name in names:
         n = n_test if name == "test_batch" else per_batch
         batch = {b"batch_label": name.encode(), b"labels": [int(v) for v in rng.randint(0, 10, n)],
@@ -99,7 +98,7 @@ def main(argv=None):
           rng)
     cifar10(os.path.join(args.folder, "cifar10"), 1000 if small else 10000, 1000 if small else 10000, rng)
     svhn(os.path.join(args.folder, "svhn"), 6000 if small else 73257, 2600 if small else 26032, rng)
-    print("wrote {}: mnist/, cifar10/, svhn/ (see DATA_LABEL.txt in each)".format(args.folder))
+    print(f"wrote {args.folder}: mnist/, cifar10/, svhn/ (see DATA_LABEL.txt in each)")
     return 0
 
 

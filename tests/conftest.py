@@ -25,7 +25,7 @@ import scipy.io
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MNIST_NAMES = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
                "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte"}
-CIFAR10_NAMES = ["data_batch_{}".format(i) for i in range(1, 6)] + ["test_batch"]
+CIFAR10_NAMES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
 
 
 # --------------------------------------------------------------------------- MNIST

@@ -172,8 +172,7 @@ def test_mnist_unknown_files_in_data_dir_are_read_with_one_note(tmp_path):
     write_mnist(str(tmp_path))
     result = mnist_check(tmp_path)
     assert result.returncode == 0, result.stderr
-    assert result.stderr.splitlines() == ["note: {} (all 4 files in {}); reading them anyway".format(
-        datasets.MNIST_UNKNOWN_NOTE, tmp_path)]
+    assert result.stderr.splitlines() == [f"note: {datasets.MNIST_UNKNOWN_NOTE} (all 4 files in {tmp_path}); reading them anyway"]
 
 
 def test_mnist_unknown_files_in_the_download_folder_are_refused(tmp_path):
@@ -335,7 +334,7 @@ def test_export_into_a_read_only_folder(tmp_path, model):
     read_only(str(folder))
     result = inference("--model", model, "--random-inputs", "5", "--export", str(folder / "packed.npz"),
                        preexec=without_permission_override)
-    assert_one_line_error(result, "cannot write in {}".format(folder), "Permission denied")
+    assert_one_line_error(result, f"cannot write in {folder}", "Permission denied")
     assert_not_evaluated(result)
     assert os.listdir(str(folder)) == []
 

@@ -501,7 +501,7 @@ def test_mnist_script_runs_the_torch7_method_and_resumes(mnist_dir, tmp_path, mo
     assert printed[:4] == ["batch_size = 50", "num_units = 16", "n_hidden_layers = 3", "stochastic = True"]
     n = 784 * 16 + 2 * 16 * 16 + 16 * 10
     params = n + 3 * 16 * 3 + 3 * 10
-    assert "#lrs==0: 0, #lrs~=0: {0}, #clipV~=0: {1}, ==> {0} Parameters".format(params, n) in printed
+    assert f"#lrs==0: 0, #lrs~=0: {params}, #clipV~=0: {n}, ==> {params} Parameters" in printed
     with open(os.path.join(whole, "results.json")) as f:
         results = json.load(f)
     assert (results["method"], results["paper_test_error"], results["epochs_done"]) == ("binarynet-torch7", 1.4, 3)

@@ -138,9 +138,9 @@ def test_load_cifar10_raw(tmp_path, tarball, cifar10_batches, write_cifar10):
     assert y_train.dtype == np.int64 and y_test.dtype == np.int64
     assert x_train[0, 0, 0, 0] == 10 and x_train[0, 2, 31, 31] == 30 and x_train[0, 1, 1, 2] == 99
     assert x_train[0, 1, 2, 1] == 20
-    expected = np.concatenate([batches["data_batch_{}".format(i)][b"data"] for i in range(1, 6)])
+    expected = np.concatenate([batches[f"data_batch_{i}"][b"data"] for i in range(1, 6)])
     np.testing.assert_array_equal(x_train.reshape(15, 3072), expected)
-    np.testing.assert_array_equal(y_train, sum((batches["data_batch_{}".format(i)][b"labels"]
+    np.testing.assert_array_equal(y_train, sum((batches[f"data_batch_{i}"][b"labels"]
                                                 for i in range(1, 6)), []))
     np.testing.assert_array_equal(x_test.reshape(3, 3072), batches["test_batch"][b"data"])
     np.testing.assert_array_equal(y_test, batches["test_batch"][b"labels"])

@@ -41,7 +41,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self.end_headers()
                 return
             self.send_response(206)
-            self.send_header("Content-Range", "bytes {}-{}/{}".format(start, len(body) - 1, len(body)))
+            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
         else:
             self.send_response(200)
         payload = body[start:]
@@ -63,7 +63,7 @@ def server():
     httpd.files = {"data.bin": PAYLOAD}
     httpd.log = []
     httpd.cuts_left = 1
-    httpd.base = "http://127.0.0.1:{}".format(httpd.server_address[1])
+    httpd.base = f"http://127.0.0.1:{httpd.server_address[1]}"
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield httpd
@@ -77,7 +77,7 @@ def _closed_port_url():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    return "http://127.0.0.1:{}/data.bin".format(port)
+    return f"http://127.0.0.1:{port}/data.bin"
 
 
 def _read(path):
@@ -115,7 +115,7 @@ def test_broken_transfer_is_resumed_with_range(server, tmp_path):
     target = str(tmp_path / "data.bin")
     download_file(server.base + "/cut/data.bin", target, md5=MD5, progress=False, timeout=5)
     assert _read(target) == PAYLOAD
-    assert server.log == [("/cut/data.bin", None), ("/cut/data.bin", "bytes={}-".format(len(PAYLOAD) // 2))]
+    assert server.log == [("/cut/data.bin", None), ("/cut/data.bin", f"bytes={len(PAYLOAD) // 2}-")]
 
 
 def test_leftover_part_file_is_resumed(server, tmp_path):
@@ -133,7 +133,7 @@ def test_complete_leftover_part_is_verified_and_kept(server, tmp_path):
         f.write(PAYLOAD)
     download_file(server.base + "/ok/data.bin", target, md5=MD5, progress=False, timeout=5)
     assert _read(target) == PAYLOAD
-    assert server.log == [("/ok/data.bin", "bytes={}-".format(len(PAYLOAD)))]
+    assert server.log == [("/ok/data.bin", f"bytes={len(PAYLOAD)}-")]
 
 
 def test_server_ignoring_range_restarts_from_zero(server, tmp_path):

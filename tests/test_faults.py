@@ -87,12 +87,12 @@ def kill_points(points):
 def test_a_kill_at_any_write_step_then_resume_gives_the_uninterrupted_files(data, reference, tmp_path):
     expected, points = reference
     for i, (point, n) in enumerate(kill_points(points)):
-        out = str(tmp_path / "run{}".format(i))
-        killed = run(FLAGS + ["--data-dir", data, "--out", out], env={"BINARYNET_FAULT": "{}:{}".format(point, n)})
+        out = str(tmp_path / f"run{i}")
+        killed = run(FLAGS + ["--data-dir", data, "--out", out], env={"BINARYNET_FAULT": f"{point}:{n}"})
         assert killed.returncode == -signal.SIGKILL, (point, n, killed.stderr)
         resumed = run(FLAGS + ["--data-dir", data, "--out", out, "--resume"])
         assert resumed.returncode == 0, (point, n, resumed.stderr)
-        assert snapshot(out) == expected, "kill at {} (time {}) then --resume".format(point, n)
+        assert snapshot(out) == expected, f"kill at {point} (time {n}) then --resume"
 
 
 def test_a_second_run_on_a_busy_folder_is_refused_and_the_first_is_unharmed(data, reference, tmp_path):
@@ -108,7 +108,7 @@ def test_a_second_run_on_a_busy_folder_is_refused_and_the_first_is_unharmed(data
     first.communicate(timeout=300)
     assert first.returncode == 0
     assert second.returncode == 2
-    assert len(error_lines(second)) == 1 and "is in use by process {}".format(first.pid) in second.stderr
+    assert len(error_lines(second)) == 1 and f"is in use by process {first.pid}" in second.stderr
     assert snapshot(out) == reference[0]
 
 
@@ -161,7 +161,7 @@ def test_a_read_only_folder_is_one_line_before_any_work(data, tmp_path):
     result = run(FLAGS + ["--data-dir", data, "--out", str(out)], preexec_fn=without_permission_override)
     assert result.returncode == 2, result.stderr
     lines = error_lines(result)
-    assert len(lines) == 1 and "cannot write to {}".format(out) in lines[0], result.stderr
+    assert len(lines) == 1 and f"cannot write to {out}" in lines[0], result.stderr
     assert "Loading MNIST" not in result.stdout
 
 

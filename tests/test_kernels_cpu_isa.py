@@ -223,7 +223,7 @@ def arm_driver(tmp_path_factory):
     """The driver and xnor_cpu.c built for AArch64 (static, so qemu-aarch64-static needs no sysroot)."""
     for tool in ("aarch64-linux-gnu-gcc", "qemu-aarch64-static"):
         if shutil.which(tool) is None:
-            pytest.fail("{} not found: {}".format(tool, INSTALL_HINT))
+            pytest.fail(f"{tool} not found: {INSTALL_HINT}")
     binary = str(tmp_path_factory.mktemp("arm") / "xnor_cpu_driver")
     result = subprocess.run(["aarch64-linux-gnu-gcc", "-O3", "-static", "-pthread", "-std=gnu11", "-o", binary,
                              DRIVER_SOURCE, os.path.join(ROOT, "kernels", "xnor_cpu.c")],

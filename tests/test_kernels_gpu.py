@@ -35,10 +35,10 @@ def require_nvcc():
     if shutil.which("nvcc") is not None:
         return
     if os.environ.get(ALLOW_NO_NVCC) == "1":
-        reason = "nvcc not on PATH and {}=1: nvcc compilation not tested (NVRTC still is)".format(ALLOW_NO_NVCC)
+        reason = f"nvcc not on PATH and {ALLOW_NO_NVCC}=1: nvcc compilation not tested (NVRTC still is)"
         print(reason)
         pytest.skip(reason)
-    pytest.fail(NVCC_HINT + " (or set {}=1 where only NVRTC is available)".format(ALLOW_NO_NVCC))
+    pytest.fail(NVCC_HINT + f" (or set {ALLOW_NO_NVCC}=1 where only NVRTC is available)")
 
 
 # ----------------------------------------------------------------------------- NumPy references

@@ -89,7 +89,7 @@ def test_the_scripts_paper_errors_equal_published(module):
     names = {"binarynet": "bnn", "bc-det": "bc-det", "bc-stoch": "bc-stoch", "float": "float",
              "binarynet-torch7": "bnn-torch7"}
     for method, error in module.PAPER_TEST_ERROR.items():
-        assert published.cell("{}-{}".format(dataset, names[method])).error == error
+        assert published.cell(f"{dataset}-{names[method]}").error == error
 
 
 def test_original_schedules_equal_the_scripts_tables():

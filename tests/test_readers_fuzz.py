@@ -50,7 +50,7 @@ class ReaderHang(BaseException):
 @contextlib.contextmanager
 def hang_guard(seconds=HANG_SECONDS):
     def expire(signum, frame):
-        raise ReaderHang("the reader ran for more than {} s".format(seconds))
+        raise ReaderHang(f"the reader ran for more than {seconds} s")
     previous = signal.signal(signal.SIGALRM, expire)
     signal.setitimer(signal.ITIMER_REAL, seconds)
     try:

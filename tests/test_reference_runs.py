@@ -41,4 +41,4 @@ def test_fixed_seed_run_reproduces_the_stored_numbers(name, data_root):
     numbers = make_reference.run(name, data_root)
     expected = REFERENCE["runs"][name]
     moved = {key: (expected[key], numbers[key]) for key in expected if numbers[key] != expected[key]}
-    assert not moved, "{} moved (stored, now): {}; if intended, run tests/data/make_reference.py".format(name, moved)
+    assert not moved, f"{name} moved (stored, now): {moved}; if intended, run tests/data/make_reference.py"

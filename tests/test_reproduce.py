@@ -136,8 +136,7 @@ def test_job_script_is_requeue_safe(tmp_path):
     script = reproduce.job_script(str(tmp_path), "svhn-bnn", "short", "/data")
     assert "#SBATCH --requeue" in script and "#SBATCH --signal=B:TERM@120" in script
     assert "svhn.py --method binarynet --no-extra --width 0.25" in script and "--resume" in script
-    assert script.rstrip().endswith("reproduce.py --run-row svhn-bnn --runs {} --budget short --data-dir /data".format(
-        tmp_path))
+    assert script.rstrip().endswith(f"reproduce.py --run-row svhn-bnn --runs {tmp_path} --budget short --data-dir /data")
 
 
 def test_a_slurm_job_gets_one_thread_per_cpu(monkeypatch):
@@ -230,7 +229,7 @@ def test_dry_run_prints_the_commands_and_writes_nothing(tmp_path, data_dir):
     assert done.returncode == 0, done.stderr
     lines = [line for line in done.stdout.splitlines() if "mnist.py" in line]
     assert len(lines) == 2
-    assert "OMP_NUM_THREADS={}".format(reproduce.cpu_count()) in lines[0]
+    assert f"OMP_NUM_THREADS={reproduce.cpu_count()}" in lines[0]
     assert lines[1].endswith("mnist.py --method float --units 16 --batch-size 50 --epochs 12 --data-dir {} --out {} "
                              "--resume".format(os.path.join(data_dir, "mnist"), os.path.join(runs, "mnist-float")))
     assert not os.path.exists(runs)
@@ -379,7 +378,7 @@ def test_local_engine_runs_two_rows_in_parallel_with_the_threads_split(tmp_path,
     table = json.load(open(os.path.join(runs, "TABLE.json")))
     assert record(table, "mnist-bnn")["ours"] == json.load(open(os.path.join(runs, "mnist-bnn", "results.json")))[
         "test_error"]
-    assert "epoch {}/{}".format(1, TINY_EPOCHS) in done.stdout or "done: test" in done.stdout
+    assert f"epoch {1}/{TINY_EPOCHS}" in done.stdout or "done: test" in done.stdout
 
     # Again: both rows are finished, so nothing runs and nothing changes.
     stamp = os.path.getmtime(os.path.join(runs, "mnist-bnn", "results.json"))
@@ -399,7 +398,7 @@ def wait_for(condition, timeout, what):
         if condition():
             return
         time.sleep(0.05)
-    raise AssertionError("timed out after {} s waiting for {}".format(timeout, what))
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def test_an_interrupted_local_run_resumes_to_the_uninterrupted_numbers(tmp_path, slow_data_dir):
@@ -429,7 +428,7 @@ def test_status_names_a_local_run_that_is_alive(tmp_path):
     folder = write_row(tmp_path, "mnist-bnn", "smoke", results(5.0, epochs=10, done=3), log=LOG)
     tables.write_text(os.path.join(folder, reproduce.RUNNING), json.dumps(dict(pid=os.getpid(),
                                                                            hostname=reproduce.platform.node())))
-    assert reproduce.row_status(str(tmp_path), "mnist-bnn").startswith("running (pid {}), epoch".format(os.getpid()))
+    assert reproduce.row_status(str(tmp_path), "mnist-bnn").startswith(f"running (pid {os.getpid()}), epoch")
 
 
 def test_status_of_a_failed_local_run_shows_its_last_log_line(tmp_path):

@@ -199,7 +199,7 @@ def test_a_second_claim_on_a_folder_is_refused_while_the_first_holds_it(tmp_path
     child = context.Process(target=claim)
     child.start()
     child.join()
-    assert "is in use by process {}".format(os.getpid()) in queue.get()
+    assert f"is in use by process {os.getpid()}" in queue.get()
     first.release()
 
 

@@ -33,7 +33,7 @@ def slurm(tmp_path_factory):
     if start is None or start.returncode != 0:
         subprocess.run(["bash", SCRIPT, "stop", folder], capture_output=True, timeout=120)
         reason = "timed out" if start is None else (start.stderr.strip().splitlines() or ["no message"])[-1]
-        pytest.fail("a single-node Slurm could not be started with scripts/slurm_local.sh: {}".format(reason))
+        pytest.fail(f"a single-node Slurm could not be started with scripts/slurm_local.sh: {reason}")
     yield dict(os.environ, SLURM_CONF=os.path.join(folder, "slurm.conf"))
     subprocess.run(["bash", SCRIPT, "stop", folder], capture_output=True, timeout=120)
 
@@ -89,7 +89,7 @@ def test_slurm_runs_rows_and_resumes_cancelled_and_requeued_jobs(slurm, slow_dat
     stopped = json.load(open(os.path.join(interrupted, "mnist-bnn", "results.json")))
     assert 1 <= stopped["epochs_done"] < EPOCHS and not stopped["finished"], "scancel came too late"
     status = reproduce_cmd(slurm, "--runs", interrupted, "--status", "--only", "mnist-bnn")
-    assert "failed or stopped (job {}: CANCELLED)".format(cancelled) in status.stdout, status.stdout
+    assert f"failed or stopped (job {cancelled}: CANCELLED)" in status.stdout, status.stdout
 
     # Rerun the same command: the cancelled row gets a new job, the requeued one is left to Slurm; wait for both.
     again = reproduce_cmd(slurm, *(common + ["--runs", interrupted, "--wait"]))
@@ -101,7 +101,7 @@ def test_slurm_runs_rows_and_resumes_cancelled_and_requeued_jobs(slurm, slow_dat
     wait_for(lambda: all(job_state(slurm, last_job(reference, row)) in ("COMPLETED", "GONE")
                          for row in ROWS.split(",")), 900, "the uninterrupted reference jobs")
     for row in ROWS.split(","):
-        out = open(os.path.join(interrupted, row, "slurm-{}.out".format(last_job(interrupted, row)))).read()
+        out = open(os.path.join(interrupted, row, f"slurm-{last_job(interrupted, row)}.out")).read()
         assert "Resuming after epoch" in out, row
         mine = json.load(open(os.path.join(interrupted, row, "results.json")))
         theirs = json.load(open(os.path.join(reference, row, "results.json")))

@@ -153,7 +153,7 @@ def test_cifar10_pipeline_split_rescale_and_double_zca():
 def write_cifar_tarball(folder, n_per_batch=4, n_test=3, seed=0):
     rng = np.random.RandomState(seed)
     images, labels = {}, {}
-    names = ["data_batch_{}".format(i) for i in range(1, 6)] + ["test_batch"]
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
     os.makedirs(folder, exist_ok=True)
     with tarfile.open(os.path.join(folder, "cifar-10-python.tar.gz"), "w:gz") as tar:
         for name in names:

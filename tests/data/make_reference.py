@@ -55,7 +55,7 @@ def parameters_sha256(path):
     with np.load(path) as saved:
         for i in range(len(saved.files)):
             array = saved["arr_%d" % i]
-            digest.update("arr_{} {} {}\n".format(i, array.dtype.str, array.shape).encode())
+            digest.update(f"arr_{i} {array.dtype.str} {array.shape}\n".encode())
             digest.update(np.ascontiguousarray(array).tobytes())
     return digest.hexdigest()
 
@@ -67,7 +67,7 @@ def run(name, root):
     env = dict(ENVIRONMENT, BINARYNET_DATA=os.path.join(root, "cache"))
     result = run_command(argv + ["--data-dir", os.path.join(root, dataset), "--out", out], env=env)
     if result.returncode != 0:
-        raise RuntimeError("{} failed ({}): {}".format(name, result.returncode, result.stderr[-2000:]))
+        raise RuntimeError(f"{name} failed ({result.returncode}): {result.stderr[-2000:]}")
     with open(os.path.join(out, "results.json")) as f:
         summary = json.load(f)
     with open(os.path.join(out, "log.jsonl")) as f:

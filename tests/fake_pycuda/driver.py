@@ -368,7 +368,7 @@ class Function:
         grid, block = kwargs.pop("grid", (1, 1)), kwargs.pop("block", None)
         kwargs.pop("stream", None), kwargs.pop("shared", None)
         if kwargs:
-            raise ValueError("extra keyword arguments: %s" % (",".join(kwargs.keys())))
+            raise ValueError("extra keyword arguments: {}".format(",".join(kwargs.keys())))
         if block is None:
             raise ValueError("must specify block size")
         _current()
