@@ -156,8 +156,8 @@ def set_openblas_coretype(choice, isa="auto"):
             return f"OPENBLAS_CORETYPE left as {before} (no AVX-512)"
         choice = "SkylakeX"
     os.environ["OPENBLAS_CORETYPE"] = choice
-    return f"OPENBLAS_CORETYPE={choice} (was {before}; the NumPy 1.23.5 wheel's OpenBLAS 0.3.20 misdetects this CPU, see " \
-           "ENVIRONMENT.md)"
+    return (f"OPENBLAS_CORETYPE={choice} (was {before}; the NumPy 1.23.5 wheel's OpenBLAS 0.3.20 misdetects this CPU, "
+            "see ENVIRONMENT.md)")
 
 
 def restrict_isa(isa):

@@ -79,18 +79,19 @@ def load_blocks(npz_path):
     arrays = _read_npz(npz_path)
     if not arrays:
         raise InferenceError(f"{npz_path} is an empty .npz (no arrays); pass the .npz saved by mnist.py")
-    names = ["arr_%d" % i for i in range(len(arrays))]
+    names = [f"arr_{i}" for i in range(len(arrays))]
     if sorted(arrays) != sorted(names) or not arrays or len(arrays) % ARRAYS_PER_BLOCK:
-        raise InferenceError("{} is not a BinaryNet parameter file: expected arr_0 ... arr_N with 6 arrays per "
-                             "dense block (W, b, beta, gamma, mean, inv_std), found keys {}; save the trained "
-                             "network with numpy.savez(path, *lasagne.layers.get_all_param_values(net))".format(npz_path, ",".join(sorted(arrays))[:80]))
+        found = ",".join(sorted(arrays))[:80]
+        raise InferenceError(f"{npz_path} is not a BinaryNet parameter file: expected arr_0 ... arr_N with 6 arrays "
+                             f"per dense block (W, b, beta, gamma, mean, inv_std), found keys {found}; save the "
+                             "trained network with numpy.savez(path, *lasagne.layers.get_all_param_values(net))")
     blocks = []
     for k in range(len(arrays) // ARRAYS_PER_BLOCK):
-        group = [arrays["arr_%d" % (ARRAYS_PER_BLOCK * k + j)] for j in range(ARRAYS_PER_BLOCK)]
+        group = [arrays[f"arr_{ARRAYS_PER_BLOCK * k + j}"] for j in range(ARRAYS_PER_BLOCK)]
         blocks.append(_check_block(npz_path, k, group, blocks[-1].W.shape[1] if blocks else None))
     if len(blocks) < 2:
-        raise InferenceError("%s holds %d dense block; a BinaryNet MLP needs at least 2 (input layer and output "
-                             "layer)" % (npz_path, len(blocks)))
+        raise InferenceError(f"{npz_path} holds {len(blocks)} dense block; a BinaryNet MLP needs at least 2 (input "
+                             "layer and output layer)")
     return blocks
 
 
@@ -99,8 +100,8 @@ def _read_npz(path):
     if not os.path.exists(path):
         raise InferenceError(f"model file {path} does not exist; pass the .npz saved by mnist.py")
     if not os.path.isfile(path):
-        raise InferenceError(f"model file {path} is a folder or a special file, not a .npz file; pass the .npz saved by "
-                             "mnist.py")
+        raise InferenceError(f"model file {path} is a folder or a special file, not a .npz file; pass the .npz saved "
+                             "by mnist.py")
     try:
         with open(path, "rb") as handle:
             head = handle.read(6)
@@ -109,18 +110,18 @@ def _read_npz(path):
     if not head:
         raise InferenceError(f"model file {path} is empty (0 bytes); pass the .npz saved by mnist.py")
     if head == b"\x93NUMPY":
-        raise InferenceError(f"{path} is a single NumPy array (.npy), not a .npz model; pass the .npz saved by mnist.py "
-                             "(numpy.savez of the network's parameters)")
+        raise InferenceError(f"{path} is a single NumPy array (.npy), not a .npz model; pass the .npz saved by "
+                             "mnist.py (numpy.savez of the network's parameters)")
     if head[:4] not in ZIP_MAGIC:
-        raise InferenceError(f"{path} is not a .npz file (it does not start like a zip archive); pass the .npz saved by "
-                             "mnist.py")
+        raise InferenceError(f"{path} is not a .npz file (it does not start like a zip archive); pass the .npz saved "
+                             "by mnist.py")
     try:
         with np.load(path, allow_pickle=False) as data:
             return {key: data[key] for key in data.files}
     except ValueError as err:
         if "allow_pickle" in str(err):
-            raise InferenceError(f"{path} holds pickled Python objects, which are never loaded (only plain arrays are); "
-                                 "pass the .npz saved by mnist.py")
+            raise InferenceError(f"{path} holds pickled Python objects, which are never loaded (only plain arrays "
+                                 "are); pass the .npz saved by mnist.py")
         raise InferenceError(f"{path} is a damaged .npz file ({_first_line(err)}); pass the .npz saved by mnist.py")
     except NPZ_ERRORS as err:
         raise InferenceError(f"{path} is a damaged .npz file ({_first_line(err)}); pass the .npz saved by mnist.py")
@@ -133,16 +134,19 @@ def _first_line(err):
 
 def _check_block(path, k, group, fan_in_expected):
     W = group[0]
-    where = "%s, dense block %d" % (path, k + 1)
+    where = f"{path}, dense block {k + 1}"
     if W.ndim != 2 or (fan_in_expected is not None and W.shape[0] != fan_in_expected):
-        raise InferenceError("{}: W has shape {}, expected ({}, units); the file is not a chain of dense blocks".format(where, W.shape, fan_in_expected if fan_in_expected is not None else "fan_in"))
+        fan_in = fan_in_expected if fan_in_expected is not None else "fan_in"
+        raise InferenceError(f"{where}: W has shape {W.shape}, expected ({fan_in}, units); the file is not a chain of "
+                             "dense blocks")
     if 0 in W.shape:
-        raise InferenceError(f"{where}: W has shape {W.shape}, a layer with 0 inputs or 0 units; retrain or re-save the model")
+        raise InferenceError(f"{where}: W has shape {W.shape}, a layer with 0 inputs or 0 units; retrain or re-save "
+                             "the model")
     units = W.shape[1]
     for name, vector in zip(("b", "beta", "gamma", "mean", "inv_std"), group[1:]):
         if vector.shape != (units,):
-            raise InferenceError("%s: %s has shape %s, expected (%d,) (per block: W, b, beta, gamma, mean, "
-                                 "inv_std)" % (where, name, vector.shape, units))
+            raise InferenceError(f"{where}: {name} has shape {vector.shape}, expected ({units},) (per block: W, b, "
+                                 "beta, gamma, mean, inv_std)")
     for name, array in zip(("W", "b", "beta", "gamma", "mean", "inv_std"), group):
         if array.dtype.kind != "f" or not np.all(np.isfinite(array)):
             raise InferenceError(f"{where}: {name} is not a finite floating-point array; retrain or re-save the model")
@@ -172,8 +176,8 @@ def batch_norm_float32(x, bias, mean, scale, beta):
 def _flatten(X, fan_in):
     X = np.asarray(X, dtype=np.float32).reshape(len(X), -1)
     if X.shape[1] != fan_in:
-        raise InferenceError("inputs have %d features per example but the model's first layer expects %d; "
-                             "use the data set the model was trained on" % (X.shape[1], fan_in))
+        raise InferenceError(f"inputs have {X.shape[1]} features per example but the model's first layer expects "
+                             f"{fan_in}; use the data set the model was trained on")
     return X
 
 
@@ -288,7 +292,8 @@ def gpu_inference_report(blocks, X, reference, repeats):
 def resolve_device(device):
     """'cpu', or 'gpu' when one is usable; 'gpu' without a GPU raises, 'auto' falls back to 'cpu' and says so."""
     if device not in DEVICES:
-        raise InferenceError("unknown device {!r}; choose one of {}".format(device, ", ".join(DEVICES)))
+        choices = ", ".join(DEVICES)
+        raise InferenceError(f"unknown device {device!r}; choose one of {choices}")
     if device == "cpu":
         return "cpu"
     try:
@@ -330,7 +335,7 @@ def evaluate(blocks, X, y, kernels=KERNELS, device="cpu", batch_size=10000):
     """
     kernels = _check_kernels(kernels)
     if batch_size < 1:
-        raise InferenceError("batch size must be positive, got %d" % batch_size)
+        raise InferenceError(f"batch size must be positive, got {batch_size}")
     X = _flatten(X, blocks[0].W.shape[0])
     labels = _labels(y)
     device = resolve_device(device)
@@ -340,7 +345,7 @@ def evaluate(blocks, X, y, kernels=KERNELS, device="cpu", batch_size=10000):
     for kernel, (predictions, seconds) in timings.items():
         results[kernel] = {"error": 100.0 * float(np.mean(predictions != labels)), "seconds": seconds,
                            "predictions": predictions}
-    print_table(results, "%s, %d examples, batch %d" % (device, len(X), batch_size))
+    print_table(results, f"{device}, {len(X)} examples, batch {batch_size}")
     if device == "cpu":
         print(describe_cpu_libraries())
     _check_identical(results)
@@ -350,10 +355,10 @@ def evaluate(blocks, X, y, kernels=KERNELS, device="cpu", batch_size=10000):
 def describe_cpu_libraries():
     """One line naming the float BLAS Theano links and NumPy's, and the XNOR code path (docs/environment.md)."""
     from plumbing import compat
-    numpy_blas = ", ".join("{} {} ({})".format(i.get("internal_api"), i.get("version"), i.get("architecture"))
+    numpy_blas = ", ".join(f"{i.get('internal_api')} {i.get('version')} ({i.get('architecture')})"
                            for i in threadpool_info() if i.get("user_api") == "blas") or "unknown"
-    return "Theano BLAS: %s; NumPy BLAS: %s; XNOR path: %s; CPUs: %d" % (
-        compat.BLAS_NAME, numpy_blas, available_paths()[0], len(os.sched_getaffinity(0)))
+    return (f"Theano BLAS: {compat.BLAS_NAME}; NumPy BLAS: {numpy_blas}; XNOR path: {available_paths()[0]}; "
+            f"CPUs: {len(os.sched_getaffinity(0))}")
 
 
 def _check_kernels(kernels):
@@ -361,19 +366,20 @@ def _check_kernels(kernels):
         kernels = [k.strip() for k in kernels.split(",") if k.strip()]
     unknown = [k for k in kernels if k not in KERNELS]
     if unknown or not kernels:
-        raise InferenceError("unknown kernel(s) {}; choose from {} (comma-separated)".format(",".join(unknown) or "(none given)", ",".join(KERNELS)))
+        given, choices = ",".join(unknown) or "(none given)", ",".join(KERNELS)
+        raise InferenceError(f"unknown kernel(s) {given}; choose from {choices} (comma-separated)")
     return list(dict.fromkeys(kernels))
 
 
 def print_table(results, title):
     """One line per kernel: test error, run time, speed-up vs blas and vs baseline."""
     print(f"run-time inference ({title})")
-    print("%-10s %10s %12s %10s %13s" % ("kernel", "error %", "run time s", "vs blas", "vs baseline"))
+    print(f"{'kernel':<10} {'error %':>10} {'run time s':>12} {'vs blas':>10} {'vs baseline':>13}")
     for name, r in results.items():
-        ratios = []
-        for ref in ("blas", "baseline"):
-            ratios.append("%.2fx" % (results[ref]["seconds"] / r["seconds"]) if ref in results else "-")
-        print("%-10s %10.2f %12.4f %10s %13s" % (name, r["error"], r["seconds"], ratios[0], ratios[1]))
+        error, seconds = r["error"], r["seconds"]
+        speedups = {ref: results[ref]["seconds"] / seconds for ref in ("blas", "baseline") if ref in results}
+        vs_blas, vs_baseline = (f"{speedups[ref]:.2f}x" if ref in speedups else "-" for ref in ("blas", "baseline"))
+        print(f"{name:<10} {error:10.2f} {seconds:12.4f} {vs_blas:>10} {vs_baseline:>13}")
 
 
 def _check_identical(results):
@@ -382,11 +388,11 @@ def _check_identical(results):
     differing = {n: int(np.sum(results[n]["predictions"] != first)) for n in names[1:]}
     bad = {n: count for n, count in differing.items() if count}
     if bad:
-        detail = ", ".join("%s differs from %s on %d examples" % (n, names[0], c) for n, c in bad.items())
+        detail = ", ".join(f"{n} differs from {names[0]} on {c} examples" for n, c in bad.items())
         print(f"!!! PREDICTIONS DIFFER BETWEEN KERNELS: {detail} !!!")
         raise InferenceError(f"kernels disagree ({detail}); the binary kernels are not computing the same network")
     if len(names) > 1:
-        print("all %d runs give identical predictions" % len(names))
+        print(f"all {len(names)} runs give identical predictions")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -443,12 +449,12 @@ def export_packed(npz_path, out_path):
               "widths": np.array([blocks[0].W.shape[0]] + [b.W.shape[1] for b in blocks], dtype=np.int64)}
     last = len(blocks) - 1
     for k, block in enumerate(blocks):
-        arrays["w%d" % k] = np.ascontiguousarray(pack_cols(block.W), dtype=np.uint64)
+        arrays[f"w{k}"] = np.ascontiguousarray(pack_cols(block.W), dtype=np.uint64)
         if k in (0, last):
-            arrays["bn%d" % k] = np.stack([block.b, block.mean, block.scale, block.beta]).astype(np.float32)
+            arrays[f"bn{k}"] = np.stack([block.b, block.mean, block.scale, block.beta]).astype(np.float32)
         else:
-            arrays["dir%d" % k], arrays["tau%d" % k] = fold_threshold(block.b, block.mean, block.scale,
-                                                                     block.beta, block.W.shape[0])
+            arrays[f"dir{k}"], arrays[f"tau{k}"] = fold_threshold(block.b, block.mean, block.scale, block.beta,
+                                                                  block.W.shape[0])
     _write_npz_atomically(out_path, arrays)
     return os.path.getsize(npz_path), os.path.getsize(out_path)
 
@@ -457,18 +463,21 @@ def check_export_path(out_path, model_path):
     """Refuse, before any long evaluation, an export path that is the model itself, a folder, or in a folder
     that is missing or not writable (probed by creating a temporary file there)."""
     if os.path.isdir(out_path):
-        raise InferenceError("--export {} is a folder; pass a file name such as {}".format(out_path, os.path.join(out_path, "packed.npz")))
+        example = os.path.join(out_path, "packed.npz")
+        raise InferenceError(f"--export {out_path} is a folder; pass a file name such as {example}")
     if os.path.exists(out_path) and os.path.exists(model_path) and os.path.samefile(out_path, model_path):
-        raise InferenceError(f"--export {out_path} is the model file itself, which would be destroyed; pass another file "
-                             "name")
+        raise InferenceError(f"--export {out_path} is the model file itself, which would be destroyed; pass another "
+                             "file name")
     folder = os.path.dirname(os.path.abspath(out_path))
     if not os.path.isdir(folder):
-        raise InferenceError(f"--export {out_path}: the folder {folder} does not exist; create it or choose another path")
+        raise InferenceError(f"--export {out_path}: the folder {folder} does not exist; create it or choose another "
+                             "path")
     try:
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".export-probe-"):
             pass
     except OSError as err:
-        raise InferenceError(f"--export {out_path}: cannot write in {folder} ({err.strerror or err}); choose a writable folder")
+        raise InferenceError(f"--export {out_path}: cannot write in {folder} ({err.strerror or err}); choose a "
+                             "writable folder")
 
 
 def _write_npz_atomically(path, arrays):
@@ -492,7 +501,8 @@ def _write_npz_atomically(path, arrays):
         if os.path.exists(tmp):
             os.remove(tmp)
         if isinstance(err, OSError):
-            raise InferenceError("could not write {} ({}); free some space or choose another --export path".format(path, err.strerror or f"short write: {err}"))
+            reason = err.strerror or f"short write: {err}"
+            raise InferenceError(f"could not write {path} ({reason}); free some space or choose another --export path")
         raise
     folder_fd = os.open(folder, os.O_RDONLY)
     try:
@@ -511,24 +521,26 @@ def load_packed(packed_path):
     if version is None or version.shape != () or version.dtype.kind not in "iu" or int(version) != PACKED_VERSION:
         found = "none" if version is None else (str(version) if version.shape == () and version.dtype.kind in "iu"
                                                 else f"a {version.dtype} array of shape {version.shape}")
-        raise InferenceError("%s has packed-format version %s, this code reads version %d; re-export it"
-                             % (packed_path, found, PACKED_VERSION))
+        raise InferenceError(f"{packed_path} has packed-format version {found}, this code reads version "
+                             f"{PACKED_VERSION}; re-export it")
     widths = arrays.get("widths")
     if widths is None or widths.ndim != 1 or widths.dtype.kind not in "iu" or len(widths) < 3 or widths.min() < 1:
-        raise InferenceError(f"{packed_path} is damaged: 'widths' must list at least 3 positive layer widths; re-export it")
+        raise InferenceError(f"{packed_path} is damaged: 'widths' must list at least 3 positive layer widths; "
+                             "re-export it")
     widths = [int(w) for w in widths]
     for k in range(len(widths) - 1):
         units = widths[k + 1]
-        expected = {"w%d" % k: ("u", (units, -(-widths[k] // 64)))}
+        expected = {f"w{k}": ("u", (units, -(-widths[k] // 64)))}
         if 0 < k < len(widths) - 2:
-            expected.update({"dir%d" % k: ("i", (units,)), "tau%d" % k: ("i", (units,))})
+            expected.update({f"dir{k}": ("i", (units,)), f"tau{k}": ("i", (units,))})
         else:
-            expected["bn%d" % k] = ("f", (4, units))
+            expected[f"bn{k}"] = ("f", (4, units))
         bad = [name for name, (kind, shape) in expected.items()
                if name not in arrays or arrays[name].dtype.kind != kind or arrays[name].shape != shape]
         if bad:
-            raise InferenceError("%s is damaged: layer %d's %s missing or of the wrong type or shape; re-export it"
-                                 % (packed_path, k, ",".join(bad)))
+            missing = ",".join(bad)
+            raise InferenceError(f"{packed_path} is damaged: layer {k}'s {missing} missing or of the wrong type or "
+                                 "shape; re-export it")
     return arrays
 
 
@@ -556,11 +568,11 @@ def run_packed(packed_path, X, threads=None, first_layer=None):
     y = (z - mean) * scale + beta  # BN(x + b) in the §1.7.2 order
     bits = pack_rows(y)  # bit = [y >= 0] = [sign(y) = +1]
     for k in range(1, L):
-        s = xnor_gemm_packed(bits, model["w%d" % k], widths[k], threads=threads)
+        s = xnor_gemm_packed(bits, model[f"w{k}"], widths[k], threads=threads)
         if k == L - 1:
-            bias, mean, scale, beta = model["bn%d" % k]
+            bias, mean, scale, beta = model[f"bn{k}"]
             return np.argmax(batch_norm_float32(s, bias, mean, scale, beta), axis=1)
-        margin = model["dir%d" % k].astype(np.float32) * s - model["tau%d" % k].astype(np.float32)
+        margin = model[f"dir{k}"].astype(np.float32) * s - model[f"tau{k}"].astype(np.float32)
         bits = pack_rows(margin)  # margin >= 0 <=> dir·s >= tau (integers below 2^24 are exact in float32)
 
 
@@ -947,7 +959,7 @@ def run(model_path, data_dir=None, kernels=KERNELS, device="cpu", export_path=No
     if export_path:
         check_export_path(export_path, model_path)  # before the evaluation, which can take minutes
     if batch_size < 1:
-        raise InferenceError("batch size must be positive, got %d" % batch_size)
+        raise InferenceError(f"batch size must be positive, got {batch_size}")
     device = resolve_device(device)
     if X is None:
         data = datasets.load_mnist("pm1", data_dir=data_dir)
@@ -958,8 +970,8 @@ def run(model_path, data_dir=None, kernels=KERNELS, device="cpu", export_path=No
         predictions, seconds = time_packed(export_path, X)
         error = 100.0 * float(np.mean(predictions != _labels(y)))
         ratio = float_bytes / packed_bytes
-        print("packed model %s: %d bytes, float model %d bytes, %.1fx smaller" % (export_path, packed_bytes,
-                                                                                  float_bytes, ratio))
+        print(f"packed model {export_path}: {packed_bytes} bytes, float model {float_bytes} bytes, "
+              f"{ratio:.1f}x smaller")
         print(f"packed run (numpy + kernels.cpu): error {error:.2f} %, run time {seconds:.4f} s")
         name, reference = next(iter(results["kernels"].items()))
         differ = int(np.sum(predictions != reference["predictions"]))
@@ -968,13 +980,13 @@ def run(model_path, data_dir=None, kernels=KERNELS, device="cpu", export_path=No
             else predictions
         exact_differ = int(np.sum(same_product != reference["predictions"]))
         if exact_differ:  # loud but not fatal: Theano's fused BN may round (x·gamma)·inv_std, not x·(gamma·inv_std)
-            print("!!! PACKED MODEL (THEANO'S FIRST-LAYER PRODUCT) DIFFERS FROM THE %s RUN ON %d EXAMPLES !!!"
-                  % (name.upper(), exact_differ))
+            print(f"!!! PACKED MODEL (THEANO'S FIRST-LAYER PRODUCT) DIFFERS FROM THE {name.upper()} RUN ON "
+                  f"{exact_differ} EXAMPLES !!!")
         else:
             print(f"packed model with Theano's first-layer product: same predictions as the {name} run")
-        print("packed model with NumPy's first-layer product: %d of %d predictions differ from the %s run "
-              "(float32 sums of the real-valued first layer in another order; all other layers are exact)"
-              % (differ, len(X), name))
+        print(f"packed model with NumPy's first-layer product: {differ} of {len(X)} predictions differ from the "
+              f"{name} run (float32 sums of the real-valued first layer in another order; all other layers are "
+              "exact)")
         results["packed"] = {"path": export_path, "float_bytes": float_bytes, "packed_bytes": packed_bytes,
                              "ratio": ratio, "error": error, "seconds": seconds, "predictions": predictions,
                              "differ_numpy_first_layer": differ, "differ_theano_first_layer": exact_differ}
@@ -1034,9 +1046,10 @@ def run_from_args(model_path, args):
             getattr(args, "device", "cpu"), getattr(args, "export", None), batch_size, X, y)
     except MemoryError:
         n_random = getattr(args, "random_inputs", None)
-        raise InferenceError("out of memory during run-time inference (batches of %d examples%s); pass a smaller "
-                             "--batch-size%s" % (batch_size, ", %d random inputs" % n_random if n_random else "",
-                                                 " or fewer --random-inputs" if n_random else "")) from None
+        inputs = f", {n_random} random inputs" if n_random else ""
+        fewer = " or fewer --random-inputs" if n_random else ""
+        raise InferenceError(f"out of memory during run-time inference (batches of {batch_size} examples{inputs}); "
+                             f"pass a smaller --batch-size{fewer}") from None
     return 0
 
 

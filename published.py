@@ -153,4 +153,5 @@ def short_source(c):
 
 def source_text(c):
     paper, table, page, column = c.source
-    return "{}, {}, {} column{}".format(paper, table, column, "" if page is None else f", p. {page}")
+    where = "" if page is None else f", p. {page}"
+    return f"{paper}, {table}, {column} column{where}"

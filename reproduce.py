@@ -236,8 +236,9 @@ def check_data_dir(data_dir, rows):
         return
     for dataset in sorted({ROWS[row][0] for row in rows}):
         if not os.path.isdir(os.path.join(data_dir, dataset)):
-            raise UsageError(f"--data-dir {data_dir} has no {dataset}/ folder; put the {tables.DATASET_NAMES[dataset]} files in {data_dir}/{dataset}/ (or leave those rows "
-                             "out with --only)")
+            name = tables.DATASET_NAMES[dataset]
+            raise UsageError(f"--data-dir {data_dir} has no {dataset}/ folder; put the {name} files in "
+                             f"{data_dir}/{dataset}/ (or leave those rows out with --only)")
 
 
 class RunsLock(object):
@@ -255,7 +256,9 @@ class RunsLock(object):
             self.file.seek(0)
             other = self.file.read().strip() or "unknown"
             self.file.close()
-            raise RunError(f"another reproduce.py (pid {other}) is running on {os.path.dirname(self.path)}; wait for it or use another --runs")
+            folder = os.path.dirname(self.path)
+            raise RunError(f"another reproduce.py (pid {other}) is running on {folder}; wait for it or use another "
+                           "--runs")
         self.file.truncate(0)
         self.file.write(str(os.getpid()))
         self.file.flush()
@@ -315,7 +318,8 @@ def load_average():
 
 def describe_host(threads=None):
     return OrderedDict(hostname=platform.node(), cpu=cpu_model(), cpus=cpu_count(),
-                       memory_gib=round(memory_gib("MemTotal"), 1), threads=threads or os.environ.get("OMP_NUM_THREADS"),
+                       memory_gib=round(memory_gib("MemTotal"), 1),
+                       threads=threads or os.environ.get("OMP_NUM_THREADS"),
                        slurm_job=os.environ.get("SLURM_JOB_ID"), python=platform.python_version(),
                        time=time.strftime("%Y-%m-%d %H:%M:%S"), load_average=load_average())
 
@@ -760,7 +764,8 @@ def main(argv=None):
     if args.report or args.status:
         settings = tables.read_json(os.path.join(runs, tables.RUN_SETTINGS))
         if settings is None:
-            raise UsageError(f"{runs} is not a runs folder made by reproduce.py (no {tables.RUN_SETTINGS}); pass --runs")
+            raise UsageError(f"{runs} is not a runs folder made by reproduce.py (no {tables.RUN_SETTINGS}); pass "
+                             "--runs")
         if args.status:
             width = max(len(row) for row in rows)
             for row in rows:

@@ -284,7 +284,7 @@ def build_table(runs, rows, folder_settings=None, data_cache=None):
 def _pct(value, spread=None):
     if value is None:
         return "missing"
-    return "{:.2f}{}".format(value, "" if spread is None else f" ± {spread:.2f}")
+    return f"{value:.2f}" if spread is None else f"{value:.2f} ± {spread:.2f}"
 
 
 def _verdict(r):
@@ -330,11 +330,11 @@ def markdown(table):
             r["row"], cell, _pct(p and p["error"], p and p["spread"]) if p else "—", _pct(r["ours"]), diff,
             _verdict(r), r["budget"] or "—", epochs, " / ".join(_duration(r[k]) for k in (
                 "seconds", "wall_seconds", "cpu_seconds")), short_data(r["data"])))
-    out += ["", f"Agreement rule: within {published.SIGMAS} published standard deviations where the paper gives mean ± std "
-            f"(6 runs), else within {100 * published.TOLERANCE_RELATIVE:.0f} % of the published error. Only paper-budget runs on the official data "
-            "are compared. Time: the epochs' training and evaluation; the wall time of the run's processes (with "
-            "compilation and data loading); their CPU time (one thread each: about the wall time on a quiet "
-            "machine).", ""]
+    out += ["", f"Agreement rule: within {published.SIGMAS} published standard deviations where the paper gives mean "
+            f"± std (6 runs), else within {100 * published.TOLERANCE_RELATIVE:.0f} % of the published error. Only "
+            "paper-budget runs on the official data are compared. Time: the epochs' training and evaluation; the "
+            "wall time of the run's processes (with compilation and data loading); their CPU time (one thread each: "
+            "about the wall time on a quiet machine).", ""]
     out += ["## What each row ran", ""]
     for r in table["rows"]:
         if r["command"] is None:
@@ -356,9 +356,9 @@ def markdown(table):
             out.append("    * `{}` {} bytes, MD5 {}{}".format(f["path"], f["size"], f["md5"],
                                                            " (official)" if f["official"] else ""))
         if host:
-            out.append("  * hardware: {} ({}), {} CPUs, {} GiB, {} threads per run; load average {} at the start".format(
-                host.get("cpu"), host.get("hostname"), host.get("cpus"), host.get("memory_gib"), host.get("threads"),
-                host.get("load_average")))
+            out.append("  * hardware: {} ({}), {} CPUs, {} GiB, {} threads per run; load average {} at the "
+                       "start".format(host.get("cpu"), host.get("hostname"), host.get("cpus"), host.get("memory_gib"),
+                                      host.get("threads"), host.get("load_average")))
         if env:
             out.append("  * software: " + ", ".join(f"{k} {v}" for k, v in sorted(env.items())))
         if r["published"] and r["published"]["note"]:
@@ -453,8 +453,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     settings = read_json(os.path.join(args.runs, RUN_SETTINGS))
     if settings is None:
-        raise RunError(f"{args.runs} holds no {RUN_SETTINGS}; it was not made by reproduce.py (run `python reproduce.py --runs {args.runs} "
-                       "--report`)")
+        raise RunError(f"{args.runs} holds no {RUN_SETTINGS}; it was not made by reproduce.py (run `python "
+                       f"reproduce.py --runs {args.runs} --report`)")
     table = write_report(args.runs, settings["rows"])
     print(markdown(table))
     return 0

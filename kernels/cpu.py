@@ -143,7 +143,8 @@ def _matrix(x, dtype, name):
     if not isinstance(x, np.ndarray):
         raise KernelError(f"{name} must be a NumPy array, got {type(x).__name__}")
     if x.dtype != dtype:
-        raise KernelError(f"{name} must have dtype {np.dtype(dtype).name}, got {x.dtype} (convert with .astype(np.{np.dtype(dtype).name}))")
+        wanted = np.dtype(dtype).name
+        raise KernelError(f"{name} must have dtype {wanted}, got {x.dtype} (convert with .astype(np.{wanted}))")
     if x.ndim != 2:
         raise KernelError(f"{name} must be 2-D, got shape {x.shape}")
     return np.ascontiguousarray(x)
@@ -201,8 +202,8 @@ def xnor_gemm_packed(Ap, Bp, n, threads=None, path="auto", out=None):
         raise KernelError(f"n (the inner dimension in bits) must be a positive integer, got {n!r}")
     words = words_for(n)
     if Ap.shape[1] != words or Bp.shape[1] != words:
-        raise KernelError(f"packed operands must have ceil(n/64) = {words} words per row for n = {n}, got Ap {Ap.shape} and "
-                          f"Bp {Bp.shape}")
+        raise KernelError(f"packed operands must have ceil(n/64) = {words} words per row for n = {n}, got Ap "
+                          f"{Ap.shape} and Bp {Bp.shape}")
     if n % 64:
         pad = np.uint64(~((1 << (n % 64)) - 1) & 0xFFFFFFFFFFFFFFFF)
         if (Ap[:, -1] & pad).any() or (Bp[:, -1] & pad).any():
@@ -217,7 +218,8 @@ def xnor_gemm_packed(Ap, Bp, n, threads=None, path="auto", out=None):
 def _check_product(A, B):
     A, B = _matrix(A, np.float32, "A"), _matrix(B, np.float32, "B")
     if A.shape[1] != B.shape[0]:
-        raise KernelError(f"shapes do not match for A @ B: A {A.shape} and B {B.shape} (A's columns must equal B's rows)")
+        raise KernelError(f"shapes do not match for A @ B: A {A.shape} and B {B.shape} (A's columns must equal B's "
+                          "rows)")
     if A.shape[1] == 0:
         raise KernelError(f"the inner dimension is 0: A {A.shape} and B {B.shape}")
     return A, B

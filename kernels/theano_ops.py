@@ -33,8 +33,8 @@ class _CpuGemm(theano.Op):
         a, b = T.as_tensor_variable(a), T.as_tensor_variable(b)
         for name, v in (("a", a), ("b", b)):
             if v.ndim != 2 or v.dtype != "float32":
-                raise KernelError(f"{type(self).__name__} input '{name}' must be a float32 matrix, got {v.dtype} with {v.ndim} dimensions (cast with "
-                                  "T.cast(x, 'float32'))")
+                raise KernelError(f"{type(self).__name__} input '{name}' must be a float32 matrix, got {v.dtype} "
+                                  f"with {v.ndim} dimensions (cast with T.cast(x, 'float32'))")
         out = T.TensorType("float32", (a.broadcastable[0], b.broadcastable[1]))()
         return theano.Apply(self, [a, b], [out])
 
@@ -42,8 +42,8 @@ class _CpuGemm(theano.Op):
         return [(shapes[0][0], shapes[1][1])]
 
     def grad(self, inputs, output_grads):
-        raise NoGradientError(f"{type(self).__name__} is inference-only (as in the original run-time code) and has no gradient; "
-                              "train with T.dot and swap the kernel in at test time")
+        raise NoGradientError(f"{type(self).__name__} is inference-only (as in the original run-time code) and has no "
+                              "gradient; train with T.dot and swap the kernel in at test time")
 
     def perform(self, node, inputs, output_storage):
         output_storage[0][0] = self.compute(*inputs)

@@ -134,5 +134,5 @@ def check_batches(batch_size, **sets):
     """Every set must hold at least one minibatch (the originals use floor(N / batch_size) batches, §3.4)."""
     for name, rows in sets.items():
         if rows < batch_size:
-            raise UsageError(f"the {name} set has {rows} rows, fewer than one minibatch of {batch_size}; pass a smaller "
-                             "--batch-size")
+            raise UsageError(f"the {name} set has {rows} rows, fewer than one minibatch of {batch_size}; pass a "
+                             "smaller --batch-size")

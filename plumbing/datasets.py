@@ -297,7 +297,8 @@ def one_hot_pm1(labels, n_classes=10):
     """Targets in {-1, +1}: 2 * onehot(labels) - 1 as float32 (N, n_classes) (ORIGINALS.md §3.1)."""
     labels = np.asarray(labels).ravel()
     if labels.size and (np.any(labels != np.round(labels)) or labels.min() < 0 or labels.max() >= n_classes):
-        raise DataError(f"class labels must be integers in 0..{n_classes - 1}, got values from {labels.min()} to {labels.max()}")
+        raise DataError(f"class labels must be integers in 0..{n_classes - 1}, got values from {labels.min()} to "
+                        f"{labels.max()}")
     targets = np.full((labels.size, n_classes), -1.0, dtype=np.float32)
     targets[np.arange(labels.size), labels.astype(np.int64)] = 1.0
     return targets
@@ -335,9 +336,11 @@ def _parse_idx(raw, path):
     for d in dims:  # Python integers: no overflow for any header
         count *= d
     if len(raw) < header + count:
-        raise DataError(f"{path} is truncated: {len(raw)} bytes, header {dims} needs {header + count}; download it again")
+        raise DataError(f"{path} is truncated: {len(raw)} bytes, header {dims} needs {header + count}; download it "
+                        "again")
     if len(raw) > header + count:
-        raise DataError(f"{path} has {len(raw) - header - count} bytes after the data announced by its header {dims}; the file is corrupt")
+        raise DataError(f"{path} has {len(raw) - header - count} bytes after the data announced by its header {dims}; "
+                        "the file is corrupt")
     return np.frombuffer(raw, dtype=np.uint8, count=count, offset=header).reshape(dims).copy()
 
 
@@ -404,9 +407,11 @@ def _mnist_split_size(n):
 
 def _mnist_pair(images, labels, images_path, labels_path):
     if images.ndim != 3 or images.shape[1:] != (28, 28):
-        raise DataError(f"{images_path} holds images of shape {images.shape[1:]}, expected 28x28 images; check the file")
+        raise DataError(f"{images_path} holds images of shape {images.shape[1:]}, expected 28x28 images; check the "
+                        "file")
     if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
-        raise DataError(f"{labels_path} has {labels.shape[0]} labels for {images.shape[0]} images in {images_path}; the files do not belong together")
+        raise DataError(f"{labels_path} has {labels.shape[0]} labels for {images.shape[0]} images in {images_path}; "
+                        "the files do not belong together")
     if labels.size and labels.max() > 9:
         raise DataError(f"{labels_path} has label {labels.max()} outside 0..9; check the file")
     return images, labels
@@ -533,16 +538,16 @@ def cifar10_files(data_dir=None, download=True):
         folders = [data_dir, os.path.join(data_dir, "cifar10")]
         found = _find(folders, [CIFAR10_FOLDER, CIFAR10_TARBALL])
         if found is None:
-            raise DataError(f"CIFAR-10 not found in {data_dir}: expected {CIFAR10_TARBALL} or the folder {CIFAR10_FOLDER}/; put it there or omit "
-                            "--data-dir to download it")
+            raise DataError(f"CIFAR-10 not found in {data_dir}: expected {CIFAR10_TARBALL} or the folder "
+                            f"{CIFAR10_FOLDER}/; put it there or omit --data-dir to download it")
         return found
     folder = os.path.join(DEFAULT_DATA_DIR, "cifar10")
     found = _find([folder], [CIFAR10_FOLDER, CIFAR10_TARBALL])
     if found is not None:
         return found
     if not download:
-        raise DataError(f"{CIFAR10_TARBALL} is not in {folder} and downloading is off; allow downloads or pass --data-dir DIR with "
-                        "the file")
+        raise DataError(f"{CIFAR10_TARBALL} is not in {folder} and downloading is off; allow downloads or pass "
+                        "--data-dir DIR with the file")
     return download_file(CIFAR10_URL, os.path.join(folder, CIFAR10_TARBALL), md5=CIFAR10_MD5, size=CIFAR10_SIZE)
 
 
@@ -566,10 +571,11 @@ def _cifar_batches(source):
                 try:
                     member = tar.getmember(CIFAR10_FOLDER + "/" + name)
                 except KeyError:
-                    raise DataError(f"{source} has no {CIFAR10_FOLDER}/{name}; it is not the CIFAR-10 python tarball") from None
+                    raise DataError(f"{source} has no {CIFAR10_FOLDER}/{name}; it is not the CIFAR-10 python "
+                                    "tarball") from None
                 if not member.isreg():
-                    raise DataError(f"{source}: the member {member.name} is a {_member_kind(member)}, not a file; this is not the CIFAR-10 python "
-                                    "tarball")
+                    raise DataError(f"{source}: the member {member.name} is a {_member_kind(member)}, not a file; "
+                                    "this is not the CIFAR-10 python tarball")
                 yield name, tar.extractfile(member).read()
     except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
         raise DataError(f"{source} is damaged or truncated ({e}); delete it and download it again") from None
@@ -602,8 +608,8 @@ def _cifar_labels(name, labels, rows):
     if problem is None and not all(0 <= v <= 9 for v in labels):
         problem = "values outside 0..9"
     if problem:
-        raise DataError(f"CIFAR-10 batch {name}: 'labels' must be a list of {rows} integers in 0..9, got {problem}; replace the "
-                        "file")
+        raise DataError(f"CIFAR-10 batch {name}: 'labels' must be a list of {rows} integers in 0..9, got {problem}; "
+                        "replace the file")
     return np.array(labels, dtype=np.int64).reshape(rows)
 
 
@@ -612,7 +618,8 @@ def _parse_cifar_batch(name, raw):
     try:
         batch = _ArrayUnpickler(io.BytesIO(raw), encoding="bytes").load()
     except Exception as e:  # any unpickling failure means a damaged or foreign file
-        raise DataError(f"CIFAR-10 batch {name} cannot be read ({str(e).splitlines()[0][:200] if str(e) else type(e).__name__}); replace the file") from None
+        reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise DataError(f"CIFAR-10 batch {name} cannot be read ({reason}); replace the file") from None
     if not isinstance(batch, dict):
         raise DataError(f"CIFAR-10 batch {name} is not a dict; replace the file")
     data = batch.get(b"data", batch.get("data"))
@@ -685,8 +692,8 @@ def svhn_files(data_dir=None, download=True, use_extra=True):
         path = os.path.join(folder, filename)
         if not os.path.exists(path):
             if not download:
-                raise DataError(f"{filename} is not in {folder} and downloading is off; allow downloads or pass --data-dir "
-                                "DIR with the SVHN files")
+                raise DataError(f"{filename} is not in {folder} and downloading is off; allow downloads or pass "
+                                "--data-dir DIR with the SVHN files")
             download_file(SVHN_URL + filename, path, md5=md5, size=size)
         paths[n] = path
     return paths
@@ -704,7 +711,8 @@ def _read_svhn_mat(path):
             warnings.simplefilter("ignore")
             mat = scipy.io.loadmat(path, variable_names=["X", "y"])
     except Exception as e:  # scipy raises many types for damaged files
-        raise DataError(f"{path} cannot be read as a MATLAB file ({str(e).splitlines()[0][:200] if str(e) else type(e).__name__}); delete it and download it again") from None
+        reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise DataError(f"{path} cannot be read as a MATLAB file ({reason}); delete it and download it again") from None
     if "X" not in mat or "y" not in mat:
         raise DataError(f"{path} lacks the variables X and y of SVHN format 2; check the file")
     x, y = mat["X"], mat["y"]
@@ -713,8 +721,8 @@ def _read_svhn_mat(path):
             path, getattr(y, "dtype", type(y).__name__), getattr(y, "shape", "")))
     y = y.ravel()
     if y.size and not (np.all(np.isfinite(y)) and np.all(y == np.round(y)) and y.min() >= 1 and y.max() <= 10):
-        raise DataError(f"{path}: labels must be whole numbers 1..10 (10 = digit 0), got values from {y.min()} to {y.max()}; check "
-                        "the file")
+        raise DataError(f"{path}: labels must be whole numbers 1..10 (10 = digit 0), got values from {y.min()} to "
+                        f"{y.max()}; check the file")
     if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 4 or x.shape[:3] != (32, 32, 3) \
             or x.shape[3] != y.size:
         raise DataError("{}: X must be uint8 (32, 32, 3, N) with N = {} labels, got {} {}; check the file".format(
@@ -739,8 +747,8 @@ def _take_valid(rng, labels, per_class, name):
     for c in range(1, 11):
         idx = np.flatnonzero(labels == c)
         if idx.size < per_class:
-            raise DataError(f"SVHN {name} has {idx.size} images of label {c}, fewer than the {per_class} per class the validation "
-                            "split takes; use the full file")
+            raise DataError(f"SVHN {name} has {idx.size} images of label {c}, fewer than the {per_class} per class the "
+                            "validation split takes; use the full file")
         rng.shuffle(idx)
         chosen.append(idx[:per_class])
     valid = np.sort(np.concatenate(chosen))

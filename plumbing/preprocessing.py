@@ -169,8 +169,8 @@ def zca_apply(X, mean, P, out=None):
     mean, P = np.asarray(mean, np.float64), np.asarray(P, np.float64)
     d = int(np.prod(X.shape[1:]))
     if mean.shape != (d,) or P.shape != (d, d):
-        raise PreprocessingError('ZCA mean/P have shapes %s/%s but rows have %d values; fit ZCA on data '
-                                 'of the same image size' % (mean.shape, P.shape, d))
+        raise PreprocessingError(f'ZCA mean/P have shapes {mean.shape}/{P.shape} but rows have {d} values; fit ZCA '
+                                 'on data of the same image size')
     out = _prepare_out(X, out)
     for start, stop in _chunks(len(X)):
         whitened = (_row_chunk(X, start, stop).astype(np.float64) - mean) @ P
@@ -214,8 +214,8 @@ def lecun_lcn(X, kernel_size=LCN_KERNEL_SIZE, threshold=LCN_THRESHOLD, channels=
     channels = tuple(int(c) for c in channels)
     n_channels = X.shape[1]
     if len(set(channels)) != len(channels) or any(not 0 <= c < n_channels for c in channels):
-        raise PreprocessingError('LCN channels %s are invalid for %d channels; pass distinct indices in '
-                                 '0..%d' % (channels, n_channels, n_channels - 1))
+        raise PreprocessingError(f'LCN channels {channels} are invalid for {n_channels} channels; pass distinct '
+                                 f'indices in 0..{n_channels - 1}')
     out = _prepare_out(X, out)
     taps = gaussian_taps(kernel_size)
     in_place = np.may_share_memory(out, X)
@@ -342,7 +342,7 @@ def remove_dead_temporaries(cache_dir):
 def _write_cache(folder, key, arrays):
     """Write arrays into a temporary folder (locked while being written), manifest last, then rename it to
     folder. Any failure (full or read-only disk, Ctrl-C) removes the temporary folder and re-raises."""
-    tmp = '%s.tmp-%d' % (folder, os.getpid())
+    tmp = f'{folder}.tmp-{os.getpid()}'
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     try:
@@ -398,8 +398,9 @@ def load_or_build(cache_dir, name, key, build, names=None):
         os.makedirs(cache_dir, exist_ok=True)
         _write_cache(folder, key, arrays)
     except OSError as e:
-        sys.stderr.write('note: could not write the preprocessing cache in {} ({}); continuing without it, the '
-                         'next run computes the arrays again (free space or pass --cache-dir)\n'.format(cache_dir, e.strerror or f'short write: {e}'))
+        reason = e.strerror or f'short write: {e}'
+        sys.stderr.write(f'note: could not write the preprocessing cache in {cache_dir} ({reason}); continuing without '
+                         'it, the next run computes the arrays again (free space or pass --cache-dir)\n')
     return arrays
 
 
@@ -409,13 +410,14 @@ def load_or_build(cache_dir, name, key, build, names=None):
 
 def _check_transform(transform, known):
     if transform not in known:
-        raise PreprocessingError('unknown transform {!r}; use one of {}'.format(transform, ', '.join(known)))
+        choices = ', '.join(known)
+        raise PreprocessingError(f'unknown transform {transform!r}; use one of {choices}')
 
 
 def _check_images(X, what):
     if X.ndim != 4 or X.shape[1:] != (3, 32, 32) or X.dtype != np.uint8:
-        raise PreprocessingError(f'{what} must be uint8 of shape (N, 3, 32, 32), got {X.dtype} {X.shape}; check the raw '
-                                 'reader')
+        raise PreprocessingError(f'{what} must be uint8 of shape (N, 3, 32, 32), got {X.dtype} {X.shape}; check the '
+                                 'raw reader')
 
 
 def _default_cache_dir():

@@ -82,7 +82,8 @@ def _write_error(path, error):
     hint = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some space", errno.EFBIG: "free some space",
             errno.EROFS: "use a writable --out", errno.EACCES: "fix the folder's permissions or use another --out",
             errno.EPERM: "fix the folder's permissions or use another --out"}.get(error.errno, "fix the cause")
-    return RunError(f"cannot write {path}: {error.strerror or error}; {hint} and rerun with --resume (finished epochs are kept)")
+    return RunError(f"cannot write {path}: {error.strerror or error}; {hint} and rerun with --resume (finished epochs "
+                    "are kept)")
 
 
 def atomic_write_bytes(path, data):
@@ -285,14 +286,14 @@ class Run(object):
                     meta["rows"] = self._read_log_rows()[:meta["summary"]["epochs_done"]]
                     meta["data_unrecorded"] = "data" not in meta["info"]
                 elif meta["format"] != FORMAT_VERSION:
-                    raise RunError(f"the checkpoint in {self.out_dir} was written by a newer version of this archive; resume it "
-                                   "with that version, or start over in another --out")
+                    raise RunError(f"the checkpoint in {self.out_dir} was written by a newer version of this archive; "
+                                   "resume it with that version, or start over in another --out")
                 self._check_same_run(meta)
                 for i, var in enumerate(self.state_vars):
-                    value = ckpt["state_%d" % i]
+                    value = ckpt[f"state_{i}"]
                     if value.shape != var.get_value(borrow=True).shape:
-                        raise RunError(f"the checkpoint in {self.out_dir} does not match this network (different sizes); use "
-                                       "the flags of the interrupted run, or another --out")
+                        raise RunError(f"the checkpoint in {self.out_dir} does not match this network (different "
+                                       "sizes); use the flags of the interrupted run, or another --out")
                     var.set_value(value)
                 name, pos, has_gauss, cached = meta["rng"]
                 np.random.set_state((name, ckpt["rng_keys"], pos, has_gauss, cached))
@@ -316,18 +317,18 @@ class Run(object):
         changed = sorted(key for key in RESUME_MUST_MATCH if meta["info"].get(key) != info.get(key))
         if meta.get("data_unrecorded") and "data" in changed:
             # A version-1 checkpoint did not record its data files: nothing to compare them with.
-            print(f"note: the checkpoint in {self.out_dir} does not record which data files it was trained on (written by an "
-                  "older version); resuming with the files found now")
+            print(f"note: the checkpoint in {self.out_dir} does not record which data files it was trained on (written "
+                  "by an older version); resuming with the files found now")
             changed.remove("data")
         if "data" in changed:
-            raise RunError(f"the run in {self.out_dir} was trained on other data files than the ones found now; resume it "
-                           "with its original --data-dir, or choose another --out")
+            raise RunError(f"the run in {self.out_dir} was trained on other data files than the ones found now; resume "
+                           "it with its original --data-dir, or choose another --out")
         if changed:
             raise RunError("the run in {} was started with other settings ({} differ); resume it with its "
                            "original flags, or choose another --out".format(self.out_dir, ", ".join(changed)))
         if meta["n_state"] != len(self.state_vars):
-            raise RunError(f"the checkpoint in {self.out_dir} is from a different network; start a new run with another "
-                           "--out, or drop --resume")
+            raise RunError(f"the checkpoint in {self.out_dir} is from a different network; start a new run with "
+                           "another --out, or drop --resume")
 
     def _settle_parameters(self, best_epoch):
         """Promote the staged parameters of the committed best epoch; drop those of uncommitted epochs."""
@@ -355,7 +356,7 @@ class Run(object):
             return
         self.rows.append(_finite(row))
         rng = np.random.get_state()
-        arrays = {"state_%d" % i: v.get_value() for i, v in enumerate(self.state_vars)}
+        arrays = {f"state_{i}": v.get_value() for i, v in enumerate(self.state_vars)}
         meta = dict(format=FORMAT_VERSION, summary=_finite(summary), rows=self.rows, info=self.info,
                     rng=[rng[0], rng[2], rng[3], rng[4]], n_state=len(self.state_vars))
         atomic_savez(self.path(CHECKPOINT), order=order, rng_keys=rng[1], meta=np.array(_json(meta)), **arrays)

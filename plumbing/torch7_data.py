@@ -203,8 +203,8 @@ def first_per_class(labels, per_class, name):
     for c in range(1, 11):
         idx = np.flatnonzero(labels == c)
         if idx.size < per_class:
-            raise DataError(f"SVHN {name} has {idx.size} images of label {c}, fewer than the {per_class} the validation split takes; "
-                            "use the full file")
+            raise DataError(f"SVHN {name} has {idx.size} images of label {c}, fewer than the {per_class} the "
+                            "validation split takes; use the full file")
         picked.append(idx[:per_class])
     valid = np.concatenate(picked)
     rest = np.ones(labels.size, bool)

@@ -172,7 +172,8 @@ def test_mnist_unknown_files_in_data_dir_are_read_with_one_note(tmp_path):
     write_mnist(str(tmp_path))
     result = mnist_check(tmp_path)
     assert result.returncode == 0, result.stderr
-    assert result.stderr.splitlines() == [f"note: {datasets.MNIST_UNKNOWN_NOTE} (all 4 files in {tmp_path}); reading them anyway"]
+    assert result.stderr.splitlines() == [f"note: {datasets.MNIST_UNKNOWN_NOTE} (all 4 files in {tmp_path}); reading "
+                                          "them anyway"]
 
 
 def test_mnist_unknown_files_in_the_download_folder_are_refused(tmp_path):

@@ -78,7 +78,7 @@ def test_load_blocks_round_trip(model):
     blocks = bi.load_blocks(model["path"])
     assert [b.W.shape for b in blocks] == [(784, 96), (96, 80), (80, 64), (64, 10)]
     with np.load(model["path"]) as data:
-        assert sorted(data.files, key=lambda s: int(s[4:])) == ["arr_%d" % i for i in range(24)]
+        assert sorted(data.files, key=lambda s: int(s[4:])) == [f"arr_{i}" for i in range(24)]
         np.testing.assert_array_equal(blocks[2].gamma, data["arr_15"])  # block 3: arr_12..17, gamma 4th
     assert blocks[0].gamma[2] == 0.0 and (blocks[1].gamma < 0).any()
     assert len(np.unique(model["reference"])) >= 6  # the random model is not a constant classifier
@@ -197,7 +197,7 @@ def test_packed_model_predictions_equal_float_inference(model, packed):
 def test_packed_weight_bits_unpack_to_the_signs(model, packed):
     with np.load(packed["path"]) as data:
         for k, block in enumerate(model["blocks"]):
-            bits = data["w%d" % k]
+            bits = data[f"w{k}"]
             assert bits.dtype == np.uint64 and bits.shape == (block.W.shape[1], -(-block.W.shape[0] // 64))
             np.testing.assert_array_equal(bi.unpack_weights(bits, block.W.shape[0]), bi.sign_numpy(block.W))
         # bit j of word w of row u is [W[64w + j, u] >= 0], checked by hand on two entries of the first layer
@@ -218,7 +218,7 @@ def test_packed_file_is_about_32_times_smaller_on_the_weights(tmp_path):
     assert float_bytes > 4 * weights
     assert 4 * weights / bit_bytes > 30  # 32 minus padding: 784 inputs fill 13 words = 832 bits
     with np.load(out) as data:
-        assert sum(data["w%d" % k].nbytes for k in range(4)) == bit_bytes
+        assert sum(data[f"w{k}"].nbytes for k in range(4)) == bit_bytes
         stored = sum(data[key].nbytes for key in data.files)
     assert packed_bytes - stored < 4096  # only zip headers besides the arrays
     assert float_bytes / packed_bytes > 20

@@ -51,7 +51,7 @@ def snapshot(folder):
     with open(os.path.join(folder, "log.jsonl")) as f:
         log = [{k: v for k, v in json.loads(line).items() if k not in VOLATILE} for line in f]
     with np.load(os.path.join(folder, "mnist_parameters.npz")) as params:
-        arrays = [params["arr_%d" % i].tobytes() for i in range(len(params.files))]
+        arrays = [params[f"arr_{i}"].tobytes() for i in range(len(params.files))]
     leftovers = sorted(name for name in os.listdir(folder) if name.startswith("."))
     return results, log, arrays, leftovers
 

@@ -328,9 +328,9 @@ def test_missing_second_barrier_gives_wrong_results(tmp_path):
 
 def test_barrier_divergence_is_an_error(tmp_path):
     # A classic bug: threads outside C return before the tile loop, skipping its barriers.
-    early_exit = lambda text: replace_once(
-        text, "    unsigned int mismatches = 0u;\n",
-        "    unsigned int mismatches = 0u;\n    if (row >= m || col >= k) return;\n")
+    def early_exit(text):
+        return replace_once(text, "    unsigned int mismatches = 0u;\n",
+                            "    unsigned int mismatches = 0u;\n    if (row >= m || col >= k) return;\n")
     broken = build_harness(tmp_path / "divergent", edit=early_exit)
     rng = np.random.default_rng(4)
     A, B = random_matrix(rng, (32, 64)), random_matrix(rng, (64, 16))
@@ -343,9 +343,9 @@ def test_barrier_divergence_is_an_error(tmp_path):
 
 def test_unguarded_tile_load_is_caught_as_out_of_bounds(tmp_path):
     # The original's unchecked loads (spec §4.3): read A's tile without the bounds test.
-    unguarded = lambda text: replace_once(
-        text, "(row < m && a_word < n_words) ? A_packed[(long long)row * n_words + a_word] : 0u",
-        "A_packed[(long long)row * n_words + a_word]")
+    def unguarded(text):
+        return replace_once(text, "(row < m && a_word < n_words) ? A_packed[(long long)row * n_words + a_word] : 0u",
+                            "A_packed[(long long)row * n_words + a_word]")
     broken = build_harness(tmp_path / "unguarded", edit=unguarded)
     rng = np.random.default_rng(6)
     A, B = random_matrix(rng, (37, 70)), random_matrix(rng, (70, 45))

@@ -213,7 +213,7 @@ def test_output_files_and_printout(mnist_dir, tmp_path, capsys):
     assert results["test_error"] == best["test_error"] and results["best_val_error"] == best["val_error"]
     with np.load(os.path.join(out_dir, "mnist_parameters.npz")) as params:
         # the original layout (§2.5): per dense block W, b, beta, gamma, mean, inv_std
-        assert [params["arr_%d" % i].shape for i in range(6)] == [(784, 32), (32,), (32,), (32,), (32,), (32,)]
+        assert [params[f"arr_{i}"].shape for i in range(6)] == [(784, 32), (32,), (32,), (32,), (32,), (32,)]
         assert len(params.files) == 24
 
     # the run-time mode reads that file: the same test error with the BLAS and the XNOR product

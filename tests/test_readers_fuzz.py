@@ -369,10 +369,10 @@ array_values = st.builds(lambda shape, d, fill: np.full(shape, fill).astype(d),
 
 
 @fuzz_settings(150)
-@given(edits=st.dictionaries(st.sampled_from(["arr_%d" % i for i in range(13)] + ["x", "arr_x"]),
+@given(edits=st.dictionaries(st.sampled_from([f"arr_{i}" for i in range(13)] + ["x", "arr_x"]),
                              st.one_of(st.none(), array_values), max_size=3))
 def test_model_values(folder, edits):
-    arrays = {"arr_%d" % i: a for i, a in enumerate(model_arrays())}
+    arrays = {f"arr_{i}": a for i, a in enumerate(model_arrays())}
     for name, value in edits.items():
         if value is None:
             arrays.pop(name, None)

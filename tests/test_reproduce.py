@@ -136,7 +136,8 @@ def test_job_script_is_requeue_safe(tmp_path):
     script = reproduce.job_script(str(tmp_path), "svhn-bnn", "short", "/data")
     assert "#SBATCH --requeue" in script and "#SBATCH --signal=B:TERM@120" in script
     assert "svhn.py --method binarynet --no-extra --width 0.25" in script and "--resume" in script
-    assert script.rstrip().endswith(f"reproduce.py --run-row svhn-bnn --runs {tmp_path} --budget short --data-dir /data")
+    assert script.rstrip().endswith(f"reproduce.py --run-row svhn-bnn --runs {tmp_path} --budget short "
+                                    "--data-dir /data")
 
 
 def test_a_slurm_job_gets_one_thread_per_cpu(monkeypatch):

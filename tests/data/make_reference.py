@@ -54,7 +54,7 @@ def parameters_sha256(path):
     digest = hashlib.sha256()
     with np.load(path) as saved:
         for i in range(len(saved.files)):
-            array = saved["arr_%d" % i]
+            array = saved[f"arr_{i}"]
             digest.update(f"arr_{i} {array.dtype.str} {array.shape}\n".encode())
             digest.update(np.ascontiguousarray(array).tobytes())
     return digest.hexdigest()

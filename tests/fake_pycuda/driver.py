@@ -368,7 +368,8 @@ class Function:
         grid, block = kwargs.pop("grid", (1, 1)), kwargs.pop("block", None)
         kwargs.pop("stream", None), kwargs.pop("shared", None)
         if kwargs:
-            raise ValueError("extra keyword arguments: {}".format(",".join(kwargs.keys())))
+            extra = ",".join(kwargs.keys())
+            raise ValueError(f"extra keyword arguments: {extra}")
         if block is None:
             raise ValueError("must specify block size")
         _current()
@@ -392,7 +393,7 @@ class Function:
         elif isinstance(arg, DeviceAllocation):
             kind, size, value = 0, 8, int(arg)
         else:
-            raise TypeError("invalid type on parameter #%d (0-based)" % index)
+            raise TypeError(f"invalid type on parameter #{index} (0-based)")
         if index >= len(self.params):
             return ctypes.c_uint64(0)
         expected_kind, expected_size = self.params[index]
