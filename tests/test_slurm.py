@@ -5,6 +5,9 @@ why: install the packages (apt-get install slurm-wlm munge) and run as root.
 Two tiny rows are submitted; one job is cancelled with scancel after its first epoch and submitted again by
 rerunning reproduce.py, the other is requeued by Slurm (scontrol requeue) mid-run. Both must end with the numbers
 of an uninterrupted run of the same rows.
+
+All of it is `slow` (daemons, real training jobs): `make test` and CI run it; the fast selection (`-m "not slow"`,
+also the Docker image's `test`, whose image has no Slurm) leaves it out.
 """
 import json
 import os
@@ -15,6 +18,8 @@ import pytest
 
 import reproduce
 from test_reproduce import epochs_committed, log_values, wait_for, write_tiny_mnist
+
+pytestmark = pytest.mark.slow
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "scripts", "slurm_local.sh")
