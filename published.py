@@ -131,6 +131,14 @@ ORIGINAL_SCHEDULES = {
     ("cifar10", "binaryconnect"): dict(epochs=500, train_rows=45000, widths=(128, 256, 512), batch_size=50),
     ("svhn", "binarynet"): dict(epochs=200, train_rows=598388, widths=(64, 128, 256), batch_size=50),
     ("svhn", "binaryconnect"): dict(epochs=200, train_rows=598388, widths=(64, 128, 256), batch_size=50),
+    # The Torch7 code ran until stopped: its epoch counts are the Theano scripts' (docs/torch7.md). Its learning
+    # rate is halved every 20 (MNIST, SVHN) or 50 (CIFAR-10) epochs, which a shorter run keeps as it is.
+    ("mnist", "binarynet-torch7"): dict(epochs=1000, train_rows=50000, units=2048, batch_size=100,
+                                        lr_rule="learning rate still halved every 20 epochs"),
+    ("cifar10", "binarynet-torch7"): dict(epochs=500, train_rows=45000, widths=(128, 256, 512), batch_size=200,
+                                          lr_rule="learning rate still halved every 50 epochs"),
+    ("svhn", "binarynet-torch7"): dict(epochs=200, train_rows=598388, widths=(64, 128, 256), batch_size=200,
+                                       lr_rule="learning rate still halved every 20 epochs"),
 }
 
 

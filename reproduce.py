@@ -123,8 +123,9 @@ def reductions(row, flags):
     """Every way a budget's flags depart from the original script's schedule, in words."""
     original, values, out = original_schedule(row), _flag_values(flags), []
     if "--epochs" in values:
-        out.append("{} epochs instead of {} (LR decay recomputed to reach LR_fin in {})".format(
-            values["--epochs"], original.get("epochs", "the original's"), values["--epochs"]))
+        epochs = values["--epochs"]
+        lr_rule = original.get("lr_rule", f"LR decay recomputed to reach LR_fin in {epochs}")
+        out.append(f"{epochs} epochs instead of {original.get('epochs', 'the original count')} ({lr_rule})")
     if "--train-size" in values:
         out.append("first {} training rows instead of {}".format(values["--train-size"],
                                                                 original.get("train_rows", "all")))
@@ -770,7 +771,7 @@ def main(argv=None):
             width = max(len(row) for row in rows)
             for row in rows:
                 print(f"{row.ljust(width)}  {row_status(runs, row)}")
-        table = tables.write_report(runs, settings["rows"])
+        table = tables.write_report(runs, list(ROWS))  # rows added since the folder was made show as missing
         if args.report:
             print(tables.markdown(table))
         return 0

@@ -105,6 +105,11 @@ def test_original_schedules_equal_the_scripts_tables():
     for family, table in (("binarynet", svhn.BINARYNET), ("binaryconnect", svhn.BINARYCONNECT)):
         assert s[("svhn", family)]["epochs"] == table["num_epochs"] == 200
         assert s[("svhn", family)]["widths"] == convnet.SVHN_WIDTHS
+    for dataset, module in (("mnist", mnist), ("cifar10", cifar10), ("svhn", svhn)):
+        torch7 = s[(dataset, "binarynet-torch7")]
+        assert (torch7["epochs"], torch7["batch_size"]) == (module.TORCH7["num_epochs"], module.TORCH7["batch_size"])
+        assert f"halved every {module.TORCH7['LR_halving_epochs']} epochs" in torch7["lr_rule"]
+    assert s[("mnist", "binarynet-torch7")]["units"] == mnist.TORCH7["num_units"] == 2048
 
 
 def test_readme_expectations_equal_the_spec():

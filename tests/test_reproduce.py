@@ -99,6 +99,9 @@ def test_every_budget_reduction_is_written_out():
     assert reproduce.reductions("mnist-bnn", flags) == [
         "2 epochs instead of 1000 (LR decay recomputed to reach LR_fin in 2)",
         "first 5000 training rows instead of 50000", "128 hidden units per layer instead of 4096"]
+    assert reproduce.reductions("mnist-bnn-torch7", ["--units", "1024", "--epochs", "30"]) == [
+        "30 epochs instead of 1000 (learning rate still halved every 20 epochs)",
+        "1024 hidden units per layer instead of 2048"]
     svhn = reproduce.reductions("svhn-bc-det", reproduce.budget_flags("smoke", "svhn-bc-det"))
     assert any(text.startswith("SVHN without extra_32x32.mat") for text in svhn)
     assert any(text.startswith("layer widths x0.125") for text in svhn)
