@@ -16,6 +16,7 @@ What it does (ORIGINALS.md §7, docs/environment.md):
   over these defaults.
 * Lasagne 0.1 imports `theano.tensor.signal.downsample`, removed in Theano 0.9. A stand-in module with
   `max_pool_2d` on top of `theano.tensor.signal.pool.pool_2d` is registered before Lasagne is imported.
+* Theano's CPU random generator (MRG31k3p) runs its streams on all cores, the same numbers (plumbing/parallel_mrg.py).
 * `round_half_away_from_zero`: Theano 1.0 rounds half to even by default; the originals relied on the
   2016 default, half away from zero (so hard_sigmoid(0) = 0.5 rounds to 1).
 """
@@ -146,6 +147,8 @@ import theano  # noqa: E402
 import theano.tensor as T  # noqa: E402
 from theano.tensor.signal import pool  # noqa: E402
 
+from plumbing import parallel_mrg  # noqa: E402
+
 
 def _install_downsample_shim():
     """Register `theano.tensor.signal.downsample` (removed in Theano 0.9) for Lasagne 0.1."""
@@ -162,6 +165,7 @@ def _install_downsample_shim():
 
 
 _install_downsample_shim()
+parallel_mrg.install()
 # Theano warns that it cannot find "libmkl_rt.so" in the library dir: the versioned file is linked on purpose.
 logging.getLogger("theano.tensor.blas").addFilter(
     lambda record: "did not find a dynamic library" not in record.getMessage())
