@@ -14,7 +14,7 @@ ONLY ?=
 ENGINE ?= local
 REPRODUCE_FLAGS ?=
 
-.PHONY: quick test reproduce venv system-packages clean lock docker
+.PHONY: quick test reproduce venv system-packages clean lock docker peer
 
 quick: venv
 	$(PY) mnist.py $(QUICK_FLAGS) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) --out $(QUICK_OUT) --resume
@@ -35,7 +35,16 @@ $(VENV)/.installed: requirements.txt
 	touch $@
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(PEER_VENV) .pytest_cache
+
+# The peer framework of `benchmark_training.py --peer` (Larq/TensorFlow, docs/speed.md), in its own environment.
+PEER_VENV := .venv-peer
+peer: $(PEER_VENV)/.installed
+
+$(PEER_VENV)/.installed: requirements-peer.txt
+	test -x $(PEER_VENV)/bin/python || $(PYTHON) -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/python -m pip install --quiet -r requirements-peer.txt
+	touch $@
 
 # requirements.lock / requirements-gpu.lock: every package pinned with its hashes (the Docker image installs only
 # these). pip-compile runs in a throwaway venv, against PyPI alone (the machine's pip config is left out).

@@ -115,9 +115,19 @@ class Conv2DLayer(BinaryLayerMixin, lasagne.layers.Conv2DLayer):
         super(Conv2DLayer, self).__init__(incoming, num_filters, filter_size, **kwargs)
         self._tag_binary()
 
-    def get_output_for(self, input, deterministic=False, **kwargs):
-        return self._output_with_binary_weights(lasagne.layers.Conv2DLayer.get_output_for, input, deterministic,
-                                                **kwargs)
+    def get_output_for(self, input, deterministic=False, input_shape=None, **kwargs):
+        """Lasagne 0.1 pads the input by copying it into a zero tensor and then runs an unpadded convolution; here
+        the convolution pads on its own (Theano's CorrMM zero-fills the border in its im2col), the same numbers
+        without the copy and its gradient (docs/speed.md)."""
+        if not (isinstance(self.pad, tuple) and self.untie_biases is False):
+            return self._output_with_binary_weights(lasagne.layers.Conv2DLayer.get_output_for, input, deterministic,
+                                                    **kwargs)
+        conved = self.convolution(input, self._binarized(deterministic), subsample=self.stride,
+                                  input_shape=input_shape or self.input_shape, filter_shape=self.get_W_shape(),
+                                  border_mode=self.pad)
+        if self.b is not None:
+            conved = conved + self.b.dimshuffle("x", 0, "x", "x")
+        return self.nonlinearity(conved)
 
 
 def binary_layers(network):

@@ -8,11 +8,15 @@ Import this module before anything imports theano or lasagne:
 What it does (ORIGINALS.md §7, docs/environment.md):
 
 * Theano flags: floatX=float32 and a BLAS that uses this CPU's vector units. Theano's own BLAS detection
-  crashes under NumPy 1.23, so `blas.ldflags` is set here: Intel MKL from PyPI (`libmkl_rt`, installed by
-  requirements.txt into the virtual environment), else a system OpenBLAS, else Theano's slow fallback.
-  Anything the user puts in THEANO_FLAGS wins over these defaults.
+  crashes under NumPy 1.23, so `blas.ldflags` is set here, chosen from the CPU found (docs/speed.md): on Intel
+  CPUs Intel MKL from PyPI (`libmkl_rt`, installed by requirements.txt into the virtual environment); on other
+  CPUs (AMD), where MKL takes a slower path, the OpenBLAS that SciPy's wheel ships, with its AVX-512 kernels
+  where the CPU has AVX-512; else whichever of the two is there, else a system OpenBLAS, else Theano's slow
+  fallback. BINARYNET_BLAS=mkl or =openblas overrides the choice. Anything the user puts in THEANO_FLAGS wins
+  over these defaults.
 * Lasagne 0.1 imports `theano.tensor.signal.downsample`, removed in Theano 0.9. A stand-in module with
   `max_pool_2d` on top of `theano.tensor.signal.pool.pool_2d` is registered before Lasagne is imported.
+* Theano's CPU random generator (MRG31k3p) runs its streams on all cores, the same numbers (plumbing/parallel_mrg.py).
 * `round_half_away_from_zero`: Theano 1.0 rounds half to even by default; the originals relied on the
   2016 default, half away from zero (so hard_sigmoid(0) = 0.5 rounds to 1).
 """
@@ -25,18 +29,91 @@ import types
 import warnings
 
 
+def _cpu_info():
+    """(vendor, set of flags) of the first CPU in /proc/cpuinfo; ('', set()) where there is none (not Linux)."""
+    vendor, flags = "", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "vendor_id" and not vendor:
+                    vendor = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:
+        pass
+    return vendor, flags
+
+
+# OpenBLAS's AVX-512 kernels (its "SkylakeX" core) need these; OpenBLAS 0.3.21 (SciPy's) does not know AMD Zen 4/5
+# and would run its AVX2 kernels there. docs/speed.md: ~2-3x MKL's sgemm on an AMD EPYC with AVX-512.
+AVX512_FLAGS = {"avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"}
+
+
+def choose_blas(vendor, flags, have_mkl, have_openblas, wish="auto"):
+    """Which BLAS Theano links, and the OPENBLAS_CORETYPE to set (None: leave OpenBLAS's own detection).
+
+    Intel CPUs: MKL. Other CPUs (AMD): OpenBLAS, whose AVX-512 kernels run at full speed there, while MKL takes a
+    slower path on non-Intel CPUs. wish ('mkl' | 'openblas', the BINARYNET_BLAS variable) overrides when available.
+    """
+    if wish == "mkl" and have_mkl or wish == "openblas" and have_openblas:
+        blas = wish
+    elif have_mkl and (vendor == "GenuineIntel" or not have_openblas):
+        blas = "mkl"
+    elif have_openblas:
+        blas = "openblas"
+    else:
+        return None, None
+    coretype = "SKYLAKEX" if blas == "openblas" and vendor != "GenuineIntel" and AVX512_FLAGS <= flags else None
+    return blas, coretype
+
+
+def _load_global(path):
+    # Theano's ldflags take no rpath (it splits on commas), so a library is loaded here once, globally: the
+    # compiled modules then find it already loaded under its soname.
+    ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+
+
 def _blas_flags():
-    """Linker flags for the fastest BLAS found, and a short name of it (printed by benchmarks)."""
+    """Linker flags for the fastest BLAS found on this CPU, and a short name of it (printed by benchmarks).
+
+    MKL is libmkl_rt from PyPI (requirements.txt); OpenBLAS is the one SciPy's wheel ships (scipy.libs, with its
+    libgfortran), else a system OpenBLAS.
+    """
     venv_lib = os.path.join(sys.prefix, "lib")
     mkl = sorted(glob.glob(os.path.join(venv_lib, "libmkl_rt.so*")))
-    if mkl:
-        # Theano's ldflags take no rpath (it splits on commas), so the library is loaded here once, globally:
-        # the compiled modules then find it already loaded under its soname.
-        ctypes.CDLL(mkl[-1], mode=ctypes.RTLD_GLOBAL)
+    scipy_libs = [os.path.join(p, "scipy.libs") for p in sys.path if os.path.isdir(os.path.join(p, "scipy.libs"))]
+    bundled = sorted(glob.glob(os.path.join(scipy_libs[0], "libopenblas*.so"))) if scipy_libs else []
+    openblas = bool(bundled) or bool(ctypes.util.find_library("openblas"))
+    vendor, flags = _cpu_info()
+    blas, coretype = choose_blas(vendor, flags, bool(mkl), openblas, os.environ.get("BINARYNET_BLAS", "auto"))
+    if blas == "mkl":
+        _load_global(mkl[-1])
         name = os.path.basename(mkl[-1])
         return "-L{} -l:{}".format(venv_lib, name), "MKL ({})".format(name)
-    if ctypes.util.find_library("openblas"):
+    if blas == "openblas" and not bundled:
         return "-lopenblas", "OpenBLAS (system)"
+    if blas == "openblas":
+        for dependency in ("libquadmath*", "libgfortran*"):
+            for path in sorted(glob.glob(os.path.join(scipy_libs[0], dependency))):
+                _load_global(path)
+        # OpenBLAS reads OPENBLAS_CORETYPE once, when it loads; NumPy's own OpenBLAS (loaded later) keeps the
+        # environment's value, so that NumPy's numbers do not change.
+        inherited = os.environ.get("OPENBLAS_CORETYPE")
+        if coretype:
+            os.environ["OPENBLAS_CORETYPE"] = coretype
+        try:
+            library = ctypes.CDLL(bundled[-1], mode=ctypes.RTLD_GLOBAL)
+        finally:
+            if inherited is None:
+                os.environ.pop("OPENBLAS_CORETYPE", None)
+            else:
+                os.environ["OPENBLAS_CORETYPE"] = inherited
+        library.openblas_get_corename.restype = ctypes.c_char_p
+        name = os.path.basename(bundled[-1])
+        core = library.openblas_get_corename().decode()
+        return "-L{} -l:{}".format(scipy_libs[0], name), "OpenBLAS ({}, {} kernels)".format(name, core)
     return "", "none (Theano's NumPy fallback)"
 
 
@@ -70,6 +147,8 @@ import theano  # noqa: E402
 import theano.tensor as T  # noqa: E402
 from theano.tensor.signal import pool  # noqa: E402
 
+from plumbing import parallel_mrg  # noqa: E402
+
 
 def _install_downsample_shim():
     """Register `theano.tensor.signal.downsample` (removed in Theano 0.9) for Lasagne 0.1."""
@@ -86,6 +165,7 @@ def _install_downsample_shim():
 
 
 _install_downsample_shim()
+parallel_mrg.install()
 # Theano warns that it cannot find "libmkl_rt.so" in the library dir: the versioned file is linked on purpose.
 logging.getLogger("theano.tensor.blas").addFilter(
     lambda record: "did not find a dynamic library" not in record.getMessage())

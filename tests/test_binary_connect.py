@@ -141,6 +141,29 @@ def test_conv_layer_convolves_with_the_binarized_weights():
     assert np.array_equal(conv.W.get_value(), W)  # the real weights are kept, only the propagation is binary
 
 
+def test_conv_layer_pads_inside_the_convolution_with_lasagnes_numbers():
+    """docs/speed.md: the padding is CorrMM's own; output and both gradients equal, bit for bit, those of Lasagne 0.1's
+    path (copy into a zero tensor, then an unpadded convolution), and no copy is left in the graph."""
+    x, g = T.tensor4(), T.tensor4()
+    conv = binary_connect.Conv2DLayer(lasagne.layers.InputLayer((None, 4, 6, 6), x), 5, (3, 3), pad=1,
+                                      stochastic=False, nonlinearity=lasagne.nonlinearities.identity)
+    rng = np.random.RandomState(4)
+    image, grad_out = f32(rng.randn(3, 4, 6, 6)), f32(rng.randn(3, 5, 6, 6))
+
+    def lasagnes(layer, inputs, deterministic=False):
+        return layer._output_with_binary_weights(lasagne.layers.Conv2DLayer.get_output_for, inputs, deterministic)
+
+    results = []
+    for output in (binary_connect.Conv2DLayer.get_output_for, lasagnes):
+        y = output(conv, x, deterministic=False)
+        f = theano.function([x, g], [y] + T.grad(T.sum(y * g), [x, conv.Wb]))
+        ops = [type(node.op).__name__ for node in f.maker.fgraph.toposort()]
+        results.append((f(image, grad_out), ops))
+    (ours, our_ops), (theirs, their_ops) = results
+    assert all(np.array_equal(a, b) for a, b in zip(ours, theirs))
+    assert "IncSubtensor" in their_ops and "IncSubtensor" not in our_ops and "Alloc" not in our_ops
+
+
 # --------------------------------------------------------------------------- the two Adams over several steps
 ADAM_EPS, BN_EPS = 1e-8, 1e-4
 

@@ -8,8 +8,9 @@ real script: MNIST MLP with each method, and the two ConvNet families (CIFAR-10 
 BinaryConnect on GCN + LCN images). Recorded per run: the errors and losses of results.json, the training losses of
 log.jsonl and a SHA-256 of the saved parameter arrays.
 
-Reproducibility across machines: MKL_CBWR=COMPATIBLE (MKL's bitwise-reproducible code path, the same on Intel and
-AMD CPUs) and one thread for MKL and OpenMP (reductions split over threads would depend on the core count). CIFAR-10's
+Reproducibility across machines: Theano linked to MKL on every CPU (BINARYNET_BLAS=mkl; by default AMD CPUs get
+OpenBLAS, docs/speed.md), MKL_CBWR=COMPATIBLE (MKL's bitwise-reproducible code path, the same on Intel and AMD
+CPUs) and one thread for MKL and OpenMP (reductions split over threads would depend on the core count). CIFAR-10's
 BinaryConnect input (ZCA) is left out on purpose: its eigendecomposition runs in NumPy's OpenBLAS, which MKL_CBWR
 does not cover. Theano compiles its C code for the local CPU (-march=native), so the numbers are those of an x86-64
 CPU with FMA and the versions in requirements.txt; regenerate (and say why in the commit) when a change is meant to
@@ -28,7 +29,8 @@ sys.path.insert(0, os.path.dirname(HERE))  # tests/, for the writers in conftest
 from conftest import run_command, write_cifar10_files, write_mnist_files, write_svhn_files  # noqa: E402
 
 REFERENCE = os.path.join(HERE, "reference_runs.json")
-ENVIRONMENT = {"MKL_CBWR": "COMPATIBLE", "MKL_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+ENVIRONMENT = {"MKL_CBWR": "COMPATIBLE", "MKL_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+               "BINARYNET_BLAS": "mkl"}
 MNIST = ["mnist.py", "--units", "32", "--epochs", "2", "--train-size", "300", "--batch-size", "50", "--seed", "7"]
 CONVNET = ["--width", "0.0625", "--epochs", "2", "--train-size", "40", "--batch-size", "10", "--seed", "7"]
 RUNS = {  # name: (command line without --data-dir/--out, data set folder, parameter file)
