@@ -79,7 +79,7 @@ def build_model(spec, tf, lq):
         elif kind == "dropout":
             x = keras.layers.Dropout(layer[1])(x)
         else:
-            raise ValueError("unknown layer kind {!r}".format(kind))
+            raise ValueError(f"unknown layer kind {kind!r}")
     model = keras.Model(inputs, x)
     model.compile(optimizer=keras.optimizers.Adam(spec["learning_rate"]), loss="squared_hinge")
     return model
@@ -111,7 +111,7 @@ def measure(spec, repeats):
     model = build_model(spec, tf, lq)
     expected = [tuple(map(tuple, pair)) for pair in weight_shapes(spec)]
     if keras_weight_shapes(model) != expected:
-        raise SystemExit("peer model shapes {} differ from the table's {}".format(keras_weight_shapes(model), expected))
+        raise SystemExit(f"peer model shapes {keras_weight_shapes(model)} differ from the table's {expected}")
     batch = spec["batch_size"]
     channels, height, width = spec["input_shape"]
     X = np.random.uniform(-1, 1, (batch, height, width, channels)).astype(np.float32)
@@ -124,12 +124,13 @@ def measure(spec, repeats):
         start = time.perf_counter()
         model.train_on_batch(X, y)
         times.append(time.perf_counter() - start)
-    threads = "intra-op {}, inter-op {} (0 = all cores)".format(tf.config.threading.get_intra_op_parallelism_threads(),
-                                                                tf.config.threading.get_inter_op_parallelism_threads())
+    intra, inter = (tf.config.threading.get_intra_op_parallelism_threads(),
+                    tf.config.threading.get_inter_op_parallelism_threads())
+    threads = f"intra-op {intra}, inter-op {inter} (0 = all cores)"
     onednn = os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default (on)")
     return dict(times=times, seconds=statistics.median(times), min_seconds=min(times),
                 compile_seconds=compile_seconds, peak_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.,
-                blas="TensorFlow {} + Larq {}, oneDNN {}".format(tf.__version__, lq.__version__, onednn),
+                blas=f"TensorFlow {tf.__version__} + Larq {lq.__version__}, oneDNN {onednn}",
                 pools=[threads], omp_threads=os.environ.get("OMP_NUM_THREADS", "unset"))
 
 

@@ -121,7 +121,7 @@ def layer_table(network, hp, shape):
             assert layer.nonlinearity is binary_net.binary_tanh_unit
             layers.append(["sign"])
         else:
-            raise TypeError("no peer layer for {}".format(type(layer).__name__))
+            raise TypeError(f"no peer layer for {type(layer).__name__}")
     return dict(batch_size=hp["batch_size"], input_shape=list(shape), learning_rate=hp["LR_start"], layers=layers)
 
 
@@ -130,7 +130,7 @@ def parse_result(name, result):
     for line in result.stdout.splitlines():
         if line.startswith(RESULT_PREFIX):
             return json.loads(line[len(RESULT_PREFIX):])
-    last = (result.stderr.strip().splitlines() or ["exit status {}".format(result.returncode)])[-1]
+    last = (result.stderr.strip().splitlines() or [f"exit status {result.returncode}"])[-1]
     return dict(network=name, error=last)
 
 
@@ -151,8 +151,8 @@ def run_peer(name, repeats, table):
 
 def check_peer():
     if not os.path.exists(PEER_PYTHON):
-        raise PeerMissing("--peer needs Larq/TensorFlow in {}: run `make peer` first (requirements-peer.txt)".format(
-            os.path.relpath(PEER_PYTHON, HERE)))
+        peer = os.path.relpath(PEER_PYTHON, HERE)
+        raise PeerMissing(f"--peer needs Larq/TensorFlow in {peer}: run `make peer` first (requirements-peer.txt)")
 
 
 def merge(runs):
@@ -192,8 +192,9 @@ def load_line():
 def main_peer(args):
     check_peer()
     print("Seconds per training minibatch, Theano (this project) and its peer Larq/TensorFlow, side by side: per "
-          "network {} rounds of one Theano and one peer process, each the median of {} calls after a warm-up call; "
-          "width x{}".format(args.rounds, args.repeats, args.width))
+          f"network {args.rounds} rounds of one Theano and one peer process, each the median of {args.repeats} "
+          "calls after a warm-up call; "
+          f"width x{args.width}")
     print(load_line(), flush=True)
     print("{:<12} {:>6} {:>9} {:>9} {:>7} {:>10} {:>10} {:>9} {:>9}".format(
         "network", "batch", "Theano s", "peer s", "ratio", "Theano cmp", "peer cmp", "Theano MB", "peer MB"))
@@ -241,8 +242,9 @@ def main(argv=None):
     if args.peer:
         return main_peer(args)
 
-    print("Seconds per training minibatch (train_fn: forward + backward + updates), median of {} calls after a "
-          "warm-up call; width x{}; {} CPUs".format(args.repeats, args.width, os.cpu_count()))
+    print("Seconds per training minibatch (train_fn: forward + backward + updates), median of "
+          f"{args.repeats} calls after a "
+          f"warm-up call; width x{args.width}; {os.cpu_count()} CPUs")
     print("{:<12} {:>6} {:>10} {:>10} {:>11} {:>10}".format("network", "batch", "s/batch", "min s", "compile s",
                                                            "peak MiB"))
     info = None

@@ -91,7 +91,7 @@ def _blas_flags():
     if blas == "mkl":
         _load_global(mkl[-1])
         name = os.path.basename(mkl[-1])
-        return "-L{} -l:{}".format(venv_lib, name), "MKL ({})".format(name)
+        return f"-L{venv_lib} -l:{name}", f"MKL ({name})"
     if blas == "openblas" and not bundled:
         return "-lopenblas", "OpenBLAS (system)"
     if blas == "openblas":
@@ -113,7 +113,7 @@ def _blas_flags():
         library.openblas_get_corename.restype = ctypes.c_char_p
         name = os.path.basename(bundled[-1])
         core = library.openblas_get_corename().decode()
-        return "-L{} -l:{}".format(scipy_libs[0], name), "OpenBLAS ({}, {} kernels)".format(name, core)
+        return f"-L{scipy_libs[0]} -l:{name}", f"OpenBLAS ({name}, {core} kernels)"
     return "", "none (Theano's NumPy fallback)"
 
 
