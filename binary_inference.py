@@ -25,6 +25,7 @@ import struct
 import sys
 import tempfile
 import time
+import tokenize
 import zipfile
 import zlib
 from fractions import Fraction
@@ -47,8 +48,9 @@ PACKED_VERSION = 1
 ARRAYS_PER_BLOCK = 6  # W, b, beta, gamma, mean, inv_std (ORIGINALS.md §2.5)
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a .npz is a zip archive (with members / empty)
 # What NumPy and zipfile raise for a damaged archive or member (ValueError is handled on its own).
+# NumPy 1.23 parses a member's .npy header with the tokenize module: a damaged header can raise TokenError.
 NPZ_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, zlib.error, NotImplementedError,
-              KeyError, IndexError, struct.error, OverflowError, MemoryError)
+              KeyError, IndexError, struct.error, OverflowError, MemoryError, tokenize.TokenError, SyntaxError)
 
 
 class InferenceError(ArchiveError):

@@ -29,7 +29,9 @@ import socket
 import sys
 import tempfile
 import time
+import tokenize
 import zipfile
+import zlib
 from collections import OrderedDict
 
 import numpy as np
@@ -300,7 +302,8 @@ class Run(object):
                 order = ckpt["order"]
         except RunError:
             raise
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, TypeError) as e:
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, TypeError, zlib.error, IndexError,
+                OverflowError, tokenize.TokenError, SyntaxError) as e:  # a damaged .npy header: TokenError
             raise RunError("cannot read the checkpoint in {} ({}: {}); it is damaged: delete the folder's "
                            "checkpoint.npz to start over".format(self.out_dir, type(e).__name__,
                                                                   str(e).splitlines()[0] if str(e) else ""))

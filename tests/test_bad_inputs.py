@@ -302,6 +302,17 @@ def test_damaged_model(tmp_path, model):
                           "is a damaged .npz file")
 
 
+def test_model_with_a_damaged_array_header(tmp_path, model):
+    """64 inverted bytes inside the first array's .npy header: NumPy's parser raises tokenize.TokenError."""
+    with open(model, "rb") as f:
+        raw = bytearray(f.read())
+    start = raw.index(b"{'descr'") + 1
+    raw[start:start + 64] = bytes(b ^ 0xFF for b in raw[start:start + 64])
+    (tmp_path / "flipped.npz").write_bytes(bytes(raw))
+    assert_one_line_error(inference("--model", str(tmp_path / "flipped.npz"), "--random-inputs", "5"),
+                          "is a damaged .npz file")
+
+
 def test_model_with_object_arrays(tmp_path):
     np.savez(str(tmp_path / "obj.npz"), np.array([None, 1], dtype=object))
     assert_one_line_error(inference("--model", str(tmp_path / "obj.npz"), "--random-inputs", "5"),

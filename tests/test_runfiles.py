@@ -144,6 +144,27 @@ def test_a_version_1_checkpoint_resumes_without_a_data_check(tmp_path, capsys):
         started(out, dict(info, train_size=400), resume=True)
 
 
+def flip_first_npy_header(path):
+    """Invert 64 bytes of the first array's .npy header after its '{': NumPy 1.23's header parser then raises
+    tokenize.TokenError (not ValueError) when the member is larger than zipfile's first read."""
+    with open(path, "rb") as f:
+        raw = bytearray(f.read())
+    start = raw.index(b"{'descr'") + 1
+    raw[start:start + 64] = bytes(b ^ 0xFF for b in raw[start:start + 64])
+    with open(path, "wb") as f:
+        f.write(bytes(raw))
+
+
+def test_a_checkpoint_with_a_damaged_array_header_is_one_clear_error(tmp_path):
+    out = str(tmp_path)
+    big = [theano.shared(np.zeros((40, 50), np.float32)), theano.shared(np.float32(2.))]
+    run, _ = started(out, state=big)
+    run.end_epoch({"epoch": 1}, SUMMARY, np.arange(3000))    # 'order' first in the file, larger than 4 kB
+    flip_first_npy_header(os.path.join(out, runfiles.CHECKPOINT))
+    with pytest.raises(RunError, match=r"cannot read the checkpoint in .*\(TokenError: .*it is damaged"):
+        started(out, state=big, resume=True)
+
+
 def test_a_damaged_checkpoint_is_one_clear_error(tmp_path):
     out = str(tmp_path)
     run, _ = started(out)
