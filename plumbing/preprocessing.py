@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import sys
+import tokenize
 import zlib
 
 import numpy as np
@@ -297,8 +298,8 @@ def _read_cache(folder, key, names=None):
                 return None
             arrays[name] = array
         return arrays
-    except (OSError, ValueError, EOFError, KeyError, TypeError, AttributeError):
-        return None
+    except (OSError, ValueError, EOFError, KeyError, TypeError, AttributeError, tokenize.TokenError, SyntaxError):
+        return None  # a damaged .npy header makes NumPy 1.23 raise TokenError
 
 
 def _writer_is_gone(temporary):
