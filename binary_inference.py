@@ -25,9 +25,7 @@ import struct
 import sys
 import tempfile
 import time
-import tokenize
 import zipfile
-import zlib
 from fractions import Fraction
 
 import numpy as np
@@ -36,7 +34,7 @@ from threadpoolctl import threadpool_info
 from kernels import packed_net
 from kernels.cpu import available_paths, pack_cols, pack_rows, xnor_gemm_packed
 from plumbing import cli, datasets
-from plumbing.errors import ArchiveError
+from plumbing.errors import DAMAGED_NUMPY_FILE, ArchiveError
 
 # Theano (plumbing.compat, batch_norm, kernels.theano_ops) and the GPU modules are imported inside the functions
 # that use them: the packed run time (export_packed, run_packed) needs NumPy and kernels.cpu only.
@@ -48,9 +46,7 @@ PACKED_VERSION = 1
 ARRAYS_PER_BLOCK = 6  # W, b, beta, gamma, mean, inv_std (ORIGINALS.md §2.5)
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a .npz is a zip archive (with members / empty)
 # What NumPy and zipfile raise for a damaged archive or member (ValueError is handled on its own).
-# NumPy 1.23 parses a member's .npy header with the tokenize module: a damaged header can raise TokenError.
-NPZ_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, zlib.error, NotImplementedError,
-              KeyError, IndexError, struct.error, OverflowError, MemoryError, tokenize.TokenError, SyntaxError)
+NPZ_ERRORS = DAMAGED_NUMPY_FILE + (zipfile.LargeZipFile, NotImplementedError, struct.error, MemoryError)
 
 
 class InferenceError(ArchiveError):

@@ -16,14 +16,13 @@ import os
 import re
 import shutil
 import sys
-import tokenize
 import zlib
 
 import numpy as np
 import scipy.ndimage
 
 from plumbing import cli, datasets
-from plumbing.errors import DataError
+from plumbing.errors import DAMAGED_NUMPY_FILE, DataError
 
 CHUNK_ROWS = 5000                 # images per chunk, as pylearn2's batch_size=5000 (spec §3.3)
 CACHE_FORMAT_VERSION = 1          # bump when the meaning of cached arrays changes
@@ -298,8 +297,8 @@ def _read_cache(folder, key, names=None):
                 return None
             arrays[name] = array
         return arrays
-    except (OSError, ValueError, EOFError, KeyError, TypeError, AttributeError, tokenize.TokenError, SyntaxError):
-        return None  # a damaged .npy header makes NumPy 1.23 raise TokenError
+    except (ValueError, TypeError, AttributeError) + DAMAGED_NUMPY_FILE:
+        return None
 
 
 def _writer_is_gone(temporary):

@@ -29,16 +29,13 @@ import socket
 import sys
 import tempfile
 import time
-import tokenize
-import zipfile
-import zlib
 from collections import OrderedDict
 
 import numpy as np
 
 from plumbing import compat
 from plumbing.compat import lasagne, theano
-from plumbing.errors import RunError
+from plumbing.errors import DAMAGED_NUMPY_FILE, RunError
 
 CHECKPOINT = "checkpoint.npz"
 LOG = "log.jsonl"
@@ -302,8 +299,7 @@ class Run(object):
                 order = ckpt["order"]
         except RunError:
             raise
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, TypeError, zlib.error, IndexError,
-                OverflowError, tokenize.TokenError, SyntaxError) as e:  # a damaged .npy header: TokenError
+        except (ValueError, TypeError) + DAMAGED_NUMPY_FILE as e:
             raise RunError("cannot read the checkpoint in {} ({}: {}); it is damaged: delete the folder's "
                            "checkpoint.npz to start over".format(self.out_dir, type(e).__name__,
                                                                   str(e).splitlines()[0] if str(e) else ""))

@@ -30,6 +30,8 @@ import binary_inference
 from plumbing import datasets
 from plumbing.errors import DataError
 
+from conftest import invert_first_npy_header
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PR_CAPBSET_DROP, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH = 24, 1, 2
 
@@ -305,10 +307,7 @@ def test_damaged_model(tmp_path, model):
 def test_model_with_a_damaged_array_header(tmp_path, model):
     """64 inverted bytes inside the first array's .npy header: NumPy's parser raises tokenize.TokenError."""
     with open(model, "rb") as f:
-        raw = bytearray(f.read())
-    start = raw.index(b"{'descr'") + 1
-    raw[start:start + 64] = bytes(b ^ 0xFF for b in raw[start:start + 64])
-    (tmp_path / "flipped.npz").write_bytes(bytes(raw))
+        (tmp_path / "flipped.npz").write_bytes(invert_first_npy_header(f.read()))
     assert_one_line_error(inference("--model", str(tmp_path / "flipped.npz"), "--random-inputs", "5"),
                           "is a damaged .npz file")
 

@@ -13,6 +13,8 @@ from plumbing import runfiles
 from plumbing.compat import T, lasagne, theano
 from plumbing.errors import RunError
 
+from conftest import invert_first_npy_header
+
 INFO = dict(dataset="mnist", method="bc-det", train_size=300, hyperparameters={"batch_size": 50, "seed": 1})
 
 
@@ -144,23 +146,16 @@ def test_a_version_1_checkpoint_resumes_without_a_data_check(tmp_path, capsys):
         started(out, dict(info, train_size=400), resume=True)
 
 
-def flip_first_npy_header(path):
-    """Invert 64 bytes of the first array's .npy header after its '{': NumPy 1.23's header parser then raises
-    tokenize.TokenError (not ValueError) when the member is larger than zipfile's first read."""
-    with open(path, "rb") as f:
-        raw = bytearray(f.read())
-    start = raw.index(b"{'descr'") + 1
-    raw[start:start + 64] = bytes(b ^ 0xFF for b in raw[start:start + 64])
-    with open(path, "wb") as f:
-        f.write(bytes(raw))
-
-
 def test_a_checkpoint_with_a_damaged_array_header_is_one_clear_error(tmp_path):
     out = str(tmp_path)
     big = [theano.shared(np.zeros((40, 50), np.float32)), theano.shared(np.float32(2.))]
     run, _ = started(out, state=big)
     run.end_epoch({"epoch": 1}, SUMMARY, np.arange(3000))    # 'order' first in the file, larger than 4 kB
-    flip_first_npy_header(os.path.join(out, runfiles.CHECKPOINT))
+    path = os.path.join(out, runfiles.CHECKPOINT)
+    with open(path, "rb") as f:
+        damaged = invert_first_npy_header(f.read())
+    with open(path, "wb") as f:
+        f.write(damaged)
     with pytest.raises(RunError, match=r"cannot read the checkpoint in .*\(TokenError: .*it is damaged"):
         started(out, state=big, resume=True)
 
