@@ -193,8 +193,7 @@ def main_peer(args):
     check_peer()
     print("Seconds per training minibatch, Theano (this project) and its peer Larq/TensorFlow, side by side: per "
           f"network {args.rounds} rounds of one Theano and one peer process, each the median of {args.repeats} "
-          "calls after a warm-up call; "
-          f"width x{args.width}")
+          f"calls after a warm-up call; width x{args.width}")
     print(load_line(), flush=True)
     print("{:<12} {:>6} {:>9} {:>9} {:>7} {:>10} {:>10} {:>9} {:>9}".format(
         "network", "batch", "Theano s", "peer s", "ratio", "Theano cmp", "peer cmp", "Theano MB", "peer MB"))
@@ -243,8 +242,7 @@ def main(argv=None):
         return main_peer(args)
 
     print("Seconds per training minibatch (train_fn: forward + backward + updates), median of "
-          f"{args.repeats} calls after a "
-          f"warm-up call; width x{args.width}; {os.cpu_count()} CPUs")
+          f"{args.repeats} calls after a warm-up call; width x{args.width}; {os.cpu_count()} CPUs")
     print("{:<12} {:>6} {:>10} {:>10} {:>11} {:>10}".format("network", "batch", "s/batch", "min s", "compile s",
                                                            "peak MiB"))
     info = None
