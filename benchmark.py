@@ -157,7 +157,7 @@ def set_openblas_coretype(choice, isa="auto"):
         choice = "SkylakeX"
     os.environ["OPENBLAS_CORETYPE"] = choice
     return (f"OPENBLAS_CORETYPE={choice} (was {before}; the NumPy 1.23.5 wheel's OpenBLAS 0.3.20 misdetects this CPU, "
-            "see ENVIRONMENT.md)")
+            "see docs/environment.md)")
 
 
 def restrict_isa(isa):
