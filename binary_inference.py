@@ -862,7 +862,10 @@ def _benchmark_paths(blocks, fast, pixels, X, labels, thread_counts, repeats, in
         gpu_inference_report(blocks, X, reference, repeats)
     else:
         print(f"GPU: not measured ({message})")
-    ties = fast_path_ties(blocks, fast, pixels, X, reference, [r for r in rows if r["path"] == fast_name])
+    # The float first layer is recomputed at the reference row's thread count: OpenBLAS splits its sums
+    # differently at other thread counts, which moves float32 ties (the float rows at 2 threads may differ).
+    with cpu_limit(rows[0]["threads"]):
+        ties = fast_path_ties(blocks, fast, pixels, X, reference, [r for r in rows if r["path"] == fast_name])
     print(f"packed model: {sizes[1]} bytes, float model {sizes[0]} bytes, {sizes[0] / sizes[1]:.1f}x smaller")
     print("load average after:  {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     print(speedup_line(rows, float_paths, fast_name, widths, len(X), ties))
