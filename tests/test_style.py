@@ -35,7 +35,7 @@ def test_the_project_files_are_found():
 
 
 def test_no_str_format_calls():
-    """Issue 7: no "...".format(...); write an f-string."""
+    """Issue 7: no str.format method called on a string literal; write an f-string."""
     found = offenders(lambda node: isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
                       and node.func.attr == "format" and is_str(node.func.value))
     assert not found, "str.format call(s), use an f-string: " + ", ".join(found)
