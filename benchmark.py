@@ -167,11 +167,11 @@ def restrict_isa(isa):
     from kernels import cpu
     path, _, mkl_cap = ISAS[isa]
     if path not in cpu.available_paths():
-        raise BenchmarkError("--isa {}: this CPU lacks {}; available here: {}".format(
-            isa, cpu.NEEDS[path], ", ".join(p for p in cpu.available_paths() if p in ISAS)))
+        available = ", ".join(p for p in cpu.available_paths() if p in ISAS)
+        raise BenchmarkError(f"--isa {isa}: this CPU lacks {cpu.NEEDS[path]}; available here: {available}")
     os.environ["MKL_ENABLE_INSTRUCTIONS"] = mkl_cap
-    return path, "{} (XNOR path '{}', MKL_ENABLE_INSTRUCTIONS={}, OPENBLAS_CORETYPE={})".format(
-        isa, path, mkl_cap, os.environ.get("OPENBLAS_CORETYPE"))
+    return path, (f"{isa} (XNOR path '{path}', MKL_ENABLE_INSTRUCTIONS={mkl_cap}, "
+                  f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE')})")
 
 
 # ------------------------------------------------------------------------------------------------ devices
@@ -184,8 +184,8 @@ def choose_device(requested):
         from kernels import gpu
         ok, message = gpu.gpu_status()
     except Exception as error:  # the GPU module is optional: any failure to load means "no GPU here"
-        ok, message = False, "kernels.gpu unavailable ({})".format(str(error).splitlines()[0] if str(error)
-                                                                   else type(error).__name__)
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        ok, message = False, f"kernels.gpu unavailable ({reason})"
     if ok:
         return "gpu"
     if requested == "gpu":
@@ -223,9 +223,9 @@ def blas_descriptions():
     lines = []
     for lib in threadpoolctl.threadpool_info():
         extra = lib.get("architecture") or lib.get("threading_layer") or ""
-        lines.append("  {:<10} {:<9} {:<16} kernel/layer={:<10} threads={} ({})".format(
-            lib.get("internal_api", "?"), lib.get("user_api", "?"), str(lib.get("version")), extra,
-            lib.get("num_threads"), os.path.basename(lib.get("filepath", ""))))
+        lines.append(f"  {lib.get('internal_api', '?'):<10} {lib.get('user_api', '?'):<9} "
+                     f"{str(lib.get('version')):<16} kernel/layer={extra:<10} threads={lib.get('num_threads')} "
+                     f"({os.path.basename(lib.get('filepath', ''))})")
     return lines
 
 
@@ -233,7 +233,7 @@ def numpy_blas_label():
     import threadpoolctl
     for lib in threadpoolctl.threadpool_info():
         if lib.get("user_api") == "blas" and "numpy" in lib.get("filepath", ""):
-            return "{} {} {}".format(lib["internal_api"], lib.get("version"), lib.get("architecture") or "")
+            return f"{lib['internal_api']} {lib.get('version')} {lib.get('architecture') or ''}"
     return "unknown BLAS"
 
 
@@ -304,10 +304,9 @@ def run_cpu(sizes, thread_counts, args):
                     if name.startswith("XNOR") and row["seconds"] is not None:
                         row["limits"] = instruction_limits(cpu.resolved_path(path), threads)
                     rows.append(row)
-                    print("  measured {:>18} threads={} {:<42} {}".format(
-                        "x".join(map(str, (m, n, k))), threads, name,
-                        "{:.5f} s".format(row["seconds"]) if row["seconds"] is not None else row["note"]),
-                        flush=True)
+                    size = "x".join(map(str, (m, n, k)))
+                    outcome = f"{row['seconds']:.5f} s" if row["seconds"] is not None else row["note"]
+                    print(f"  measured {size:>18} threads={threads} {name:<42} {outcome}", flush=True)
     return rows
 
 
@@ -344,21 +343,23 @@ def print_table(rows):
         best_blas = min(blas) if blas else None
         base = next((r["seconds"] for r in group if r["kernel"].startswith("baseline")), None)
         print(f"\n{m} x {n} x {k} (m x n x k), threads: {threads}")
-        print("  {:<44} {:>10} {:>10} {:>10} {:>11} {:>11} {:>6}".format(
-            "kernel", "median s", "min s", "GFLOP/s", "baseline/t", "bestBLAS/t", "agrees"))
+        print(f"  {'kernel':<44} {'median s':>10} {'min s':>10} {'GFLOP/s':>10} {'baseline/t':>11} "
+              f"{'bestBLAS/t':>11} {'agrees':>6}")
         for r in group:
             if r["seconds"] is None:
-                print("  {:<44} {}".format(r["kernel"], r["note"]))
+                print(f"  {r['kernel']:<44} {r['note']}")
                 continue
             s = r["seconds"]
-            print("  {:<44} {:>10.5f} {:>10.5f} {:>10.1f} {:>11} {:>11} {:>6}".format(
-                r["kernel"], s, r.get("min", s), flops / s / 1e9, f"{base / s:.1f}x" if base else "n/a",
-                f"{best_blas / s:.2f}x" if best_blas else "n/a", "yes" if r["agrees"] else "NO"))
+            over_base = f"{base / s:.1f}x" if base else "n/a"
+            over_blas = f"{best_blas / s:.2f}x" if best_blas else "n/a"
+            agrees = "yes" if r["agrees"] else "NO"
+            print(f"  {r['kernel']:<44} {s:>10.5f} {r.get('min', s):>10.5f} {flops / s / 1e9:>10.1f} {over_base:>11} "
+                  f"{over_blas:>11} {agrees:>6}")
         for r in group:
             for limit, bits_per_second in r.get("limits", {}).items():
-                print("    {}: {} reaches {:.0f}% of the {} ({:.0f} GFLOP-eq/s, measured on {} thread(s))".format(
-                    "limit", r["kernel"], 100.0 * (m * n * k / r["seconds"]) / bits_per_second, limit,
-                    2 * bits_per_second / 1e9, threads))
+                percent = 100.0 * (m * n * k / r["seconds"]) / bits_per_second
+                print(f"    limit: {r['kernel']} reaches {percent:.0f}% of the {limit} "
+                      f"({2 * bits_per_second / 1e9:.0f} GFLOP-eq/s, measured on {threads} thread(s))")
     print("\n" + PAPER)
     print("GFLOP/s = 2mnk / median seconds (for XNOR: equivalent float operations). x/t columns: median time of "
           "that kernel divided by this row's (>1 = this row is faster).")
@@ -384,7 +385,7 @@ def plot(rows, filename):
         if ys:  # a kernel skipped at every size (the baseline above --baseline-max-size) gets no legend entry
             ax.bar(xs, ys, width, label=kernel, color=f"C{i}")
     ax.set_xticks(range(len(groups)))
-    ax.set_xticklabels(["{}\nthreads={}".format("x".join(map(str, size)), t) for size, t in groups])
+    ax.set_xticklabels([f"{'x'.join(map(str, size))}\nthreads={t}" for size, t in groups])
     ax.set_yscale("log")
     ax.set_ylabel("seconds per GEMM (log scale)")
     ax.set_title("Binary matrix multiplication: XNOR-popcount vs float kernels")
@@ -398,8 +399,8 @@ def machine_line():
     """CPU model, the tuning chosen for it and the XNOR paths it runs (printed with every ratio)."""
     from kernels import cpu
     features, tuning = cpu.cpu_features(), cpu.tuning_info()
-    return "CPU: {} | {} logical CPUs usable | tuning: {} | XNOR paths: {}".format(
-        features["model"], features["cpus"], tuning["uarch"], ", ".join(cpu.available_paths()))
+    return (f"CPU: {features['model']} | {features['cpus']} logical CPUs usable | tuning: {tuning['uarch']} | "
+            f"XNOR paths: {', '.join(cpu.available_paths())}")
 
 
 def print_ratios(rows, isa_note):
@@ -415,18 +416,22 @@ def print_ratios(rows, isa_note):
         if not blas:
             continue
         best_name = min(blas, key=blas.get)
-        parts = ["{} {:.2f}x".format(name.split(" (")[1].rstrip(")"), blas[best_name] / s)
+        parts = [f"{name.split(' (')[1].rstrip(')')} {blas[best_name] / s:.2f}x"
                  for name, s in timed.items() if name.startswith("XNOR")]
-        print("  {} threads={}: XNOR {} the best sgemm ({})".format("x".join(map(str, size)), threads,
-                                                                   ", ".join(parts), best_name))
+        print(f"  {'x'.join(map(str, size))} threads={threads}: XNOR {', '.join(parts)} the best sgemm ({best_name})")
+
+
+def load_averages():
+    """The 1, 5 and 15 minute load averages, two decimals each."""
+    return " ".join(f"{load:.2f}" for load in os.getloadavg())
 
 
 def print_hardware(coretype_note, thread_counts, isa_note):
     from plumbing import compat
     print(machine_line())
     print(f"ISA: {isa_note}")
-    print("Thread counts: {} (XNOR/baseline: pthreads; BLAS: threadpoolctl.threadpool_limits)".format(
-        ", ".join(map(str, thread_counts))))
+    print(f"Thread counts: {', '.join(map(str, thread_counts))} (XNOR/baseline: pthreads; "
+          "BLAS: threadpoolctl.threadpool_limits)")
     print(f"Theano BLAS: {compat.BLAS_NAME} | {coretype_note}")
     print("threadpoolctl.threadpool_info():")
     print("\n".join(blas_descriptions()))
@@ -450,10 +455,10 @@ def main(argv=None):
         all_cores = len(os.sched_getaffinity(0))
         thread_counts = parse_threads(args.threads, all_cores)
         print_hardware(coretype_note, thread_counts, isa_note)
-        print("Load average before: {:.2f} {:.2f} {:.2f} (other processes on these cores make timings noisy) | "
-              "clock: {}".format(*os.getloadavg(), args.clock))
+        print(f"Load average before: {load_averages()} (other processes on these cores make timings noisy) | "
+              f"clock: {args.clock}")
         rows = run_cpu(sizes, thread_counts, args)
-        print("Load average after:  {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
+        print(f"Load average after:  {load_averages()}")
     print_table(rows)
     if device == "cpu":
         print_ratios(rows, isa_note)

@@ -88,8 +88,8 @@ def measure(name, repeats, width):
         start = time.perf_counter()
         train_fn(X, y, hp["LR_start"])
         times.append(time.perf_counter() - start)
-    pools = ["{} {} ({} threads{})".format(p.get("internal_api"), p.get("version"), p.get("num_threads"),
-                                           ", " + p["architecture"] if p.get("architecture") else "")
+    pools = [f"{p.get('internal_api')} {p.get('version')} ({p.get('num_threads')} threads"
+             f"{', ' + p['architecture'] if p.get('architecture') else ''})"
              for p in threadpool_info()]
     return dict(network=name, batch_size=batch, times=times, seconds=statistics.median(times), min_seconds=min(times),
                 compile_seconds=compile_seconds, peak_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.,
@@ -170,10 +170,11 @@ def ratio_row(name, theano, peer):
     """One line of the --peer table; failed sides print their error."""
     for side, row in (("Theano", theano), ("peer", peer)):
         if "error" in row:
-            return "{:<12} {} failed: {}".format(name, side, row["error"])
-    return "{:<12} {:>6} {:>9.3f} {:>9.3f} {:>7.2f} {:>10.1f} {:>10.1f} {:>9.0f} {:>9.0f}".format(
-        name, theano["batch_size"], theano["seconds"], peer["seconds"], theano["seconds"] / peer["seconds"],
-        theano["compile_seconds"], peer["compile_seconds"], theano["peak_mib"], peer["peak_mib"])
+            return f"{name:<12} {side} failed: {row['error']}"
+    ratio = theano["seconds"] / peer["seconds"]
+    return (f"{name:<12} {theano['batch_size']:>6} {theano['seconds']:>9.3f} {peer['seconds']:>9.3f} {ratio:>7.2f} "
+            f"{theano['compile_seconds']:>10.1f} {peer['compile_seconds']:>10.1f} {theano['peak_mib']:>9.0f} "
+            f"{peer['peak_mib']:>9.0f}")
 
 
 def worst_line(pairs):
@@ -182,11 +183,13 @@ def worst_line(pairs):
               if "error" not in theano and "error" not in peer]
     if not ratios:
         return "worst ratio Theano/peer: none (no network ran on both sides)"
-    return "worst ratio Theano/peer: {:.2f} ({})".format(*max(ratios))
+    worst, name = max(ratios)
+    return f"worst ratio Theano/peer: {worst:.2f} ({name})"
 
 
 def load_line():
-    return "machine load (1, 5, 15 min): {:.2f} {:.2f} {:.2f} on {} CPUs".format(*os.getloadavg(), os.cpu_count())
+    loads = " ".join(f"{load:.2f}" for load in os.getloadavg())
+    return f"machine load (1, 5, 15 min): {loads} on {os.cpu_count()} CPUs"
 
 
 def main_peer(args):
@@ -195,8 +198,8 @@ def main_peer(args):
           f"network {args.rounds} rounds of one Theano and one peer process, each the median of {args.repeats} "
           f"calls after a warm-up call; width x{args.width}")
     print(load_line(), flush=True)
-    print("{:<12} {:>6} {:>9} {:>9} {:>7} {:>10} {:>10} {:>9} {:>9}".format(
-        "network", "batch", "Theano s", "peer s", "ratio", "Theano cmp", "peer cmp", "Theano MB", "peer MB"))
+    print(f"{'network':<12} {'batch':>6} {'Theano s':>9} {'peer s':>9} {'ratio':>7} {'Theano cmp':>10} "
+          f"{'peer cmp':>10} {'Theano MB':>9} {'peer MB':>9}")
     pairs = []
     for name in args.networks:
         network, hp, shape = build(name, args.width, T.tensor4("inputs"))
@@ -211,8 +214,8 @@ def main_peer(args):
     for side, index in (("Theano", 1), ("peer", 2)):
         info = next((pair[index] for pair in pairs if "error" not in pair[index]), None)
         if info:
-            print("{}: {}; threads: {}; OMP_NUM_THREADS={}".format(side, info["blas"], "; ".join(info["pools"]),
-                                                                    info["omp_threads"]))
+            print(f"{side}: {info['blas']}; threads: {'; '.join(info['pools'])}; "
+                  f"OMP_NUM_THREADS={info['omp_threads']}")
     print(worst_line(pairs))
     return 0
 
@@ -221,8 +224,8 @@ def network_list(text):
     names = [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in NETWORKS]
     if unknown or not names:
-        raise argparse.ArgumentTypeError("unknown network(s) {}; choose from {}".format(
-            ", ".join(unknown) or "(none)", ",".join(NETWORKS)))
+        raise argparse.ArgumentTypeError(f"unknown network(s) {', '.join(unknown) or '(none)'}; "
+                                         f"choose from {','.join(NETWORKS)}")
     return names
 
 
@@ -243,18 +246,16 @@ def main(argv=None):
 
     print("Seconds per training minibatch (train_fn: forward + backward + updates), median of "
           f"{args.repeats} calls after a warm-up call; width x{args.width}; {os.cpu_count()} CPUs")
-    print("{:<12} {:>6} {:>10} {:>10} {:>11} {:>10}".format("network", "batch", "s/batch", "min s", "compile s",
-                                                           "peak MiB"))
+    print(f"{'network':<12} {'batch':>6} {'s/batch':>10} {'min s':>10} {'compile s':>11} {'peak MiB':>10}")
     info = None
     for name in args.networks:
         row = run_child(name, args.repeats, args.width)
         if "error" in row:
-            print("{:<12} failed: {}".format(name, row["error"]))
+            print(f"{name:<12} failed: {row['error']}")
             continue
         info = info or row
-        print("{:<12} {:>6} {:>10.3f} {:>10.3f} {:>11.1f} {:>10.0f}".format(
-            name, row["batch_size"], row["seconds"], row["min_seconds"], row["compile_seconds"], row["peak_mib"]),
-            flush=True)
+        print(f"{name:<12} {row['batch_size']:>6} {row['seconds']:>10.3f} {row['min_seconds']:>10.3f} "
+              f"{row['compile_seconds']:>11.1f} {row['peak_mib']:>10.0f}", flush=True)
     if info:
         print("BLAS linked by Theano: " + info["blas"] + "; OMP_NUM_THREADS=" + info["omp_threads"])
         print("Thread pools: " + ("; ".join(info["pools"]) or "none found"))

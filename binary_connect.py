@@ -318,6 +318,7 @@ def train_and_report(network, input_var, target_var, LR, hp, data, train_size, r
                     data["X_train"][:train_size], data["y_train"][:train_size], data["X_val"], data["y_val"],
                     data["X_test"], data["y_test"], shuffle_parts=shuffle_parts, run=run, run_info=run_info,
                     state_vars=runfiles.state_variables(network, updates))
-    print("Test error at the best validation epoch ({}): {}% (paper: {}%)".format(
-        summary["best_epoch"], summary["test_error"], (run_info or {}).get("paper_test_error")))
+    paper_error = (run_info or {}).get("paper_test_error")
+    print(f"Test error at the best validation epoch ({summary['best_epoch']}): {summary['test_error']}% "
+          f"(paper: {paper_error}%)")
     return summary

@@ -463,8 +463,8 @@ def train_and_report(network, rules, input_var, target_var, LR, hp, data, train_
     test error at the best validation epoch beside the paper's. Returns the results summary.
     """
     counts = describe_rules(rules)
-    print("#lrs==0: {lrs_zero}, #lrs~=0: {lrs_nonzero}, #clipV~=0: {clipped}, ==> {parameters} Parameters".format(
-        **counts))
+    print(f"#lrs==0: {counts['lrs_zero']}, #lrs~=0: {counts['lrs_nonzero']}, #clipV~=0: {counts['clipped']}, "
+          f"==> {counts['parameters']} Parameters")
     train_fn, val_fn, updates = compile_functions(network, rules, input_var, target_var, LR)
     print("Training...")
     summary = binary_connect.train(
@@ -472,6 +472,7 @@ def train_and_report(network, rules, input_var, target_var, LR, hp, data, train_
         hp["num_epochs"], data["X_train"][:train_size], data["y_train"][:train_size], data["X_val"], data["y_val"],
         data["X_test"], data["y_test"], shuffle_parts=hp.get("shuffle_parts", 1), run=run, run_info=run_info,
         state_vars=runfiles.state_variables(network, updates), partial_batch=True)
-    print("Test error at the best validation epoch ({}): {}% (paper, Torch7 column: {}%)".format(
-        summary["best_epoch"], summary["test_error"], (run_info or {}).get("paper_test_error")))
+    paper_error = (run_info or {}).get("paper_test_error")
+    print(f"Test error at the best validation epoch ({summary['best_epoch']}): {summary['test_error']}% "
+          f"(paper, Torch7 column: {paper_error}%)")
     return summary

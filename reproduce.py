@@ -89,7 +89,7 @@ def select_rows(only):
     for pattern in [p.strip() for p in only.split(",") if p.strip()]:
         matches = [row for row in ROWS if fnmatch.fnmatchcase(row, pattern)]
         if not matches:
-            raise UsageError("--only {!r} matches no row; rows are {}".format(pattern, ", ".join(ROWS)))
+            raise UsageError(f"--only {pattern!r} matches no row; rows are {', '.join(ROWS)}")
         chosen += [row for row in matches if row not in chosen]
     return chosen
 
@@ -127,19 +127,17 @@ def reductions(row, flags):
         lr_rule = original.get("lr_rule", f"LR decay recomputed to reach LR_fin in {epochs}")
         out.append(f"{epochs} epochs instead of {original.get('epochs', 'the original count')} ({lr_rule})")
     if "--train-size" in values:
-        out.append("first {} training rows instead of {}".format(values["--train-size"],
-                                                                original.get("train_rows", "all")))
+        out.append(f"first {values['--train-size']} training rows instead of {original.get('train_rows', 'all')}")
     if "--units" in values:
-        out.append("{} hidden units per layer instead of {}".format(values["--units"], original.get("units")))
+        out.append(f"{values['--units']} hidden units per layer instead of {original.get('units')}")
     if "--width" in values:
-        widths = original.get("widths", ())
-        out.append("layer widths x{} ({} convolution channels and 1024 dense units scaled)".format(
-            values["--width"], "-".join(str(w) for w in widths)))
+        channels = "-".join(str(w) for w in original.get("widths", ()))
+        out.append(f"layer widths x{values['--width']} ({channels} convolution channels and 1024 dense units scaled)")
     if "--no-extra" in values:
         out.append("SVHN without extra_32x32.mat (69257 training and 4000 validation images instead of 598388 "
                    "and 6000)")
     if "--batch-size" in values:
-        out.append("batch size {} instead of {}".format(values["--batch-size"], original.get("batch_size")))
+        out.append(f"batch size {values['--batch-size']} instead of {original.get('batch_size')}")
     return out
 
 
@@ -195,8 +193,8 @@ def check_folder(runs, budget, data_dir):
     new = folder_settings(budget, data_dir)
     changed = _differences(old, new, FOLDER_MUST_MATCH)
     if changed:
-        raise UsageError("{} was made with {}; rerun with those settings or choose another --runs".format(
-            runs, ", ".join("{} {}".format(k.replace("_", "-"), old.get(k)) for k in changed)))
+        made_with = ", ".join(f"{k.replace('_', '-')} {old.get(k)}" for k in changed)
+        raise UsageError(f"{runs} was made with {made_with}; rerun with those settings or choose another --runs")
 
 
 def row_plan(runs, row, settings):
@@ -211,9 +209,9 @@ def row_plan(runs, row, settings):
         return "run"
     changed = _differences(old, settings, ROW_MUST_MATCH)
     if changed:
-        raise UsageError("{} was made with other settings ({} differ: {}); rerun with those settings or choose "
-                         "another --runs".format(folder, ", ".join(changed),
-                                                 "; ".join(f"{k}={old.get(k)}" for k in changed)))
+        old_values = "; ".join(f"{k}={old.get(k)}" for k in changed)
+        raise UsageError(f"{folder} was made with other settings ({', '.join(changed)} differ: {old_values}); rerun "
+                         "with those settings or choose another --runs")
     if results is not None and results.get("finished"):
         return "skip"
     return "run"
@@ -381,14 +379,13 @@ def progress_text(runs, row):
     log = tables.read_log(os.path.join(folder, "log.jsonl"))
     planned = (results or {}).get("epochs") or settings.get("epochs")
     if results and results.get("finished"):
-        return "done: test {} at epoch {} ({} epochs, {})".format(
-            _err(results.get("test_error")), results.get("best_epoch"), results.get("epochs_done"),
-            tables._duration(results.get("seconds")))
+        return (f"done: test {_err(results.get('test_error'))} at epoch {results.get('best_epoch')} "
+                f"({results.get('epochs_done')} epochs, {tables._duration(results.get('seconds'))})")
     if not log:
         return "no finished epoch yet"
     last = log[-1]
-    return "epoch {}/{}, val {}, test {}, {}".format(last["epoch"], planned, _err(last["val_error"]),
-                                                      _err(last["test_error"]), _eta(log, planned))
+    return (f"epoch {last['epoch']}/{planned}, val {_err(last['val_error'])}, test {_err(last['test_error'])}, "
+            f"{_eta(log, planned)}")
 
 
 def finished(runs, row):
@@ -446,8 +443,7 @@ def run_local(runs, rows, budget, data_dir, jobs, threads, report_rows, stream=s
             while waiting and len(running) < jobs:
                 row = waiting.pop(0)
                 running[row] = _start(runs, row, budget, data_dir, threads)
-                board.update(row, "started ({} threads), log in {}".format(threads, os.path.join(runs, row,
-                                                                                               "run.log")))
+                board.update(row, f"started ({threads} threads), log in {os.path.join(runs, row, 'run.log')}")
             time.sleep(POLL_SECONDS)
             changed = []
             for row, (proc, log_file, started) in list(running.items()):
@@ -470,8 +466,7 @@ def run_local(runs, rows, budget, data_dir, jobs, threads, report_rows, stream=s
                     board.update(row, progress_text(runs, row))
                 else:
                     failed.append(row)
-                    board.update(row, "failed (exit {}): {}".format(code, last_line(os.path.join(runs, row,
-                                                                                                 "run.log"))))
+                    board.update(row, f"failed (exit {code}): {last_line(os.path.join(runs, row, 'run.log'))}")
             if changed:
                 tables.write_report(runs, report_rows, curves_for=changed)
             board.draw()
@@ -497,7 +492,7 @@ def _start(runs, row, budget, data_dir, threads, log_to="run.log"):
     env = dict(os.environ, PYTHONUNBUFFERED="1", **thread_env(threads))
     tables.write_text(os.path.join(folder, tables.HOST), json.dumps(describe_host(threads), indent=2) + "\n")
     log_file = open(os.path.join(folder, log_to), "a") if log_to else sys.stdout
-    log_file.write("=== {} {}\n".format(time.strftime("%Y-%m-%d %H:%M:%S"), shlex.join(command)))
+    log_file.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(command)}\n")
     log_file.flush()
     proc = subprocess.Popen(command, cwd=HERE, env=env, stdout=log_file, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL)
@@ -642,7 +637,8 @@ def submit_slurm(runs, rows, budget, data_dir, slurm_args, stream=sys.stdout):
         tables.write_text(script, job_script(runs, row, budget, data_dir))
         result = slurm_command("sbatch", "--parsable", *(shlex.split(slurm_args or "") + [script]))
         if result.returncode != 0:
-            raise RunError("sbatch refused {}: {}".format(row, (result.stderr.strip().splitlines() or ["?"])[-1]))
+            reason = (result.stderr.strip().splitlines() or ["?"])[-1]
+            raise RunError(f"sbatch refused {row}: {reason}")
         job = result.stdout.strip().split(";")[0]
         record = tables.read_json(os.path.join(folder, "slurm.json"), {}) or {}
         record.setdefault("jobs", []).append(dict(job=job, submitted=time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -667,7 +663,8 @@ def row_status(runs, row, elapsed=True):
         if ids[-1] in states and states[ids[-1]][0] in ACTIVE_STATES:
             state, time_used = states[ids[-1]]
             what = "queued" if state == "PENDING" else state.lower()
-            return "{} (job {}{}), {}".format(what, ids[-1], ", " + time_used if elapsed else "", progress)
+            used = ", " + time_used if elapsed else ""
+            return f"{what} (job {ids[-1]}{used}), {progress}"
         final = states[ids[-1]][0] if ids[-1] in states else accounting_state(ids[-1]) or "no longer in the queue"
         tail = last_line(os.path.join(folder, f"slurm-{ids[-1]}.out"))
         return f"failed or stopped (job {ids[-1]}: {final}), {progress}; last log line: {tail}"
@@ -676,8 +673,8 @@ def row_status(runs, row, elapsed=True):
         return f"running (pid {pid}), {progress}"
     attempts = tables.read_log(os.path.join(folder, "attempts.jsonl"))
     if attempts and attempts[-1]["returncode"] not in (0, None):
-        return "failed (exit {}), {}; last log line: {}".format(attempts[-1]["returncode"], progress,
-                                                                 last_line(os.path.join(folder, "run.log")))
+        last_log_line = last_line(os.path.join(folder, "run.log"))
+        return f"failed (exit {attempts[-1]['returncode']}), {progress}; last log line: {last_log_line}"
     return "interrupted or running elsewhere, " + progress
 
 
@@ -744,8 +741,8 @@ def dry_run(runs, rows, budget, data_dir, engine, jobs, threads, slurm_args, str
             continue
         if engine == "local":
             env = " ".join(f"{k}={v}" for k, v in thread_env(threads).items())
-            stream.write("cd {} && {} {}\n".format(shlex.quote(HERE), env, shlex.join(
-                row_command(row, budget, runs, data_dir))))
+            command = shlex.join(row_command(row, budget, runs, data_dir))
+            stream.write(f"cd {shlex.quote(HERE)} && {env} {command}\n")
         else:
             script = os.path.join(os.path.abspath(runs), row, "job.sh")
             stream.write(f"# {script} ({row}):\n{job_script(runs, row, budget, data_dir)}")
@@ -758,7 +755,7 @@ def main(argv=None):
     args = parse_args(argv)
     if args.run_row:
         if args.run_row not in ROWS:
-            raise UsageError("unknown row {!r}; rows are {}".format(args.run_row, ", ".join(ROWS)))
+            raise UsageError(f"unknown row {args.run_row!r}; rows are {', '.join(ROWS)}")
         return supervise_row(args.runs, args.run_row, args.budget, args.data_dir, slurm_threads(), list(ROWS))
     rows = select_rows(args.only)
     runs = args.runs
@@ -799,9 +796,9 @@ def main(argv=None):
             print(f"{len(todo)} rows to run, {jobs} at a time, {threads} BLAS/OpenMP threads each; runs folder {runs}")
             failed = run_local(runs, todo, args.budget, args.data_dir, jobs, threads, list(ROWS))
     table = tables.write_report(runs, list(ROWS))
-    print("report: {} ({})".format(os.path.join(runs, tables.TABLE_MD), table["title"]))
+    print(f"report: {os.path.join(runs, tables.TABLE_MD)} ({table['title']})")
     if failed:
-        print("failed: {} (see RUNS/ROW/run.log; rerun the same command to retry)".format(", ".join(failed)))
+        print(f"failed: {', '.join(failed)} (see RUNS/ROW/run.log; rerun the same command to retry)")
         return 1
     return 0
 

@@ -174,7 +174,7 @@ def _status(state):
         return "missing" if settings is None else "started, no finished epoch"
     if results.get("finished"):
         return "finished"
-    return "epoch {}/{}".format(results.get("epochs_done"), results.get("epochs"))
+    return f"epoch {results.get('epochs_done')}/{results.get('epochs')}"
 
 
 def compare(cell, ours):
@@ -211,7 +211,7 @@ def table_row(row, state, data):
     budget = settings.get("budget")
     reasons = []
     if budget != "paper":
-        reasons.append("reduced budget ({})".format(budget or "unknown"))
+        reasons.append(f"reduced budget ({budget or 'unknown'})")
     if data.get("official") is not True:
         reasons.append("not the official data")
     if results is not None and not results.get("finished"):
@@ -245,18 +245,18 @@ def table_row(row, state, data):
 def title(budgets, all_official, unfinished=0, ran=1):
     """The table's title; anything but the paper budget on official data says it is not a reproduction."""
     budgets = sorted(b for b in budgets if b)
+    budget_list = ", ".join(budgets) or "unknown"
     if not ran:
-        return "No results yet (budget {}): the published test errors".format(", ".join(budgets) or "unknown")
+        return f"No results yet (budget {budget_list}): the published test errors"
     if budgets == ["paper"] and all_official:
-        return "Reproduction of the published test errors (paper schedules, official data{})".format(
-            f"; {unfinished} row(s) still running or interrupted" if unfinished else "")
+        still_running = f"; {unfinished} row(s) still running or interrupted" if unfinished else ""
+        return f"Reproduction of the published test errors (paper schedules, official data{still_running})"
     parts = []
     if budgets != ["paper"]:
-        parts.append("reduced budget: {}".format(", ".join(budgets) or "unknown"))
+        parts.append(f"reduced budget: {budget_list}")
     if not all_official:
         parts.append("not the official data sets")
-    return "NOT a reproduction of the papers ({}): published test errors beside this archive's runs".format(
-        "; ".join(parts))
+    return f"NOT a reproduction of the papers ({'; '.join(parts)}): published test errors beside this archive's runs"
 
 
 def build_table(runs, rows, folder_settings=None, data_cache=None):
@@ -292,7 +292,7 @@ def _verdict(r):
         return "—"
     if not r["comparable"]:
         return "not compared: " + ", ".join(r["not_comparable_because"])
-    return ("yes" if r["within"] else "no") + " (±{:.2f})".format(r["tolerance"])
+    return ("yes" if r["within"] else "no") + f" (±{r['tolerance']:.2f})"
 
 
 def _duration(seconds):
@@ -315,21 +315,20 @@ def short_data(data):
 def markdown(table):
     """TABLE.md: the comparison, then per row what was run and on what."""
     out = ["# " + table["title"], "",
-           "Runs folder `{}`, written {}. Errors in percent: test error at the best validation epoch.".format(
-               table["runs"], table["generated"]), "",
+           f"Runs folder `{table['runs']}`, written {table['generated']}. Errors in percent: test error at the best "
+           "validation epoch.", "",
            "| row | paper cell | published | ours | difference | agrees | budget | epochs | time: epochs / wall / CPU "
            "| data |",
            "|---|---|---|---|---|---|---|---|---|---|"]
     for r in table["rows"]:
         p = r["published"]
-        cell = "—" if p is None else "{}: {}, {}".format(p["short_source"], DATASET_NAMES.get(p["dataset"]),
-                                                          p["method"])
-        epochs = "—" if r["epochs_done"] is None else "{}/{}".format(r["epochs_done"], r["epochs_planned"])
-        diff = "—" if r["difference"] is None else "{:+.2f}".format(r["difference"])
-        out.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
-            r["row"], cell, _pct(p and p["error"], p and p["spread"]) if p else "—", _pct(r["ours"]), diff,
-            _verdict(r), r["budget"] or "—", epochs, " / ".join(_duration(r[k]) for k in (
-                "seconds", "wall_seconds", "cpu_seconds")), short_data(r["data"])))
+        cell = "—" if p is None else f"{p['short_source']}: {DATASET_NAMES.get(p['dataset'])}, {p['method']}"
+        epochs = "—" if r["epochs_done"] is None else f"{r['epochs_done']}/{r['epochs_planned']}"
+        diff = "—" if r["difference"] is None else f"{r['difference']:+.2f}"
+        published_error = _pct(p and p["error"], p and p["spread"]) if p else "—"
+        times = " / ".join(_duration(r[k]) for k in ("seconds", "wall_seconds", "cpu_seconds"))
+        out.append(f"| {r['row']} | {cell} | {published_error} | {_pct(r['ours'])} | {diff} | {_verdict(r)} | "
+                   f"{r['budget'] or '—'} | {epochs} | {times} | {short_data(r['data'])} |")
     out += ["", f"Agreement rule: within {published.SIGMAS} published standard deviations where the paper gives mean "
             f"± std (6 runs), else within {100 * published.TOLERANCE_RELATIVE:.0f} % of the published error. Only "
             "paper-budget runs on the official data are compared. Time: the epochs' training and evaluation; the "
@@ -338,27 +337,27 @@ def markdown(table):
     out += ["## What each row ran", ""]
     for r in table["rows"]:
         if r["command"] is None:
-            out.append("* **{}**: missing (no run in this folder)".format(r["row"]))
+            out.append(f"* **{r['row']}**: missing (no run in this folder)")
             continue
         env, host = r["environment"] or {}, r["host"] or {}
-        out.append("* **{}** ({}): `{}`".format(r["row"], r["status"], " ".join(r["command"])))
-        out.append("  * budget {}; reductions: {}".format(r["budget"], "; ".join(r["reductions"]) or "none"))
+        out.append(f"* **{r['row']}** ({r['status']}): `{' '.join(r['command'])}`")
+        out.append(f"  * budget {r['budget']}; reductions: {'; '.join(r['reductions']) or 'none'}")
         if r["wall_seconds"] is not None:
-            out.append("  * wall time {} over {} process(es){}{}".format(
-                _duration(r["wall_seconds"]), r["processes"],
-                "" if r["cpu_seconds"] is None else ", CPU time {} (compilation by g++ not counted)".format(
-                    _duration(r["cpu_seconds"])),
-                "" if r["cpu_per_epoch"] is None else ", {} CPU per epoch".format(_duration(r["cpu_per_epoch"]))))
+            cpu_time = ("" if r["cpu_seconds"] is None
+                        else f", CPU time {_duration(r['cpu_seconds'])} (compilation by g++ not counted)")
+            per_epoch = "" if r["cpu_per_epoch"] is None else f", {_duration(r['cpu_per_epoch'])} CPU per epoch"
+            out.append(f"  * wall time {_duration(r['wall_seconds'])} over {r['processes']} process(es)"
+                       f"{cpu_time}{per_epoch}")
         if r["best_epoch"] is not None:
-            out.append("  * best validation error {} at epoch {}".format(_pct(r["best_val_error"]), r["best_epoch"]))
-        out.append("  * data: {}".format(r["data"]["label"]))
+            out.append(f"  * best validation error {_pct(r['best_val_error'])} at epoch {r['best_epoch']}")
+        out.append(f"  * data: {r['data']['label']}")
         for f in r["data"].get("files", []):
-            out.append("    * `{}` {} bytes, MD5 {}{}".format(f["path"], f["size"], f["md5"],
-                                                           " (official)" if f["official"] else ""))
+            official = " (official)" if f["official"] else ""
+            out.append(f"    * `{f['path']}` {f['size']} bytes, MD5 {f['md5']}{official}")
         if host:
-            out.append("  * hardware: {} ({}), {} CPUs, {} GiB, {} threads per run; load average {} at the "
-                       "start".format(host.get("cpu"), host.get("hostname"), host.get("cpus"), host.get("memory_gib"),
-                                      host.get("threads"), host.get("load_average")))
+            out.append(f"  * hardware: {host.get('cpu')} ({host.get('hostname')}), {host.get('cpus')} CPUs, "
+                       f"{host.get('memory_gib')} GiB, {host.get('threads')} threads per run; load average "
+                       f"{host.get('load_average')} at the start")
         if env:
             out.append("  * software: " + ", ".join(f"{k} {v}" for k, v in sorted(env.items())))
         if r["published"] and r["published"]["note"]:

@@ -134,8 +134,8 @@ def _path(path):
     if path not in PATHS:
         raise KernelError(f"path must be one of {sorted(PATHS)}, got {path!r}")
     if path != "auto" and not _load().xnor_path_available(PATHS[path]):
-        raise KernelError("the {!r} path needs {}, which this CPU lacks; use path='auto' (available here: {})"
-                          .format(path, NEEDS[path], ", ".join(available_paths())))
+        raise KernelError(f"the {path!r} path needs {NEEDS[path]}, which this CPU lacks; use path='auto' "
+                          f"(available here: {', '.join(available_paths())})")
     return PATHS[path]
 
 
@@ -189,8 +189,8 @@ def _output(out, m, k):
         return np.empty((m, k), dtype=np.float32)
     if not isinstance(out, np.ndarray) or out.dtype != np.float32 or out.shape != (m, k) \
             or not out.flags.c_contiguous or not out.flags.writeable:
-        raise KernelError("out must be a writeable C-contiguous float32 array of shape {}, got {}".format(
-            (m, k), f"{out.dtype} {out.shape} array" if isinstance(out, np.ndarray) else type(out).__name__))
+        got = f"{out.dtype} {out.shape} array" if isinstance(out, np.ndarray) else type(out).__name__
+        raise KernelError(f"out must be a writeable C-contiguous float32 array of shape {(m, k)}, got {got}")
     return out
 
 

@@ -78,7 +78,7 @@ class DenseLayer(lasagne.layers.DenseLayer):
 
     def __init__(self, incoming, num_units, kernel="blas", **kwargs):
         if kernel not in KERNELS:
-            raise ValueError("kernel must be one of {}, got {!r}".format(", ".join(KERNELS), kernel))
+            raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, got {kernel!r}")
         super(DenseLayer, self).__init__(incoming, num_units, **kwargs)
         self.kernel = kernel
 

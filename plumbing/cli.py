@@ -122,8 +122,8 @@ def main_guard(main, *args):
         sys.stderr.write(f"error: {e}\n")
         return 2
     except KeyboardInterrupt as e:
-        sys.stderr.write("{}: the last finished epoch is kept; rerun with --resume to continue\n".format(
-            "terminated" if isinstance(e, Terminated) else "interrupted"))
+        stopped = "terminated" if isinstance(e, Terminated) else "interrupted"
+        sys.stderr.write(f"{stopped}: the last finished epoch is kept; rerun with --resume to continue\n")
         return 143 if isinstance(e, Terminated) else 130
     except MemoryError:
         sys.stderr.write("error: out of memory; use a smaller --train-size / --batch-size or shuffle in parts\n")

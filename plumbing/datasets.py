@@ -229,8 +229,8 @@ def download_file(urls, path, md5=None, sha256=None, size=None, progress=True, t
             continue
         os.replace(part, path)
         return path
-    raise DataError("could not download {}: tried {}. Without network access, fetch the file elsewhere and "
-                    "pass its folder with --data-dir DIR".format(os.path.basename(path), "; ".join(failures)))
+    raise DataError(f"could not download {os.path.basename(path)}: tried {'; '.join(failures)}. Without network "
+                    "access, fetch the file elsewhere and pass its folder with --data-dir DIR")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -285,8 +285,8 @@ def _accept_files(files, folder, dataset, unknown_note, downloaded):
     odd = [f for f in files if not f["official"]]
     unknown = [f["name"] for f in odd if f["note"].startswith(unknown_note)]
     if downloaded and unknown:
-        raise DataError("{} in {} differ from the official {} (MD5); delete them to download them again, or pass "
-                        "a folder with your own files with --data-dir".format(", ".join(unknown), folder, dataset))
+        raise DataError(f"{', '.join(unknown)} in {folder} differ from the official {dataset} (MD5); delete them to "
+                        "download them again, or pass a folder with your own files with --data-dir")
     for note in dict.fromkeys(f["note"] for f in odd):
         names = [f["name"] for f in odd if f["note"] == note]
         which = f"all {len(names)} files" if len(names) == len(files) > 1 else ", ".join(names)
@@ -379,8 +379,8 @@ def mnist_files(data_dir=None, download=True):
         paths = {key: _find(folders, [name + ".gz", name]) for key, (name, _, _) in MNIST_FILES.items()}
         missing = [MNIST_FILES[key][0] + "[.gz]" for key, p in paths.items() if p is None]
         if missing:
-            raise DataError("MNIST files missing in {}: {}; put the files there or omit --data-dir to "
-                            "download them".format(data_dir, ", ".join(missing)))
+            raise DataError(f"MNIST files missing in {data_dir}: {', '.join(missing)}; put the files there or omit "
+                            "--data-dir to download them")
         return paths
     folder = os.path.join(DEFAULT_DATA_DIR, "mnist")
     paths = {}
@@ -441,8 +441,7 @@ def load_mnist(transform, data_dir=None, download=True):
     unknown file is refused.
     """
     if transform not in MNIST_TRANSFORMS:
-        raise DataError("unknown MNIST transform {!r}; use one of {}".format(transform,
-                                                                            ", ".join(MNIST_TRANSFORMS)))
+        raise DataError(f"unknown MNIST transform {transform!r}; use one of {', '.join(MNIST_TRANSFORMS)}")
     paths = mnist_files(data_dir, download)
     arrays, files = {}, []
     for key in MNIST_FILES:
@@ -650,7 +649,7 @@ def read_cifar10(data_dir=None, download=True):
         files = [file_info(os.path.join(source, n), sizes[n], md5s[n], n not in differ, note) for n in CIFAR10_BATCHES]
     else:
         folder = os.path.dirname(source)
-        note = "{} (MD5 of {} differs from the official)".format(CIFAR10_UNKNOWN_NOTE, ", ".join(differ))
+        note = f"{CIFAR10_UNKNOWN_NOTE} (MD5 of {', '.join(differ)} differs from the official)"
         files = [file_info(source, os.path.getsize(source), file_digest(source), not differ, note)]
     _accept_files(files, folder, "CIFAR-10", CIFAR10_UNKNOWN_NOTE, data_dir is None)
     train = [parts[f"data_batch_{i}"] for i in range(1, 6)]
@@ -682,8 +681,8 @@ def svhn_files(data_dir=None, download=True, use_extra=True):
         missing = [SVHN_FILES[n][0] for n in names if paths[n] is None]
         if missing:
             hint = " (or use_extra=False / --no-extra to do without the extra set)" if "extra" in names else ""
-            raise DataError("SVHN files missing in {}: {}; put them there or omit --data-dir to download "
-                            "them{}".format(data_dir, ", ".join(missing), hint))
+            raise DataError(f"SVHN files missing in {data_dir}: {', '.join(missing)}; put them there or omit "
+                            f"--data-dir to download them{hint}")
         return paths
     folder = os.path.join(DEFAULT_DATA_DIR, "svhn")
     paths = {}
@@ -717,16 +716,16 @@ def _read_svhn_mat(path):
         raise DataError(f"{path} lacks the variables X and y of SVHN format 2; check the file")
     x, y = mat["X"], mat["y"]
     if not isinstance(y, np.ndarray) or y.dtype.kind not in "iuf" or y.ndim > 2 or y.size != max(y.shape, default=1):
-        raise DataError("{}: y must be a vector of N labels 1..10, got {} {}; check the file".format(
-            path, getattr(y, "dtype", type(y).__name__), getattr(y, "shape", "")))
+        raise DataError(f"{path}: y must be a vector of N labels 1..10, got {getattr(y, 'dtype', type(y).__name__)} "
+                        f"{getattr(y, 'shape', '')}; check the file")
     y = y.ravel()
     if y.size and not (np.all(np.isfinite(y)) and np.all(y == np.round(y)) and y.min() >= 1 and y.max() <= 10):
         raise DataError(f"{path}: labels must be whole numbers 1..10 (10 = digit 0), got values from {y.min()} to "
                         f"{y.max()}; check the file")
     if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 4 or x.shape[:3] != (32, 32, 3) \
             or x.shape[3] != y.size:
-        raise DataError("{}: X must be uint8 (32, 32, 3, N) with N = {} labels, got {} {}; check the file".format(
-            path, y.size, getattr(x, "dtype", type(x).__name__), getattr(x, "shape", "")))
+        raise DataError(f"{path}: X must be uint8 (32, 32, 3, N) with N = {y.size} labels, got "
+                        f"{getattr(x, 'dtype', type(x).__name__)} {getattr(x, 'shape', '')}; check the file")
     return x, y.astype(np.int64)
 
 
@@ -844,7 +843,7 @@ def main(argv=None):
         print(f"{key}: {shape}")
     for f in data["files"]:
         status = "official" if f["official"] else "not official: " + f["note"]
-        print("file {}: {} bytes, MD5 {}, {}".format(f["name"], f["bytes"], f["md5"], status))
+        print(f"file {f['name']}: {f['bytes']} bytes, MD5 {f['md5']}, {status}")
     return 0
 
 

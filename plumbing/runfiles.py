@@ -174,7 +174,8 @@ def progress_bar(label, width=30):
     """A callback (done, total) drawing a one-line bar on stderr."""
     def draw(done, total):
         filled = width * done // total
-        sys.stderr.write("\r  {} [{}{}] {}/{}".format(label, "#" * filled, "." * (width - filled), done, total))
+        bar = "#" * filled + "." * (width - filled)
+        sys.stderr.write(f"\r  {label} [{bar}] {done}/{total}")
         if done == total:
             sys.stderr.write("\r" + " " * (width + 30) + "\r")
         sys.stderr.flush()
@@ -220,8 +221,8 @@ class Run(object):
         ours = [name for name in (RESULTS, LOG, self.params_file) if os.path.exists(self.path(name))]
         if ours and not has_checkpoint:
             self.release()
-            raise RunError("{} holds {} but no checkpoint of a run to continue; nothing is overwritten: choose an "
-                           "empty or new --out".format(self.out_dir, ", ".join(ours)))
+            raise RunError(f"{self.out_dir} holds {', '.join(ours)} but no checkpoint of a run to continue; nothing is "
+                           "overwritten: choose an empty or new --out")
 
     def _lock(self):
         """Hold a POSIX lock on out/lock for the life of the process; refuse when another process holds it."""
@@ -240,8 +241,8 @@ class Run(object):
         try:
             self._lock_file.seek(0)
             self._lock_file.truncate()
-            self._lock_file.write("process {} on {} since {}\n".format(
-                os.getpid(), socket.gethostname(), time.strftime("%Y-%m-%d %H:%M:%S")))
+            since = time.strftime("%Y-%m-%d %H:%M:%S")
+            self._lock_file.write(f"process {os.getpid()} on {socket.gethostname()} since {since}\n")
             self._lock_file.flush()
         except OSError as e:
             self.release()
@@ -300,9 +301,9 @@ class Run(object):
         except RunError:
             raise
         except (ValueError, TypeError) + DAMAGED_NUMPY_FILE as e:
-            raise RunError("cannot read the checkpoint in {} ({}: {}); it is damaged: delete the folder's "
-                           "checkpoint.npz to start over".format(self.out_dir, type(e).__name__,
-                                                                  str(e).splitlines()[0] if str(e) else ""))
+            first_line = str(e).splitlines()[0] if str(e) else ""
+            raise RunError(f"cannot read the checkpoint in {self.out_dir} ({type(e).__name__}: {first_line}); it is "
+                           "damaged: delete the folder's checkpoint.npz to start over")
         return meta, order
 
     def _read_log_rows(self):
@@ -323,8 +324,8 @@ class Run(object):
             raise RunError(f"the run in {self.out_dir} was trained on other data files than the ones found now; resume "
                            "it with its original --data-dir, or choose another --out")
         if changed:
-            raise RunError("the run in {} was started with other settings ({} differ); resume it with its "
-                           "original flags, or choose another --out".format(self.out_dir, ", ".join(changed)))
+            raise RunError(f"the run in {self.out_dir} was started with other settings ({', '.join(changed)} differ); "
+                           "resume it with its original flags, or choose another --out")
         if meta["n_state"] != len(self.state_vars):
             raise RunError(f"the checkpoint in {self.out_dir} is from a different network; start a new run with "
                            "another --out, or drop --resume")

@@ -129,19 +129,19 @@ def package(name):
 
 
 def line(label, value):
-    print("{:<22} {}".format(label + ":", value if value else "not present"))
+    print(f"{label + ':':<22} {value if value else 'not present'}")
 
 
-line("Python", "{} ({})".format(platform.python_version(), sys.executable))
+line("Python", f"{platform.python_version()} ({sys.executable})")
 line("NumPy", numpy.__version__)
 line("SciPy", scipy.__version__)
 line("Theano", theano.__version__)
 line("Lasagne", lasagne.__version__)
-line("Theano BLAS", "{} (blas.ldflags={})".format(compat.BLAS_NAME, theano.config.blas.ldflags))
+line("Theano BLAS", f"{compat.BLAS_NAME} (blas.ldflags={theano.config.blas.ldflags})")
 for lib in threadpoolctl.threadpool_info():
     kernel = lib.get("architecture") or lib.get("threading_layer") or "-"
-    line("  " + lib.get("internal_api", "?"), "{} {} kernel/layer={} threads={} ({})".format(
-        lib.get("user_api"), lib.get("version"), kernel, lib.get("num_threads"), os.path.basename(lib["filepath"])))
+    line("  " + lib.get("internal_api", "?"), f"{lib.get('user_api')} {lib.get('version')} kernel/layer={kernel} "
+                                              f"threads={lib.get('num_threads')} ({os.path.basename(lib['filepath'])})")
 line("  MKL code path", mkl_processor())
 line("C compiler", first_line(["gcc", "--version"]))
 line("C++ compiler", first_line(["g++", "--version"]))
@@ -151,18 +151,22 @@ line("CPU", platform.machine() + ", " + str(os.cpu_count()) + " cores")
 
 from kernels import gpu  # noqa: E402  (after compat, like every module of the project)
 try:
-    nvrtc = "{}.{} ({})".format(*gpu.nvrtc_version(), gpu.find_nvrtc())
+    major, minor = gpu.nvrtc_version()
+    nvrtc = f"{major}.{minor} ({gpu.find_nvrtc()})"
 except gpu.KernelCompileError as error:
-    nvrtc = "not present ({})".format(error)
+    nvrtc = f"not present ({error})"
 line("NVRTC", nvrtc)
 nvcc = shutil.which("nvcc")
-line("nvcc", nvcc and "{} ({})".format(([v for v in subprocess.run([nvcc, "--version"], capture_output=True, text=True)
-                                        .stdout.splitlines() if "release" in v] or ["?"])[0], nvcc))
+if nvcc:
+    release = ([v for v in subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout.splitlines()
+                if "release" in v] or ["?"])[0]
+    nvcc = f"{release} ({nvcc})"
+line("nvcc", nvcc)
 line("PyCUDA", package("pycuda"))
 try:
     cublas = gpu.find_cublas()
 except gpu.GpuUnavailable as error:
-    cublas = "not present ({})".format(error)
+    cublas = f"not present ({error})"
 line("cuBLAS", cublas)
 line("CUDA driver / GPU", gpu.gpu_status()[1])
 PY
@@ -190,12 +194,12 @@ import pycuda.driver as cuda  # links against libcuda.so.1 (the real driver, or 
 from plumbing import compat  # noqa: F401  (project import order: compat first)
 from kernels import gpu
 
-print("gpu-check: pycuda {} imports, pycuda.driver loads".format(pycuda.VERSION_TEXT))
+print(f"gpu-check: pycuda {pycuda.VERSION_TEXT} imports, pycuda.driver loads")
 try:
     cuda.init()
-    print("gpu-check: cuInit succeeded: {} device(s)".format(cuda.Device.count()))
+    print(f"gpu-check: cuInit succeeded: {cuda.Device.count()} device(s)")
 except cuda.Error as error:
-    print("gpu-check: cuInit fails as expected without a GPU: {}".format(gpu._first_line(error)))
+    print(f"gpu-check: cuInit fails as expected without a GPU: {gpu._first_line(error)}")
 
 # The cuBLAS binding (kernels/gpu.py, ctypes): found, bound, asked for its version; a handle needs a device.
 path = gpu.find_cublas()
@@ -209,18 +213,18 @@ try:
     handle = "cublasCreate_v2 succeeded"
 except gpu.GpuUnavailable as error:
     handle = "cublasCreate_v2 fails cleanly without a GPU: " + str(error).split(";")[0]
-print("gpu-check: cuBLAS {} bound from {}; {}".format(".".join(parts), path, handle))
+print(f"gpu-check: cuBLAS {'.'.join(parts)} bound from {path}; {handle}")
 
 for arch in (50, 61, 75):
     cubin = gpu.compile_cubin(arch, compiler="nvrtc")
     assert cubin[:4] == b"\x7fELF", "NVRTC did not return an ELF cubin"
-    print("gpu-check: NVRTC {}.{} compiled binary_kernels.cu for sm_{} ({} bytes)".format(
-        *gpu.nvrtc_version(), arch, len(cubin)))
+    major, minor = gpu.nvrtc_version()
+    print(f"gpu-check: NVRTC {major}.{minor} compiled binary_kernels.cu for sm_{arch} ({len(cubin)} bytes)")
 if shutil.which("nvcc"):
     for arch in gpu.nvcc_archs()[:1]:
         cubin = gpu.compile_cubin(arch, compiler="nvcc")
         assert cubin[:4] == b"\x7fELF", "nvcc did not return an ELF cubin"
-        print("gpu-check: nvcc compiled binary_kernels.cu for sm_{} ({} bytes)".format(arch, len(cubin)))
+        print(f"gpu-check: nvcc compiled binary_kernels.cu for sm_{arch} ({len(cubin)} bytes)")
 else:
     print("gpu-check: no nvcc in this base image: only NVRTC compiled the kernels")
 PY

@@ -214,8 +214,8 @@ for prefix, n in (("train", 600), ("t10k", 100)):
     for i, label in enumerate(labels):
         row, col = divmod(int(label), 4)
         images[i, 7 * row:7 * row + 7, 7 * col:7 * col + 7] += 180
-    write("/out/mnist/{}-images-idx3-ubyte.gz".format(prefix), struct.pack(">IIII", 2051, n, 28, 28), images)
-    write("/out/mnist/{}-labels-idx1-ubyte.gz".format(prefix), struct.pack(">II", 2049, n), labels)
+    write(f"/out/mnist/{prefix}-images-idx3-ubyte.gz", struct.pack(">IIII", 2051, n, 28, 28), images)
+    write(f"/out/mnist/{prefix}-labels-idx1-ubyte.gz", struct.pack(">II", 2049, n), labels)
 print("smoke data: 600 training and 100 test images in MNIST format in mnist/")
 PY
     if [ -f "$ctx/reproduce.py" ]; then

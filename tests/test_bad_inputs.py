@@ -335,7 +335,7 @@ def assert_not_evaluated(result):
 def test_export_into_a_missing_folder(tmp_path, model):
     target = str(tmp_path / "missing" / "packed.npz")
     result = inference("--model", model, "--random-inputs", "5", "--export", target)
-    assert_one_line_error(result, "the folder {} does not exist".format(tmp_path / "missing"))
+    assert_one_line_error(result, f"the folder {tmp_path / 'missing'} does not exist")
     assert_not_evaluated(result)
 
 
@@ -508,7 +508,7 @@ def test_fashion_mnist_note_is_the_same_in_both_folders(tmp_path, monkeypatch, c
                    for f in files)
         notes.append(capsys.readouterr().err)
     assert notes[0] == notes[1] == ("note: files in MNIST's format that are not MNIST: Fashion-MNIST (all 4 files "
-                                    "in {}); reading them anyway\n".format(tmp_path / "mnist"))
+                                    f"in {tmp_path / 'mnist'}); reading them anyway\n")
 
 
 def test_fashion_mnist_table_matches_the_debian_package():

@@ -234,8 +234,8 @@ def test_dry_run_prints_the_commands_and_writes_nothing(tmp_path, data_dir):
     lines = [line for line in done.stdout.splitlines() if "mnist.py" in line]
     assert len(lines) == 2
     assert f"OMP_NUM_THREADS={reproduce.cpu_count()}" in lines[0]
-    assert lines[1].endswith("mnist.py --method float --units 16 --batch-size 50 --epochs 12 --data-dir {} --out {} "
-                             "--resume".format(os.path.join(data_dir, "mnist"), os.path.join(runs, "mnist-float")))
+    assert lines[1].endswith(f"mnist.py --method float --units 16 --batch-size 50 --epochs 12 --data-dir "
+                             f"{os.path.join(data_dir, 'mnist')} --out {os.path.join(runs, 'mnist-float')} --resume")
     assert not os.path.exists(runs)
 
 
@@ -423,7 +423,7 @@ def test_an_interrupted_local_run_resumes_to_the_uninterrupted_numbers(tmp_path,
 
     resumed = run_reproduce(*(common + ["--runs", runs]))
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert "Resuming after epoch {}".format(stopped["epochs_done"]) in open(
+    assert f"Resuming after epoch {stopped['epochs_done']}" in open(
         os.path.join(runs, "mnist-bnn", "run.log")).read()
     assert log_values(log) == log_values(os.path.join(str(tmp_path / "reference"), "mnist-bnn", "log.jsonl"))
 

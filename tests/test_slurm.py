@@ -100,7 +100,7 @@ def test_slurm_runs_rows_and_resumes_cancelled_and_requeued_jobs(slurm, slow_dat
     again = reproduce_cmd(slurm, *(common + ["--runs", interrupted, "--wait"]))
     assert again.returncode == 0, again.stdout + again.stderr
     assert "mnist-bnn: submitted as job" in again.stdout
-    assert "mnist-bc-det: already in the queue as job {}".format(last_job(interrupted, "mnist-bc-det")) in again.stdout
+    assert f"mnist-bc-det: already in the queue as job {last_job(interrupted, 'mnist-bc-det')}" in again.stdout
     assert len(reproduce.job_ids(interrupted, "mnist-bnn")) == 2
 
     wait_for(lambda: all(job_state(slurm, last_job(reference, row)) in ("COMPLETED", "GONE")
