@@ -70,7 +70,7 @@ def cifar10(folder, per_batch, n_test, rng):
         n = n_test if name == "test_batch" else per_batch
         batch = {b"batch_label": name.encode(), b"labels": [int(v) for v in rng.randint(0, 10, n)],
                  b"data": rng.randint(0, 256, (n, 3072)).astype(np.uint8),
-                 b"filenames": [b"stand_in_%05d.png" % i for i in range(n)]}
+                 b"filenames": [f"stand_in_{i:05d}.png".encode() for i in range(n)]}
         with open(os.path.join(batches, name), "wb") as f:
             pickle.dump(batch, f, protocol=2)
     write_label(folder, "random-pixel stand-in files in the CIFAR-10 format (not data)")
