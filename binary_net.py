@@ -6,6 +6,7 @@ straight-through round, the binary activations, and the loop's in-place shuffle 
 (the `shuffle_parts` argument of binary_connect.train).
 """
 from plumbing import compat  # noqa: F401  (Theano flags and Lasagne patches come first)
+from plumbing.branch_free import round_half_away_c
 from plumbing.compat import T, np, theano
 
 from binary_connect import hard_sigmoid
@@ -21,10 +22,13 @@ class RoundStraightThrough(theano.scalar.UnaryScalarOp):
         return np.sign(x) * np.floor(np.abs(x) + 0.5)
 
     def c_code(self, node, name, inputs, outputs, sub):
-        return f"{outputs[0]} = round({inputs[0]});"
+        """C's round() without the library call (plumbing/branch_free.py: the same numbers, ~10x faster)."""
+        same = node.inputs[0].type.dtype == node.outputs[0].type.dtype
+        code = round_half_away_c(inputs[0], outputs[0], node.outputs[0].type.dtype) if same else None
+        return code or f"{outputs[0]} = round({inputs[0]});"
 
     def c_code_cache_version(self):
-        return (1,)
+        return (2,)
 
     def grad(self, inputs, output_grads):
         return [output_grads[0]]
