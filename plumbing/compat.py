@@ -146,8 +146,8 @@ def _keep_freed_memory():
     default glibc maps each array of more than 128 KiB (the limit grows with use, up to 32 MiB) freshly from the
     kernel and unmaps it when freed, and gives a heap's free top back to the kernel: every step then pays tens of
     thousands of page faults (each zero-fills a page) for the same arrays. Here arrays of up to 32 MiB (the largest
-    limit glibc accepts) come from the heap, and up to 1 GiB of free heap stays mapped. Peak memory is unchanged;
-    memory is kept, not given back, between steps. Not glibc: nothing to do.
+    limit glibc accepts) come from the heap, and up to 1 GiB of free heap stays mapped. Memory is kept, not given
+    back, between steps: peak memory rose by 25-45 MiB on the paper ConvNets (docs/speed.md). Not glibc: nothing to do.
     """
     try:
         libc = ctypes.CDLL(None)
