@@ -1099,7 +1099,7 @@ static int run_gemm(const float *Af, const float *Bf, const uint64_t *Ap, const 
     g.first_panels = g.overlap ? MIN(g.panels, MAX(1, (int64_t)((double)g.panels * tune->first_block + 0.5)))
                                : g.panels;
     g.blocks = 1 + (g.panels - g.first_panels + g.block_panels - 1) / g.block_panels;
-    g.slices = Bf ? g.W : g.block_panels;
+    g.slices = Bf ? g.W : MAX(g.block_panels, g.first_panels); /* packed: every panel of the widest block */
     g.ntasks = g.row_groups * g.blocks;
 
     /* One workspace: B's panels, A's packed rows (fused call), the flags. */
