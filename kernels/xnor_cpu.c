@@ -477,10 +477,12 @@ static void transpose64(uint64_t a[64])
 /* Micro kernels.  Each computes C[i .. i + MR) x [panel columns] from MR packed rows of A and one panel.    */
 
 typedef struct gemm_job gemm_job;
-/* At word step w a tile prefetches the cache lines pf + 64 * min(2w, last) and pf + 64 * min(2w + 1, last): the
- * next lines the packing between tiles reads.  pf is NULL when there is nothing to prefetch (no instructions then). */
-typedef void (*tile_fn)(const gemm_job *g, int64_t i, int64_t panel, const char *pf, int64_t last);
-#define PF_LINE(pf, step, last) ((pf) + 64 * MIN((int64_t)(step), (last)))
+/* At word step w a tile prefetches two of the next cache lines the packing between tiles reads: PF_LINE(pf, 2w,
+ * spread) and PF_LINE(pf, 2w + 1, spread), where spread = 2^16 * lines / (2W) spreads the tile's `lines` (at most
+ * 2W) evenly over its word steps (a burst of prefetches would queue behind the memory).  pf is NULL when there is
+ * nothing to prefetch (no instructions then). */
+typedef void (*tile_fn)(const gemm_job *g, int64_t i, int64_t panel, const char *pf, int64_t spread);
+#define PF_LINE(pf, half_step, spread) ((pf) + 64 * (((int64_t)(half_step) * (spread)) >> 16))
 
 typedef struct {
     int nb;              /* columns per panel of B */
@@ -523,7 +525,7 @@ INLINE int64_t tile_cols(const gemm_job *g, int64_t panel)
 #ifdef XNOR_X86
 __attribute__((target_clones("popcnt", "default")))
 #endif
-static void tile_portable(const gemm_job *g, int64_t i, int64_t panel, const char *pf, int64_t last)
+static void tile_portable(const gemm_job *g, int64_t i, int64_t panel, const char *pf, int64_t spread)
 {
     enum { MR = 4, NB = 4 };
     const int64_t W = g->W;
@@ -535,8 +537,8 @@ static void tile_portable(const gemm_job *g, int64_t i, int64_t panel, const cha
     uint64_t h[MR][NB] = {{0}};
     for (int64_t w = 0; w < W; w++) {
         if (pf) {
-            __builtin_prefetch(PF_LINE(pf, 2 * w, last), 0, 3);
-            __builtin_prefetch(PF_LINE(pf, 2 * w + 1, last), 0, 3);
+            __builtin_prefetch(PF_LINE(pf, 2 * w, spread), 0, 3);
+            __builtin_prefetch(PF_LINE(pf, 2 * w + 1, spread), 0, 3);
         }
         for (int r = 0; r < MR; r++)
             for (int c = 0; c < NB; c++)
@@ -552,7 +554,7 @@ static const kernel_t KERNEL_PORTABLE = {4, 4, tile_portable, pack_row_portable,
 #ifdef XNOR_X86
 /* --- AVX-512: 8 rows x 24 columns (3 vectors of 8 lanes), 24 accumulators ------------------------------ */
 
-AVX512 static void tile_avx512(const gemm_job *g, int64_t i, int64_t panel, const char *pf, int64_t last)
+AVX512 static void tile_avx512(const gemm_job *g, int64_t i, int64_t panel, const char *pf, int64_t spread)
 {
     enum { MR = 8, NV = 3, NB = 8 * NV };
     const int64_t W = g->W;
@@ -567,8 +569,8 @@ AVX512 static void tile_avx512(const gemm_job *g, int64_t i, int64_t panel, cons
             h[r][v] = _mm512_setzero_si512();
     for (int64_t w = 0; w < W; w++) {
         if (pf) {
-            _mm_prefetch(PF_LINE(pf, 2 * w, last), _MM_HINT_T0);
-            _mm_prefetch(PF_LINE(pf, 2 * w + 1, last), _MM_HINT_T0);
+            _mm_prefetch(PF_LINE(pf, 2 * w, spread), _MM_HINT_T0);
+            _mm_prefetch(PF_LINE(pf, 2 * w + 1, spread), _MM_HINT_T0);
         }
         __m512i bv[NV];
         for (int v = 0; v < NV; v++)
@@ -617,7 +619,7 @@ AVX2 INLINE __m256i popcount_lanes_avx2(__m256i x)
     return _mm256_sad_epu8(_mm256_add_epi8(lo, hi), _mm256_setzero_si256());
 }
 
-AVX2 static void tile_avx2(const gemm_job *g, int64_t i, int64_t panel, const char *pf, int64_t last)
+AVX2 static void tile_avx2(const gemm_job *g, int64_t i, int64_t panel, const char *pf, int64_t spread)
 {
     enum { MR = 1, NV = 2, NB = 4 * NV };
     const int64_t W = g->W;
@@ -636,7 +638,7 @@ AVX2 static void tile_avx2(const gemm_job *g, int64_t i, int64_t panel, const ch
     for (; w + 8 <= W; w += 8) {
         if (pf)
             for (int q = 0; q < 16; q++)
-                _mm_prefetch(PF_LINE(pf, 2 * w + q, last), _MM_HINT_T0);
+                _mm_prefetch(PF_LINE(pf, 2 * w + q, spread), _MM_HINT_T0);
         for (int r = 0; r < MR; r++)
             for (int v = 0; v < NV; v++) {
                 __m256i twosA, twosB, foursA, foursB, eight;
@@ -681,7 +683,7 @@ static const kernel_t KERNEL_AVX2 = {8, 1, tile_avx2, pack_row_avx2, transpose64
 #ifdef XNOR_NEON
 /* --- NEON: 4 rows x 4 columns (2 vectors of 2 lanes); byte counts widened every 31 words --------------- */
 
-static void tile_neon(const gemm_job *g, int64_t i, int64_t panel, const char *pf, int64_t last)
+static void tile_neon(const gemm_job *g, int64_t i, int64_t panel, const char *pf, int64_t spread)
 {
     enum { MR = 4, NV = 2, NB = 2 * NV, BYTE_STEPS = 31 }; /* 31 * 8 <= 255: byte counters cannot wrap */
     const int64_t W = g->W;
@@ -702,8 +704,8 @@ static void tile_neon(const gemm_job *g, int64_t i, int64_t panel, const char *p
                 bytes[r][v] = vdupq_n_u8(0);
         for (int64_t w = w0; w < w1; w++) {
             if (pf) {
-                __builtin_prefetch(PF_LINE(pf, 2 * w, last), 0, 3);
-                __builtin_prefetch(PF_LINE(pf, 2 * w + 1, last), 0, 3);
+                __builtin_prefetch(PF_LINE(pf, 2 * w, spread), 0, 3);
+                __builtin_prefetch(PF_LINE(pf, 2 * w + 1, spread), 0, 3);
             }
             uint64x2_t bv[NV];
             for (int v = 0; v < NV; v++)
@@ -863,7 +865,9 @@ typedef struct {
     int64_t c0, c1;                 /* that block's columns */
     int64_t units, done;
     uint64_t *scratch;              /* thread scratch: the word group being packed (see scratch_row) */
-    int64_t pf_unit, pf_offset;     /* prefetch cursor: the unit and the byte offset in its input */
+    int64_t pf_unit, pf_line;       /* prefetch cursor: the unit and the next line of its input, */
+    const char *pf_first;           /* the first line of that input (NULL: not looked up yet), */
+    int64_t pf_lines;               /* and its number of lines */
 } owed_t;
 
 INLINE int64_t a_pieces(const gemm_job *g)
@@ -899,24 +903,29 @@ static const char *unit_source(const owed_t *o, int64_t u, int64_t *bytes)
 enum { PREFETCH_UNITS = 2 }; /* how far the prefetching runs ahead of the packing */
 
 /* The lines the next tile prefetches: up to `lines` of one unit's input, continuing where the last tile stopped,
- * within the units [done, done + PREFETCH_UNITS).  Returns the first line (*last = index of the final one), or NULL
+ * within the units [done, done + PREFETCH_UNITS).  Returns the first line (*count = the number of lines), or NULL
  * when there is nothing to prefetch. */
-static const char *next_prefetch(owed_t *o, int64_t lines, int64_t *last)
+static const char *next_prefetch(owed_t *o, int64_t lines, int64_t *count)
 {
     if (!o->g->prefetch)
         return NULL;
     if (o->pf_unit < o->done) {
         o->pf_unit = o->done;
-        o->pf_offset = 0;
+        o->pf_first = NULL;
     }
-    for (int64_t limit = MIN(o->units, o->done + PREFETCH_UNITS); o->pf_unit < limit; o->pf_unit++, o->pf_offset = 0) {
-        int64_t bytes;
-        const char *base = unit_source(o, o->pf_unit, &bytes);
-        if (o->pf_offset < bytes) {
-            int64_t n = MIN(lines, (bytes - o->pf_offset + 63) / 64);
-            *last = n - 1;
-            o->pf_offset += 64 * n;
-            return base + o->pf_offset - 64 * n;
+    for (int64_t limit = MIN(o->units, o->done + PREFETCH_UNITS); o->pf_unit < limit; o->pf_unit++, o->pf_first = NULL) {
+        if (!o->pf_first) {
+            int64_t bytes;
+            const char *base = unit_source(o, o->pf_unit, &bytes);
+            o->pf_first = (const char *)((uintptr_t)base & ~(uintptr_t)63); /* inputs need not be line-aligned */
+            o->pf_lines = bytes ? (base + bytes - o->pf_first + 63) / 64 : 0;
+            o->pf_line = 0;
+        }
+        if (o->pf_line < o->pf_lines) {
+            int64_t n = MIN(lines, o->pf_lines - o->pf_line);
+            *count = n;
+            o->pf_line += n;
+            return o->pf_first + 64 * (o->pf_line - n);
         }
     }
     return NULL;
@@ -1006,9 +1015,9 @@ static void run_task(gemm_job *g, int64_t t, int64_t next, uint64_t *scratch)
     int64_t tiles = (p1 - p0) * ((r1 - r0 + kern->mr - 1) / kern->mr), tile = 0;
     for (int64_t p = p0; p < p1; p++)
         for (int64_t i = r0; i < r1; i += kern->mr) {
-            int64_t last = 0;
-            const char *pf = o.units ? next_prefetch(&o, 2 * g->W, &last) : NULL;
-            kern->tile(g, i, p, pf, last);
+            int64_t lines = 0;
+            const char *pf = o.units ? next_prefetch(&o, 2 * g->W, &lines) : NULL;
+            kern->tile(g, i, p, pf, (lines << 16) / (2 * g->W));
             owed_until(&o, o.units * ++tile / tiles);
         }
     owed_until(&o, o.units);
