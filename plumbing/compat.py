@@ -51,11 +51,13 @@ def _cpu_info():
 AVX512_FLAGS = {"avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"}
 
 
-def choose_blas(vendor, flags, have_mkl, have_openblas, wish="auto"):
+def choose_blas(vendor, flags, have_mkl, have_openblas, wish="auto", requested=None):
     """Which BLAS Theano links, and the OPENBLAS_CORETYPE to set (None: leave OpenBLAS's own detection).
 
     Intel CPUs: MKL. Other CPUs (AMD): OpenBLAS, whose AVX-512 kernels run at full speed there, while MKL takes a
     slower path on non-Intel CPUs. wish ('mkl' | 'openblas', the BINARYNET_BLAS variable) overrides when available.
+    requested: an OPENBLAS_CORETYPE already in the environment (the user's, or benchmark.py --isa capping both
+    sides to one instruction set); it wins over the default core type.
     """
     if wish == "mkl" and have_mkl or wish == "openblas" and have_openblas:
         blas = wish
@@ -66,7 +68,7 @@ def choose_blas(vendor, flags, have_mkl, have_openblas, wish="auto"):
     else:
         return None, None
     coretype = "SKYLAKEX" if blas == "openblas" and vendor != "GenuineIntel" and AVX512_FLAGS <= flags else None
-    return blas, coretype
+    return blas, (requested or coretype) if blas == "openblas" else None
 
 
 def _load_global(path):
@@ -87,7 +89,8 @@ def _blas_flags():
     bundled = sorted(glob.glob(os.path.join(scipy_libs[0], "libopenblas*.so"))) if scipy_libs else []
     openblas = bool(bundled) or bool(ctypes.util.find_library("openblas"))
     vendor, flags = _cpu_info()
-    blas, coretype = choose_blas(vendor, flags, bool(mkl), openblas, os.environ.get("BINARYNET_BLAS", "auto"))
+    blas, coretype = choose_blas(vendor, flags, bool(mkl), openblas, os.environ.get("BINARYNET_BLAS", "auto"),
+                                 os.environ.get("OPENBLAS_CORETYPE"))
     if blas == "mkl":
         _load_global(mkl[-1])
         name = os.path.basename(mkl[-1])
@@ -99,7 +102,7 @@ def _blas_flags():
             for path in sorted(glob.glob(os.path.join(scipy_libs[0], dependency))):
                 _load_global(path)
         # OpenBLAS reads OPENBLAS_CORETYPE once, when it loads; NumPy's own OpenBLAS (loaded later) keeps the
-        # environment's value, so that NumPy's numbers do not change.
+        # environment's value, so that NumPy's numbers do not change (a value set there applies to both).
         inherited = os.environ.get("OPENBLAS_CORETYPE")
         if coretype:
             os.environ["OPENBLAS_CORETYPE"] = coretype
