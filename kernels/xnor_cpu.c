@@ -369,11 +369,12 @@ AVX512 static void pack_row_avx512(const float *x, int64_t n, uint64_t *dst, int
     int64_t w = 0;
     for (; 64 * w + 64 <= n; w++) {
         const float *p = x + 64 * w;
-        uint64_t b0 = _mm512_cmp_ps_mask(_mm512_loadu_ps(p), zero, _CMP_GE_OQ);
-        uint64_t b1 = _mm512_cmp_ps_mask(_mm512_loadu_ps(p + 16), zero, _CMP_GE_OQ);
-        uint64_t b2 = _mm512_cmp_ps_mask(_mm512_loadu_ps(p + 32), zero, _CMP_GE_OQ);
-        uint64_t b3 = _mm512_cmp_ps_mask(_mm512_loadu_ps(p + 48), zero, _CMP_GE_OQ);
-        dst[w * stride] = b0 | b1 << 16 | b2 << 32 | b3 << 48;
+        __mmask16 b0 = _mm512_cmp_ps_mask(_mm512_loadu_ps(p), zero, _CMP_GE_OQ);
+        __mmask16 b1 = _mm512_cmp_ps_mask(_mm512_loadu_ps(p + 16), zero, _CMP_GE_OQ);
+        __mmask16 b2 = _mm512_cmp_ps_mask(_mm512_loadu_ps(p + 32), zero, _CMP_GE_OQ);
+        __mmask16 b3 = _mm512_cmp_ps_mask(_mm512_loadu_ps(p + 48), zero, _CMP_GE_OQ);
+        /* the four masks joined in mask registers (kunpck), one move to a general register */
+        dst[w * stride] = _cvtmask64_u64(_mm512_kunpackd(_mm512_kunpackw(b3, b2), _mm512_kunpackw(b1, b0)));
     }
     if (64 * w < n) {
         uint64_t word = 0;
@@ -900,12 +901,11 @@ static const char *unit_source(const owed_t *o, int64_t u, int64_t *bytes)
     return (const char *)(g->Bp + j0 * g->W);
 }
 
-enum { PREFETCH_UNITS = 2 }; /* how far the prefetching runs ahead of the packing */
-
-/* The lines the next tile prefetches: up to `lines` of one unit's input, continuing where the last tile stopped,
- * within the units [done, done + PREFETCH_UNITS).  Returns the first line (*count = the number of lines), or NULL
- * when there is nothing to prefetch. */
-static const char *next_prefetch(owed_t *o, int64_t lines, int64_t *count)
+/* The lines a tile prefetches: up to `lines` of one unit's input, continuing where the last tile stopped, within the
+ * units [done, limit), where limit = the units done after the next tile: what is prefetched during a tile is packed
+ * one or two tiles later, so it is still in L1 then (prefetched earlier, it would make way for the tiles' own data).
+ * Returns the first line (*count = the number of lines), or NULL when there is nothing to prefetch. */
+static const char *next_prefetch(owed_t *o, int64_t lines, int64_t limit, int64_t *count)
 {
     if (!o->g->prefetch)
         return NULL;
@@ -913,7 +913,7 @@ static const char *next_prefetch(owed_t *o, int64_t lines, int64_t *count)
         o->pf_unit = o->done;
         o->pf_first = NULL;
     }
-    for (int64_t limit = MIN(o->units, o->done + PREFETCH_UNITS); o->pf_unit < limit; o->pf_unit++, o->pf_first = NULL) {
+    for (; o->pf_unit < limit; o->pf_unit++, o->pf_first = NULL) {
         if (!o->pf_first) {
             int64_t bytes;
             const char *base = unit_source(o, o->pf_unit, &bytes);
@@ -1016,7 +1016,8 @@ static void run_task(gemm_job *g, int64_t t, int64_t next, uint64_t *scratch)
     for (int64_t p = p0; p < p1; p++)
         for (int64_t i = r0; i < r1; i += kern->mr) {
             int64_t lines = 0;
-            const char *pf = o.units ? next_prefetch(&o, 2 * g->W, &lines) : NULL;
+            const char *pf = o.units ? next_prefetch(&o, 2 * g->W, o.units * MIN(tile + 2, tiles) / tiles, &lines)
+                                     : NULL;
             kern->tile(g, i, p, pf, (lines << 16) / (2 * g->W));
             owed_until(&o, o.units * ++tile / tiles);
         }
