@@ -503,7 +503,8 @@ struct gemm_job {
     float *C;
     int64_t m, n, k, W;
     int64_t task_rows, row_groups;   /* rows of A per task, number of row groups */
-    int64_t panels, block_panels, first_panels, blocks; /* block 0: first_panels, the others block_panels */
+    int64_t panels, block_panels, first_panels, blocks; /* block 0: first_panels; the other blocks - 1 share the
+                                                           rest equally, at most block_panels each */
     int64_t slices;                  /* slices per block of B (fused: W word groups; packed: panels) */
     int64_t ntasks;
     int prefetch;
@@ -793,14 +794,14 @@ static void pack_word_group(const kernel_t *kern, const float *B, int64_t n, int
 /* The GEMM pipeline.                                                                                       */
 
 /* Columns of block `cb` of B, and the panels they cover. */
-INLINE int64_t block_first_panel(const gemm_job *g, int64_t cb)
-{
-    return cb == 0 ? 0 : MIN(g->panels, g->first_panels + (cb - 1) * g->block_panels);
-}
-
 INLINE int64_t block_end_panel(const gemm_job *g, int64_t cb)
 {
-    return MIN(g->panels, g->first_panels + cb * g->block_panels);
+    return cb == 0 ? g->first_panels : g->first_panels + cb * (g->panels - g->first_panels) / (g->blocks - 1);
+}
+
+INLINE int64_t block_first_panel(const gemm_job *g, int64_t cb)
+{
+    return cb == 0 ? 0 : block_end_panel(g, cb - 1);
 }
 
 /* Columns [c0, c1) of block cb: c1 runs to the end of its last panel (columns past k are zero padding). */
@@ -1138,7 +1139,10 @@ static int run_gemm(const float *Af, const float *Bf, const uint64_t *Ap, const 
     g.block_panels = MAX(1, block_bytes / (g.W * 8 * kern->nb));
     g.first_panels = g.overlap ? MIN(g.panels, MAX(1, (int64_t)((double)g.panels * tune->first_block + 0.5)))
                                : g.panels;
+    /* the rest in equal blocks (a last block of a few panels would pack its B in units too small to pay) */
     g.blocks = 1 + (g.panels - g.first_panels + g.block_panels - 1) / g.block_panels;
+    if (g.blocks > 1)
+        g.block_panels = (g.panels - g.first_panels + g.blocks - 2) / (g.blocks - 1);
     g.slices = Bf ? g.W : MAX(g.block_panels, g.first_panels); /* packed: every panel of the widest block */
     g.ntasks = g.row_groups * g.blocks;
 
