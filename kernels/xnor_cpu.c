@@ -22,11 +22,12 @@
  * columns broadcasts one word of each A row and XORs it with the NB/8 (AVX-512) vectors of the panel, so each
  * accumulator lane is one element of C: no horizontal sums, C is stored with plain vector stores.
  *
- * Scheduling: C is cut into column blocks of B that fit in half of L2, and each block into row groups of A;
- * tasks are taken in block-major order from a shared counter by the threads.  The packing is fused into that
- * pipeline: block 0 of B is packed first (by all threads); the tasks of block b pack block b + 1 of B in slices,
- * the tasks of block 0 pack their rows of A, and each thread prefetches the float inputs of the packing its next
- * task will do while it computes the current one, so the memory reads overlap the popcount work.
+ * Scheduling: C is cut into column blocks of B (block 0 a quarter of the columns, the others equal, each within a
+ * share of L2), and each block into row groups of A; tasks are taken in block-major order from a shared counter by
+ * the threads.  The packing is fused into that pipeline: block 0 of B is packed first (by all threads); the tasks of
+ * block b pack block b + 1 of B in slices, the tasks of block 0 pack the rows of A of their thread's next task, in
+ * units of a few KiB between the micro tiles, and each micro tile prefetches the lines of the units packed after the
+ * next tile, so the memory reads overlap the popcount work (docs/kernels.md).
  *
  * baseline_gemm_f32 is the "unoptimized baseline kernel" of the paper transposed to the CPU: the 16x16 tiled
  * GEMM of section 4.3 written as plain scalar loops, compiled at -O2 without auto-vectorisation.
@@ -182,7 +183,7 @@ typedef struct {
     int uarch;
     int64_t l2_bytes;
     int task_rows;       /* rows of A per task (a multiple of every kernel's MR) */
-    double block_share;  /* column block of packed B = this share of L2 */
+    double block_share;  /* a column block of packed B after block 0 takes at most this share of L2 */
     double first_block;  /* block 0 = this share of B's columns (packed before any product; all of A is
                             packed while block 0 is computed, so it must not be too small either) */
     int prefetch;        /* 1: prefetch the packing's inputs inside the micro kernel */

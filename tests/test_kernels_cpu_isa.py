@@ -169,6 +169,24 @@ def test_pipeline_exact_on_unaligned_inputs(rng, tiny_blocks, path, prefetch, th
 
 
 @pytest.mark.parametrize("path", HOST_PATHS)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_blocks_sharing_the_rest_unequally_exact(rng, path, threads):
+    """7 panels of 24 columns (AVX-512), block 0 = 2 panels, at most 2 panels per later block: the 5 others go to
+    3 blocks of 1, 2 and 2 panels (the other paths' narrower panels give other uneven splits)."""
+    before = cpu.tuning_info()
+    words = 5  # n = 300
+    try:
+        cpu.set_tuning(task_rows=24, first_block=0.25, block_share=2.5 * words * 8 * 24 / before["l2_bytes"])
+        A, B = random_inputs(rng, 50, 300, 7 * 24 - 3)
+        expected = reference_gemm(A, B)
+        assert np.array_equal(cpu.xnor_gemm(A, B, threads=threads, path=path), expected)
+        assert np.array_equal(cpu.xnor_gemm_packed(cpu.pack_rows(A), cpu.pack_cols(B), 300, threads=threads,
+                                                   path=path), expected)
+    finally:
+        restore_tuning(before)
+
+
+@pytest.mark.parametrize("path", HOST_PATHS)
 def test_packed_first_mode_exact(rng, packed_first, path):
     A, B = random_inputs(rng, 53, 333, 77)
     expected = reference_gemm(A, B)
