@@ -157,6 +157,7 @@ def set_openblas_coretype(choice, isa="auto"):
             return f"OPENBLAS_CORETYPE left as {before} (no AVX-512)"
         choice = "SkylakeX"
     os.environ["OPENBLAS_CORETYPE"] = choice
+    os.environ["BINARYNET_OPENBLAS_CORETYPE"] = choice  # the same core type for Theano's OpenBLAS (plumbing/compat.py)
     return (f"OPENBLAS_CORETYPE={choice} (was {before}; the NumPy 1.23.5 wheel's OpenBLAS 0.3.20 misdetects this CPU, "
             "see docs/environment.md)")
 

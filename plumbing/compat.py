@@ -56,8 +56,8 @@ def choose_blas(vendor, flags, have_mkl, have_openblas, wish="auto", requested=N
 
     Intel CPUs: MKL. Other CPUs (AMD): OpenBLAS, whose AVX-512 kernels run at full speed there, while MKL takes a
     slower path on non-Intel CPUs. wish ('mkl' | 'openblas', the BINARYNET_BLAS variable) overrides when available.
-    requested: an OPENBLAS_CORETYPE already in the environment (the user's, or benchmark.py --isa capping both
-    sides to one instruction set); it wins over the default core type.
+    requested: a core type asked for with BINARYNET_OPENBLAS_CORETYPE (benchmark.py --isa sets it to cap both sides
+    to one instruction set); it wins over the default. OPENBLAS_CORETYPE itself is left to NumPy's OpenBLAS.
     """
     if wish == "mkl" and have_mkl or wish == "openblas" and have_openblas:
         blas = wish
@@ -90,7 +90,7 @@ def _blas_flags():
     openblas = bool(bundled) or bool(ctypes.util.find_library("openblas"))
     vendor, flags = _cpu_info()
     blas, coretype = choose_blas(vendor, flags, bool(mkl), openblas, os.environ.get("BINARYNET_BLAS", "auto"),
-                                 os.environ.get("OPENBLAS_CORETYPE"))
+                                 os.environ.get("BINARYNET_OPENBLAS_CORETYPE"))
     if blas == "mkl":
         _load_global(mkl[-1])
         name = os.path.basename(mkl[-1])
@@ -102,7 +102,7 @@ def _blas_flags():
             for path in sorted(glob.glob(os.path.join(scipy_libs[0], dependency))):
                 _load_global(path)
         # OpenBLAS reads OPENBLAS_CORETYPE once, when it loads; NumPy's own OpenBLAS (loaded later) keeps the
-        # environment's value, so that NumPy's numbers do not change (a value set there applies to both).
+        # environment's value, so that NumPy's numbers do not change.
         inherited = os.environ.get("OPENBLAS_CORETYPE")
         if coretype:
             os.environ["OPENBLAS_CORETYPE"] = coretype

@@ -12,13 +12,15 @@ from plumbing import compat
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# What benchmark.main does before anything loads a BLAS, then what threadpoolctl sees in the libraries loaded.
+# What benchmark.main does before anything loads a BLAS (isa "none": no benchmark, compat alone), then what
+# threadpoolctl sees in the libraries loaded.
 PROBE = """
 import json, os, sys
 import benchmark
 isa = sys.argv[1]
-benchmark.set_openblas_coretype("auto", isa)
-benchmark.restrict_isa(isa)
+if isa != "none":
+    benchmark.set_openblas_coretype("auto", isa)
+    benchmark.restrict_isa(isa)
 from plumbing import compat
 import threadpoolctl
 theano_file = compat.BLAS_LDFLAGS.rpartition("-l:")[2]
@@ -29,9 +31,10 @@ print(json.dumps({"cores": cores, "label": benchmark.theano_blas_label(), "ldfla
 """
 
 
-def probe(isa):
-    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "MKL_ENABLE_INSTRUCTIONS")}
-    env.update(PYTHONPATH=ROOT, BINARYNET_BLAS="openblas")  # OpenBLAS on Intel too, where SciPy's is installed
+def probe(isa, **extra_env):
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OPENBLAS_CORETYPE", "BINARYNET_OPENBLAS_CORETYPE", "MKL_ENABLE_INSTRUCTIONS")}
+    env.update(PYTHONPATH=ROOT, BINARYNET_BLAS="openblas", **extra_env)  # OpenBLAS on Intel too, where installed
     result = subprocess.run([sys.executable, "-c", PROBE, isa], cwd=ROOT, env=env, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -49,6 +52,19 @@ def test_isa_caps_the_openblas_theano_links(isa):
     assert (found["cores"]["theano"] or "").lower() == wanted
     assert (found["cores"]["numpy"] or "").lower() == wanted
     assert found["label"].lower().endswith(wanted)  # the name printed with the ratios
+
+
+def test_openblas_coretype_for_numpy_leaves_theanos_core_alone():
+    """An OPENBLAS_CORETYPE set for NumPy's OpenBLAS (Haswell here, for its misdetection of new CPUs) must not move
+    Theano's OpenBLAS off the core compat chooses (SkylakeX on AMD CPUs with AVX-512)."""
+    flags = benchmark.cpuinfo_flags()
+    found = probe("none", OPENBLAS_CORETYPE="Haswell")
+    if "-l:libopenblas" not in found["ldflags"]:
+        pytest.skip(f"Theano does not link SciPy's OpenBLAS here ({found['ldflags']!r})")
+    if compat.AVX512_FLAGS <= flags and compat._cpu_info()[0] != "GenuineIntel":
+        assert (found["cores"]["theano"] or "").lower() == "skylakex"
+    else:
+        assert (found["cores"]["theano"] or "").lower() != ""  # OpenBLAS's own choice, whatever this CPU is
 
 
 @pytest.mark.parametrize("wish, have_mkl, expected", [
