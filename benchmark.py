@@ -11,7 +11,7 @@ For each size m x n x k, C = A . B on random +-1 float32 matrices (both operands
 Every product must equal the XNOR result exactly (integers below 2^24 are exact in float32).
 
 --isa restricts both sides to one instruction set on this machine, so the ratio a CPU with only that ISA would
-see is measured here, side by side: the XNOR path is forced, NumPy's OpenBLAS gets the matching core type
+see is measured here, side by side: the XNOR path is forced, NumPy's and Theano's OpenBLAS get the matching core type
 (OPENBLAS_CORETYPE) and MKL its instruction cap (MKL_ENABLE_INSTRUCTIONS), both set before the libraries load.
 For the AVX-512 and AVX2 paths the benchmark also measures this core's instruction throughput (register-only
 loops, same thread count) and prints the share of that limit the XNOR GEMM reaches (docs/kernels.md).
@@ -106,8 +106,9 @@ def build_parser():
                    help="restrict both sides to one instruction set: the XNOR path, OpenBLAS's core type and MKL's "
                         "instruction cap (default auto: the fastest of each)")
     p.add_argument("--openblas-coretype", default="auto",
-                   help="OPENBLAS_CORETYPE for NumPy's OpenBLAS: 'auto' = the one matching --isa, else SkylakeX on "
-                        "AVX-512 CPUs (its fastest kernel here), 'keep' = leave the environment alone, or a core name")
+                   help="OPENBLAS_CORETYPE for NumPy's and Theano's OpenBLAS: 'auto' = the one matching --isa, else "
+                        "SkylakeX on AVX-512 CPUs (its fastest kernel here), 'keep' = leave the environment alone, or a "
+                        "core name")
     p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
                    help="wall: elapsed time (default); cpu: the process's CPU time, which on a machine other "
                         "processes share counts only the time the kernel had a core (needs --threads 1)")
@@ -156,6 +157,7 @@ def set_openblas_coretype(choice, isa="auto"):
             return f"OPENBLAS_CORETYPE left as {before} (no AVX-512)"
         choice = "SkylakeX"
     os.environ["OPENBLAS_CORETYPE"] = choice
+    os.environ["BINARYNET_OPENBLAS_CORETYPE"] = choice  # the same core type for Theano's OpenBLAS (plumbing/compat.py)
     return (f"OPENBLAS_CORETYPE={choice} (was {before}; the NumPy 1.23.5 wheel's OpenBLAS 0.3.20 misdetects this CPU, "
             "see docs/environment.md)")
 
@@ -237,6 +239,17 @@ def numpy_blas_label():
     return "unknown BLAS"
 
 
+def theano_blas_label():
+    """The BLAS Theano's T.dot calls, with the kernel threadpoolctl reports for it (the one in use)."""
+    import threadpoolctl
+    from plumbing import compat
+    name = compat.BLAS_LDFLAGS.rpartition("-l:")[2]
+    for lib in threadpoolctl.threadpool_info():
+        if lib.get("user_api") == "blas" and name and os.path.basename(lib.get("filepath", "")) == name:
+            return f"{lib['internal_api']} {lib.get('version')} {lib.get('architecture') or ''}".strip()
+    return compat.BLAS_NAME.split(" ")[0]
+
+
 def threads_in_use():
     """Thread counts threadpoolctl reports right now, per BLAS library (to show a 1-thread row is 1 thread)."""
     import threadpoolctl
@@ -262,7 +275,6 @@ def run_cpu(sizes, thread_counts, args):
     import numpy as np
     import threadpoolctl
 
-    from plumbing import compat
     from plumbing.compat import T, theano
     from kernels import cpu
 
@@ -286,7 +298,7 @@ def run_cpu(sizes, thread_counts, args):
                     ("XNOR (packing incl.)", lambda: cpu.xnor_gemm(A, B, threads=threads, path=path, out=outs[0])),
                     ("XNOR (packing excl.)", lambda: cpu.xnor_gemm_packed(Ap, Bp, n, threads=threads, path=path,
                                                                           out=outs[1])),
-                    ("BLAS Theano T.dot, " + compat.BLAS_NAME.split(" ")[0], lambda: theano_dot(A, B)),
+                    ("BLAS Theano T.dot, " + theano_blas_label(), lambda: theano_dot(A, B)),
                     ("BLAS NumPy, " + numpy_blas_label().strip(), lambda: np.dot(A, B, out=outs[2])),
                     ("baseline (naive C)", lambda: cpu.baseline_gemm(A, B, threads=threads)),
                 ]

@@ -22,11 +22,12 @@
  * columns broadcasts one word of each A row and XORs it with the NB/8 (AVX-512) vectors of the panel, so each
  * accumulator lane is one element of C: no horizontal sums, C is stored with plain vector stores.
  *
- * Scheduling: C is cut into column blocks of B that fit in half of L2, and each block into row groups of A;
- * tasks are taken in block-major order from a shared counter by the threads.  The packing is fused into that
- * pipeline: block 0 of B is packed first (by all threads); the tasks of block b pack block b + 1 of B in slices,
- * the tasks of block 0 pack their rows of A, and each thread prefetches the float inputs of the packing its next
- * task will do while it computes the current one, so the memory reads overlap the popcount work.
+ * Scheduling: C is cut into column blocks of B (block 0 a quarter of the columns, the others equal, each within a
+ * share of L2), and each block into row groups of A; tasks are taken in block-major order from a shared counter by
+ * the threads.  The packing is fused into that pipeline: block 0 of B is packed first (by all threads); the tasks of
+ * block b pack block b + 1 of B in slices, the tasks of block 0 pack the rows of A of their thread's next task, in
+ * units of a few KiB between the micro tiles, and each micro tile prefetches the lines of the units packed after the
+ * next tile, so the memory reads overlap the popcount work (docs/kernels.md).
  *
  * baseline_gemm_f32 is the "unoptimized baseline kernel" of the paper transposed to the CPU: the 16x16 tiled
  * GEMM of section 4.3 written as plain scalar loops, compiled at -O2 without auto-vectorisation.
@@ -182,7 +183,7 @@ typedef struct {
     int uarch;
     int64_t l2_bytes;
     int task_rows;       /* rows of A per task (a multiple of every kernel's MR) */
-    double block_share;  /* column block of packed B = this share of L2 */
+    double block_share;  /* a column block of packed B after block 0 takes at most this share of L2 */
     double first_block;  /* block 0 = this share of B's columns (packed before any product; all of A is
                             packed while block 0 is computed, so it must not be too small either) */
     int prefetch;        /* 1: prefetch the packing's inputs inside the micro kernel */
@@ -347,33 +348,34 @@ static void wait_for(const int64_t *value, int64_t target)
 }
 
 /* ------------------------------------------------------------------------------------------------------ */
-/* Packing one row: float[count] -> words (bit j of word w = [x[64w + j] >= 0]).                            */
+/* Packing one row: float[n] -> words dst[0], dst[stride], ... (bit j of word w = [x[64w + j] >= 0]).          */
 
-typedef void (*pack_row_fn)(const float *x, int64_t n, uint64_t *dst);
+typedef void (*pack_row_fn)(const float *x, int64_t n, uint64_t *dst, int64_t stride);
 
-static void pack_row_portable(const float *x, int64_t n, uint64_t *dst)
+static void pack_row_portable(const float *x, int64_t n, uint64_t *dst, int64_t stride)
 {
     for (int64_t w = 0; w * 64 < n; w++) {
         int count = (int)MIN(64, n - 64 * w);
         uint64_t word = 0;
         for (int j = 0; j < count; j++)
             word |= (uint64_t)(x[64 * w + j] >= 0.0f) << j;
-        dst[w] = word;
+        dst[w * stride] = word;
     }
 }
 
 #ifdef XNOR_X86
-AVX512 static void pack_row_avx512(const float *x, int64_t n, uint64_t *dst)
+AVX512 static void pack_row_avx512(const float *x, int64_t n, uint64_t *dst, int64_t stride)
 {
     const __m512 zero = _mm512_setzero_ps();
     int64_t w = 0;
     for (; 64 * w + 64 <= n; w++) {
         const float *p = x + 64 * w;
-        uint64_t b0 = _mm512_cmp_ps_mask(_mm512_loadu_ps(p), zero, _CMP_GE_OQ);
-        uint64_t b1 = _mm512_cmp_ps_mask(_mm512_loadu_ps(p + 16), zero, _CMP_GE_OQ);
-        uint64_t b2 = _mm512_cmp_ps_mask(_mm512_loadu_ps(p + 32), zero, _CMP_GE_OQ);
-        uint64_t b3 = _mm512_cmp_ps_mask(_mm512_loadu_ps(p + 48), zero, _CMP_GE_OQ);
-        dst[w] = b0 | b1 << 16 | b2 << 32 | b3 << 48;
+        __mmask16 b0 = _mm512_cmp_ps_mask(_mm512_loadu_ps(p), zero, _CMP_GE_OQ);
+        __mmask16 b1 = _mm512_cmp_ps_mask(_mm512_loadu_ps(p + 16), zero, _CMP_GE_OQ);
+        __mmask16 b2 = _mm512_cmp_ps_mask(_mm512_loadu_ps(p + 32), zero, _CMP_GE_OQ);
+        __mmask16 b3 = _mm512_cmp_ps_mask(_mm512_loadu_ps(p + 48), zero, _CMP_GE_OQ);
+        /* the four masks joined in mask registers (kunpck), one move to a general register */
+        dst[w * stride] = _cvtmask64_u64(_mm512_kunpackd(_mm512_kunpackw(b3, b2), _mm512_kunpackw(b1, b0)));
     }
     if (64 * w < n) {
         uint64_t word = 0;
@@ -383,11 +385,11 @@ AVX512 static void pack_row_avx512(const float *x, int64_t n, uint64_t *dst)
             __m512 v = _mm512_maskz_loadu_ps(valid, x + 64 * w + 16 * q);
             word |= (uint64_t)_mm512_mask_cmp_ps_mask(valid, v, zero, _CMP_GE_OQ) << (16 * q);
         }
-        dst[w] = word;
+        dst[w * stride] = word;
     }
 }
 
-AVX2 static void pack_row_avx2(const float *x, int64_t n, uint64_t *dst)
+AVX2 static void pack_row_avx2(const float *x, int64_t n, uint64_t *dst, int64_t stride)
 {
     const __m256 zero = _mm256_setzero_ps();
     int64_t w = 0;
@@ -396,15 +398,54 @@ AVX2 static void pack_row_avx2(const float *x, int64_t n, uint64_t *dst)
         for (int q = 0; q < 8; q++)
             word |= (uint64_t)_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(x + 64 * w + 8 * q), zero,
                                                                _CMP_GE_OQ)) << (8 * q);
-        dst[w] = word;
+        dst[w * stride] = word;
     }
     if (64 * w < n)
-        pack_row_portable(x + 64 * w, n - 64 * w, dst + w);
+        pack_row_portable(x + 64 * w, n - 64 * w, dst + w * stride, stride);
 }
+
+/* transpose64 with AVX-512 F: rows 8q .. 8q + 7 in register q, the same six rounds of block swaps, each a select
+ * (vpternlogq) between a row and its partner shifted by j.  Rounds 32, 16, 8 pair registers; rounds 4, 2, 1 pair
+ * the lanes of one register (the partner comes from a lane permute). */
+#define SELECT 0xD8 /* vpternlogq: c ? b : a */
+AVX512 static void transpose64_avx512(uint64_t a[64])
+{
+    static const uint64_t masks[6] = {0x00000000FFFFFFFFULL, 0x0000FFFF0000FFFFULL, 0x00FF00FF00FF00FFULL,
+                                      0x0F0F0F0F0F0F0F0FULL, 0x3333333333333333ULL, 0x5555555555555555ULL};
+    __m512i x[8];
+    for (int q = 0; q < 8; q++)
+        x[q] = _mm512_load_si512((const void *)(a + 8 * q));
+    for (int round = 0, j = 32; j >= 8; round++, j >>= 1) {
+        const __m512i m = _mm512_set1_epi64((long long)masks[round]), mj = _mm512_set1_epi64((long long)(masks[round] << j));
+        for (int q = 0; q < 8; q++)
+            if (!(q & (j / 8))) { /* row r (bits m << j) <-> row r + j (bits m) */
+                __m512i lo = x[q], hi = x[q + j / 8];
+                x[q] = _mm512_ternarylogic_epi64(lo, _mm512_sllv_epi64(hi, _mm512_set1_epi64(j)), mj, SELECT);
+                x[q + j / 8] = _mm512_ternarylogic_epi64(hi, _mm512_srlv_epi64(lo, _mm512_set1_epi64(j)), m, SELECT);
+            }
+    }
+    const __mmask8 first[3] = {0x0F, 0x33, 0x55}; /* lanes L with bit j of L clear, j = 4, 2, 1 */
+    for (int q = 0; q < 8; q++) {
+        __m512i v = x[q];
+        for (int round = 3, j = 4; j >= 1; round++, j >>= 1) {
+            __m512i p = j == 4 ? _mm512_shuffle_i64x2(v, v, 0x4E) : j == 2 ? _mm512_shuffle_i64x2(v, v, 0xB1)
+                                                                           : _mm512_permutex_epi64(v, 0xB1);
+            __m512i cnt = _mm512_set1_epi64(j);
+            __m512i shifted = _mm512_mask_srlv_epi64(_mm512_sllv_epi64(p, cnt), (__mmask8)~first[round - 3], p, cnt);
+            __m512i sel = _mm512_mask_blend_epi64(first[round - 3], _mm512_set1_epi64((long long)masks[round]),
+                                                  _mm512_set1_epi64((long long)(masks[round] << j)));
+            v = _mm512_ternarylogic_epi64(v, shifted, sel, SELECT);
+        }
+        x[q] = v;
+    }
+    for (int q = 0; q < 8; q++)
+        _mm512_store_si512((void *)(a + 8 * q), x[q]);
+}
+#undef SELECT
 #endif
 
 #ifdef XNOR_NEON
-static void pack_row_neon(const float *x, int64_t n, uint64_t *dst)
+static void pack_row_neon(const float *x, int64_t n, uint64_t *dst, int64_t stride)
 {
     const uint32x4_t weights = {1, 2, 4, 8};
     const float32x4_t zero = vdupq_n_f32(0.0f);
@@ -415,26 +456,42 @@ static void pack_row_neon(const float *x, int64_t n, uint64_t *dst)
             uint32x4_t ge = vcgeq_f32(vld1q_f32(x + 64 * w + 4 * q), zero);
             word |= (uint64_t)vaddvq_u32(vandq_u32(ge, weights)) << (4 * q);
         }
-        dst[w] = word;
+        dst[w * stride] = word;
     }
     if (64 * w < n)
-        pack_row_portable(x + 64 * w, n - 64 * w, dst + w);
+        pack_row_portable(x + 64 * w, n - 64 * w, dst + w * stride, stride);
 }
 #endif
+
+/* Transpose a 64 x 64 bit matrix in place: bit c of a[r] <-> bit r of a[c] (block swaps of 32, 16, ..., 1). */
+static void transpose64(uint64_t a[64])
+{
+    uint64_t mask = 0x00000000FFFFFFFFULL;
+    for (int j = 32; j != 0; j >>= 1, mask ^= mask << j)
+        for (int k = 0; k < 64; k = ((k | j) + 1) & ~j) {
+            uint64_t t = ((a[k] >> j) ^ a[k | j]) & mask;
+            a[k] ^= t << j;
+            a[k | j] ^= t;
+        }
+}
 
 /* ------------------------------------------------------------------------------------------------------ */
 /* Micro kernels.  Each computes C[i .. i + MR) x [panel columns] from MR packed rows of A and one panel.    */
 
 typedef struct gemm_job gemm_job;
-/* pf[2w], pf[2w + 1] (w < W) are cache lines to prefetch at word step w (the packing between tiles reads them);
- * pf is NULL when there is nothing to prefetch (no instructions spent on it then). */
-typedef void (*tile_fn)(const gemm_job *g, int64_t i, int64_t panel, const char *const *pf);
+/* At word step w a tile prefetches two of the next cache lines the packing between tiles reads: PF_LINE(pf, 2w,
+ * spread) and PF_LINE(pf, 2w + 1, spread), where spread = 2^16 * lines / (2W) spreads the tile's `lines` (at most
+ * 2W) evenly over its word steps (a burst of prefetches would queue behind the memory).  pf is NULL when there is
+ * nothing to prefetch (no instructions then). */
+typedef void (*tile_fn)(const gemm_job *g, int64_t i, int64_t panel, const char *pf, int64_t spread);
+#define PF_LINE(pf, half_step, spread) ((pf) + 64 * (((int64_t)(half_step) * (spread)) >> 16))
 
 typedef struct {
     int nb;              /* columns per panel of B */
     int mr;              /* rows of A per micro tile */
     tile_fn tile;
     pack_row_fn pack_row;
+    void (*transpose)(uint64_t a[64]); /* transpose64 or a vector version of it */
 } kernel_t;
 
 struct gemm_job {
@@ -447,14 +504,16 @@ struct gemm_job {
     float *C;
     int64_t m, n, k, W;
     int64_t task_rows, row_groups;   /* rows of A per task, number of row groups */
-    int64_t panels, block_panels, first_panels, blocks; /* block 0: first_panels, the others block_panels */
+    int64_t panels, block_panels, first_panels, blocks; /* block 0: first_panels; the other blocks - 1 share the
+                                                           rest equally, at most block_panels each */
     int64_t slices;                  /* slices per block of B (fused: W word groups; packed: panels) */
     int64_t ntasks;
     int prefetch;
     /* shared state */
     int overlap;
     int64_t next_task, next_slice0, next_rows0, next_slot;
-    uint64_t *thread_words;          /* per thread: block_panels * nb words, then 2 * that many uint32 */
+    uint64_t *thread_words;          /* per thread: scratch for a word group of a block (thread_scratch words) */
+    int64_t thread_scratch;
     int64_t *rows_ready;             /* per row group: 1 when its rows of A are packed (fused) */
     int64_t *slices_done;            /* per block: slices of B packed */
 };
@@ -469,7 +528,7 @@ INLINE int64_t tile_cols(const gemm_job *g, int64_t panel)
 #ifdef XNOR_X86
 __attribute__((target_clones("popcnt", "default")))
 #endif
-static void tile_portable(const gemm_job *g, int64_t i, int64_t panel, const char *const *pf)
+static void tile_portable(const gemm_job *g, int64_t i, int64_t panel, const char *pf, int64_t spread)
 {
     enum { MR = 4, NB = 4 };
     const int64_t W = g->W;
@@ -481,8 +540,8 @@ static void tile_portable(const gemm_job *g, int64_t i, int64_t panel, const cha
     uint64_t h[MR][NB] = {{0}};
     for (int64_t w = 0; w < W; w++) {
         if (pf) {
-            __builtin_prefetch(pf[2 * w], 0, 3);
-            __builtin_prefetch(pf[2 * w + 1], 0, 3);
+            __builtin_prefetch(PF_LINE(pf, 2 * w, spread), 0, 3);
+            __builtin_prefetch(PF_LINE(pf, 2 * w + 1, spread), 0, 3);
         }
         for (int r = 0; r < MR; r++)
             for (int c = 0; c < NB; c++)
@@ -493,12 +552,12 @@ static void tile_portable(const gemm_job *g, int64_t i, int64_t panel, const cha
             g->C[(i + r) * g->k + panel * NB + c] = (float)(g->n - 2 * (int64_t)h[r][c]);
 }
 
-static const kernel_t KERNEL_PORTABLE = {4, 4, tile_portable, pack_row_portable};
+static const kernel_t KERNEL_PORTABLE = {4, 4, tile_portable, pack_row_portable, transpose64};
 
 #ifdef XNOR_X86
 /* --- AVX-512: 8 rows x 24 columns (3 vectors of 8 lanes), 24 accumulators ------------------------------ */
 
-AVX512 static void tile_avx512(const gemm_job *g, int64_t i, int64_t panel, const char *const *pf)
+AVX512 static void tile_avx512(const gemm_job *g, int64_t i, int64_t panel, const char *pf, int64_t spread)
 {
     enum { MR = 8, NV = 3, NB = 8 * NV };
     const int64_t W = g->W;
@@ -513,8 +572,8 @@ AVX512 static void tile_avx512(const gemm_job *g, int64_t i, int64_t panel, cons
             h[r][v] = _mm512_setzero_si512();
     for (int64_t w = 0; w < W; w++) {
         if (pf) {
-            _mm_prefetch(pf[2 * w], _MM_HINT_T0);
-            _mm_prefetch(pf[2 * w + 1], _MM_HINT_T0);
+            _mm_prefetch(PF_LINE(pf, 2 * w, spread), _MM_HINT_T0);
+            _mm_prefetch(PF_LINE(pf, 2 * w + 1, spread), _MM_HINT_T0);
         }
         __m512i bv[NV];
         for (int v = 0; v < NV; v++)
@@ -540,7 +599,7 @@ AVX512 static void tile_avx512(const gemm_job *g, int64_t i, int64_t panel, cons
     }
 }
 
-static const kernel_t KERNEL_AVX512 = {24, 8, tile_avx512, pack_row_avx512};
+static const kernel_t KERNEL_AVX512 = {24, 8, tile_avx512, pack_row_avx512, transpose64_avx512};
 
 /* --- AVX2: Harley-Seal over groups of 8 words, 1 row x 8 columns (2 vectors of 4 lanes); 16 registers -- */
 
@@ -563,7 +622,7 @@ AVX2 INLINE __m256i popcount_lanes_avx2(__m256i x)
     return _mm256_sad_epu8(_mm256_add_epi8(lo, hi), _mm256_setzero_si256());
 }
 
-AVX2 static void tile_avx2(const gemm_job *g, int64_t i, int64_t panel, const char *const *pf)
+AVX2 static void tile_avx2(const gemm_job *g, int64_t i, int64_t panel, const char *pf, int64_t spread)
 {
     enum { MR = 1, NV = 2, NB = 4 * NV };
     const int64_t W = g->W;
@@ -582,7 +641,7 @@ AVX2 static void tile_avx2(const gemm_job *g, int64_t i, int64_t panel, const ch
     for (; w + 8 <= W; w += 8) {
         if (pf)
             for (int q = 0; q < 16; q++)
-                _mm_prefetch(pf[2 * w + q], _MM_HINT_T0);
+                _mm_prefetch(PF_LINE(pf, 2 * w + q, spread), _MM_HINT_T0);
         for (int r = 0; r < MR; r++)
             for (int v = 0; v < NV; v++) {
                 __m256i twosA, twosB, foursA, foursB, eight;
@@ -621,13 +680,13 @@ AVX2 static void tile_avx2(const gemm_job *g, int64_t i, int64_t panel, const ch
 }
 #undef CSA
 
-static const kernel_t KERNEL_AVX2 = {8, 1, tile_avx2, pack_row_avx2};
+static const kernel_t KERNEL_AVX2 = {8, 1, tile_avx2, pack_row_avx2, transpose64};
 #endif /* XNOR_X86 */
 
 #ifdef XNOR_NEON
 /* --- NEON: 4 rows x 4 columns (2 vectors of 2 lanes); byte counts widened every 31 words --------------- */
 
-static void tile_neon(const gemm_job *g, int64_t i, int64_t panel, const char *const *pf)
+static void tile_neon(const gemm_job *g, int64_t i, int64_t panel, const char *pf, int64_t spread)
 {
     enum { MR = 4, NV = 2, NB = 2 * NV, BYTE_STEPS = 31 }; /* 31 * 8 <= 255: byte counters cannot wrap */
     const int64_t W = g->W;
@@ -648,8 +707,8 @@ static void tile_neon(const gemm_job *g, int64_t i, int64_t panel, const char *c
                 bytes[r][v] = vdupq_n_u8(0);
         for (int64_t w = w0; w < w1; w++) {
             if (pf) {
-                __builtin_prefetch(pf[2 * w], 0, 3);
-                __builtin_prefetch(pf[2 * w + 1], 0, 3);
+                __builtin_prefetch(PF_LINE(pf, 2 * w, spread), 0, 3);
+                __builtin_prefetch(PF_LINE(pf, 2 * w + 1, spread), 0, 3);
             }
             uint64x2_t bv[NV];
             for (int v = 0; v < NV; v++)
@@ -673,7 +732,7 @@ static void tile_neon(const gemm_job *g, int64_t i, int64_t panel, const char *c
     }
 }
 
-static const kernel_t KERNEL_NEON = {4, 4, tile_neon, pack_row_neon};
+static const kernel_t KERNEL_NEON = {4, 4, tile_neon, pack_row_neon, transpose64};
 #endif
 
 static const kernel_t *kernel_for(int path)
@@ -697,61 +756,53 @@ static const kernel_t *kernel_for(int path)
 /* ------------------------------------------------------------------------------------------------------ */
 /* Packing B column-wise: word group w (source rows 64w .. 64w + 63) of columns [c0, c1).                  */
 
-/* Transpose a 64 x 64 bit matrix in place: bit c of a[r] <-> bit r of a[c] (block swaps of 32, 16, ..., 1). */
-static void transpose64(uint64_t a[64])
+/* The scratch of a word group: the source rows are packed into 64-word blocks, scratch[64q + r] = word q of row r
+ * (pack_row with stride 64); transposing each block in place then leaves scratch[j] = the word of column j. */
+INLINE uint64_t *scratch_row(uint64_t *scratch, int r)
 {
-    uint64_t mask = 0x00000000FFFFFFFFULL;
-    for (int j = 32; j != 0; j >>= 1, mask ^= mask << j)
-        for (int k = 0; k < 64; k = ((k | j) + 1) & ~j) {
-            uint64_t t = ((a[k] >> j) ^ a[k | j]) & mask;
-            a[k] ^= t << j;
-            a[k | j] ^= t;
-        }
+    return scratch + r;
 }
 
-/* Column words from row words: rows[r * stride + q] holds bits [64q, 64q + 64) of row r of a 64-row group;
- * words[j] (j < cols) receives bit r = bit j of row r (rows past `nrows` count as 0). */
-static void rows_to_columns(const uint64_t *rows, int64_t stride, int nrows, int64_t cols, uint64_t *words)
+/* Transpose the blocks of a scratch holding `nrows` packed rows of `cols` bits (rows past nrows count as 0). */
+static void rows_to_columns(const kernel_t *kern, uint64_t *scratch, int nrows, int64_t cols)
 {
-    uint64_t block[64];
     for (int64_t q = 0; 64 * q < cols; q++) {
-        for (int r = 0; r < 64; r++)
-            block[r] = r < nrows ? rows[r * stride + q] : 0;
-        transpose64(block);
-        memcpy(words + 64 * q, block, sizeof(uint64_t) * (size_t)MIN(64, cols - 64 * q));
+        for (int r = nrows; r < 64; r++)
+            scratch[64 * q + r] = 0;
+        kern->transpose(scratch + 64 * q);
     }
 }
 
-/* Packs word group w (source rows 64w .. 64w + 63) of columns [c0, c1) of B (n x k) into words[0 .. c1 - c0):
+/* Packs word group w (source rows 64w .. 64w + 63) of columns [c0, c1) of B (n x k) into scratch[0 .. c1 - c0):
  * each source row is read once, in order (a sequential stream when c0 = 0 and c1 = k), packed like a row of A,
- * and the 64 x 64 bit blocks are transposed.  scratch holds 64 * ceil((c1 - c0) / 64) words. */
+ * and the 64 x 64 bit blocks are transposed.  scratch holds 64 * ceil((c1 - c0) / 64) words, 64-byte aligned. */
 static void pack_word_group(const kernel_t *kern, const float *B, int64_t n, int64_t k, int64_t w, int64_t c0,
-                            int64_t c1, uint64_t *words, uint64_t *scratch)
+                            int64_t c1, uint64_t *scratch)
 {
     enum { AHEAD = 2 }; /* rows prefetched ahead: the pieces of a block are too short for the hardware prefetcher */
     int rows = (int)MIN(64, n - 64 * w);
-    int64_t cols = c1 - c0, stride = (cols + 63) / 64;
+    int64_t cols = c1 - c0;
     for (int r = 0; r < rows; r++) {
         if (r + AHEAD < rows)
             for (int64_t off = 0; off < 4 * cols; off += 64)
                 __builtin_prefetch((const char *)(B + (64 * w + r + AHEAD) * k + c0) + off, 0, 3);
-        kern->pack_row(B + (64 * w + r) * k + c0, cols, scratch + r * stride);
+        kern->pack_row(B + (64 * w + r) * k + c0, cols, scratch_row(scratch, r), 64);
     }
-    rows_to_columns(scratch, stride, rows, cols, words);
+    rows_to_columns(kern, scratch, rows, cols);
 }
 
 /* ------------------------------------------------------------------------------------------------------ */
 /* The GEMM pipeline.                                                                                       */
 
 /* Columns of block `cb` of B, and the panels they cover. */
-INLINE int64_t block_first_panel(const gemm_job *g, int64_t cb)
-{
-    return cb == 0 ? 0 : MIN(g->panels, g->first_panels + (cb - 1) * g->block_panels);
-}
-
 INLINE int64_t block_end_panel(const gemm_job *g, int64_t cb)
 {
-    return MIN(g->panels, g->first_panels + cb * g->block_panels);
+    return cb == 0 ? g->first_panels : g->first_panels + cb * (g->panels - g->first_panels) / (g->blocks - 1);
+}
+
+INLINE int64_t block_first_panel(const gemm_job *g, int64_t cb)
+{
+    return cb == 0 ? 0 : block_end_panel(g, cb - 1);
 }
 
 /* Columns [c0, c1) of block cb: c1 runs to the end of its last panel (columns past k are zero padding). */
@@ -761,12 +812,17 @@ INLINE void block_columns(const gemm_job *g, int64_t cb, int64_t *c0, int64_t *c
     *c1 = block_end_panel(g, cb) * g->kern->nb;
 }
 
-/* Fused call: words[j - c0] for columns [c0, c1) of word group s, into B's panels (zero past k). */
+/* Fused call: words[j - c0] for columns [c0, c1) of word group s (whole panels), into B's panels (zero past k). */
 static void store_word_group(const gemm_job *g, int64_t s, int64_t c0, int64_t c1, const uint64_t *words)
 {
-    const int nb = g->kern->nb;
-    for (int64_t j = c0; j < c1; j++)
-        g->Bpan[(j / nb) * g->W * nb + s * nb + j % nb] = j < g->k ? words[j - c0] : 0;
+    const int64_t nb = g->kern->nb;
+    for (int64_t p = c0 / nb; p < c1 / nb; p++) {
+        uint64_t *dst = g->Bpan + (p * g->W + s) * nb;
+        const uint64_t *src = words + (p * nb - c0);
+        int64_t valid = MIN(nb, g->k - p * nb);
+        memcpy(dst, src, sizeof(uint64_t) * (size_t)valid);
+        memset(dst + valid, 0, sizeof(uint64_t) * (size_t)(nb - valid));
+    }
 }
 
 /* Packed call: panel p of B from the packed rows of B (transposed into [w][c], zero past k). */
@@ -785,14 +841,14 @@ static void repack_panel(const gemm_job *g, int64_t p)
 
 /* Slice s of block cb, all at once (block 0, before any product).  Fused: word group s of the block's
  * columns; packed: panel s of the block. */
-static void produce_slice(const gemm_job *g, int64_t cb, int64_t s, uint64_t *words, uint64_t *scratch)
+static void produce_slice(const gemm_job *g, int64_t cb, int64_t s, uint64_t *scratch)
 {
     int64_t c0, c1;
     block_columns(g, cb, &c0, &c1);
     if (g->Bf) {
         if (c0 < g->k)
-            pack_word_group(g->kern, g->Bf, g->n, g->k, s, c0, MIN(c1, g->k), words, scratch);
-        store_word_group(g, s, c0, c1, words);
+            pack_word_group(g->kern, g->Bf, g->n, g->k, s, c0, MIN(c1, g->k), scratch);
+        store_word_group(g, s, c0, c1, scratch);
     } else if (block_first_panel(g, cb) + s < block_end_panel(g, cb)) {
         repack_panel(g, block_first_panel(g, cb) + s);
     }
@@ -811,12 +867,10 @@ typedef struct {
     int64_t cb, s0, s1, b_units;    /* block cb, slices [s0, s1) */
     int64_t c0, c1;                 /* that block's columns */
     int64_t units, done;
-    uint64_t *words;                /* thread scratch: one word per block column */
-    uint64_t *scratch;              /* thread scratch: 64 rows x (block columns / 64) words */
-    int64_t pf_unit;                /* prefetch cursor: unit, */
-    const char *pf_base;            /* its input, */
-    int64_t pf_bytes, pf_offset;    /* its size and the next offset */
-    int64_t pf_used;                /* entries of the tile's prefetch list holding lines (the rest: idle) */
+    uint64_t *scratch;              /* thread scratch: the word group being packed (see scratch_row) */
+    int64_t pf_unit, pf_line;       /* prefetch cursor: the unit and the next line of its input, */
+    const char *pf_first;           /* the first line of that input (NULL: not looked up yet), */
+    int64_t pf_lines;               /* and its number of lines */
 } owed_t;
 
 INLINE int64_t a_pieces(const gemm_job *g)
@@ -830,62 +884,53 @@ INLINE int64_t slice_rows(const gemm_job *g, int64_t s)
 }
 
 /* Unit u: the bytes it reads (for prefetching). */
-static void unit_source(const owed_t *o, int64_t u, const char **base, int64_t *bytes, int64_t *stride,
-                        int64_t *rows)
+static const char *unit_source(const owed_t *o, int64_t u, int64_t *bytes)
 {
     const gemm_job *g = o->g;
-    *stride = 0;
-    *rows = 1;
     if (u < o->a_units) {
         int64_t r = o->a0 + u / a_pieces(g), piece = u % a_pieces(g);
-        *base = (const char *)(g->Af + r * g->n + piece * A_UNIT);
         *bytes = 4 * MIN(A_UNIT, g->n - piece * A_UNIT);
-        return;
+        return (const char *)(g->Af + r * g->n + piece * A_UNIT);
     }
     u -= o->a_units;
     if (g->Bf) {
         int64_t s = o->s0 + u / 64, i = u % 64;
-        *base = (const char *)(g->Bf + (64 * s + i) * g->k + o->c0);
         *bytes = i < slice_rows(g, s) && o->c0 < g->k ? 4 * (MIN(o->c1, g->k) - o->c0) : 0;
-    } else {
-        int64_t j0 = o->c0 + (o->s0 + u) * g->kern->nb, j1 = MIN(g->k, j0 + g->kern->nb);
-        *base = (const char *)(g->Bp + j0 * g->W);
-        *bytes = j1 > j0 ? (j1 - j0) * g->W * 8 : 0;
+        return (const char *)(g->Bf + (64 * s + i) * g->k + o->c0);
     }
+    int64_t j0 = o->c0 + (o->s0 + u) * g->kern->nb, j1 = MIN(g->k, j0 + g->kern->nb);
+    *bytes = j1 > j0 ? (j1 - j0) * g->W * 8 : 0;
+    return (const char *)(g->Bp + j0 * g->W);
 }
 
-enum { PREFETCH_UNITS = 2 }; /* how far the prefetching runs ahead of the packing */
-
-/* pf[0 .. W): the next cache lines of the units [done, done + PREFETCH_UNITS), then `idle` (a line always in
- * cache).  The list starts all idle; only the entries used last time are rewritten, so a tile with little to
- * prefetch pays little.  Returns pf, or NULL when there is nothing to prefetch. */
-static const char *const *fill_prefetch(owed_t *o, const char **pf, int64_t W, const char *idle)
+/* The lines a tile prefetches: up to `lines` of one unit's input, continuing where the last tile stopped, within the
+ * units [done, limit), where limit = the units done after the next tile: what is prefetched during a tile is packed
+ * one or two tiles later, so it is still in L1 then (prefetched earlier, it would make way for the tiles' own data).
+ * Returns the first line (*count = the number of lines), or NULL when there is nothing to prefetch. */
+static const char *next_prefetch(owed_t *o, int64_t lines, int64_t limit, int64_t *count)
 {
-    int64_t limit = MIN(o->units, o->done + PREFETCH_UNITS), w = 0, used = o->pf_used;
-    if (o->g->prefetch) {
-        if (o->pf_unit < o->done) {
-            o->pf_unit = o->done;
-            o->pf_base = NULL;
+    if (!o->g->prefetch)
+        return NULL;
+    if (o->pf_unit < o->done) {
+        o->pf_unit = o->done;
+        o->pf_first = NULL;
+    }
+    for (; o->pf_unit < limit; o->pf_unit++, o->pf_first = NULL) {
+        if (!o->pf_first) {
+            int64_t bytes;
+            const char *base = unit_source(o, o->pf_unit, &bytes);
+            o->pf_first = (const char *)((uintptr_t)base & ~(uintptr_t)63); /* inputs need not be line-aligned */
+            o->pf_lines = bytes ? (base + bytes - o->pf_first + 63) / 64 : 0;
+            o->pf_line = 0;
         }
-        while (w < W && o->pf_unit < limit) {
-            if (!o->pf_base) {
-                int64_t stride, rows;
-                unit_source(o, o->pf_unit, &o->pf_base, &o->pf_bytes, &stride, &rows);
-                o->pf_offset = 0;
-            }
-            if (o->pf_offset >= o->pf_bytes) {
-                o->pf_unit++;
-                o->pf_base = NULL;
-                continue;
-            }
-            pf[w++] = o->pf_base + o->pf_offset;
-            o->pf_offset += 64;
+        if (o->pf_line < o->pf_lines) {
+            int64_t n = MIN(lines, o->pf_lines - o->pf_line);
+            *count = n;
+            o->pf_line += n;
+            return o->pf_first + 64 * (o->pf_line - n);
         }
     }
-    o->pf_used = w;
-    for (int64_t i = w; i < used; i++)
-        pf[i] = idle;
-    return w > 0 ? pf : NULL;
+    return NULL;
 }
 
 static void do_unit(owed_t *o, int64_t u)
@@ -894,7 +939,7 @@ static void do_unit(owed_t *o, int64_t u)
     if (u < o->a_units) {
         int64_t r = o->a0 + u / a_pieces(g), piece = u % a_pieces(g);
         g->kern->pack_row(g->Af + r * g->n + piece * A_UNIT, MIN(A_UNIT, g->n - piece * A_UNIT),
-                          g->Aws + r * g->W + piece * (A_UNIT / 64));
+                          g->Aws + r * g->W + piece * (A_UNIT / 64), 1);
         return;
     }
     u -= o->a_units;
@@ -904,17 +949,17 @@ static void do_unit(owed_t *o, int64_t u)
             repack_panel(g, p);
         return;
     }
-    int64_t s = o->s0 + u / 64, i = u % 64, cols = MIN(o->c1, g->k) - o->c0, stride = (cols + 63) / 64;
+    int64_t s = o->s0 + u / 64, i = u % 64, cols = MIN(o->c1, g->k) - o->c0;
     if (i < slice_rows(g, s) && cols > 0)
-        g->kern->pack_row(g->Bf + (64 * s + i) * g->k + o->c0, cols, o->scratch + i * stride);
+        g->kern->pack_row(g->Bf + (64 * s + i) * g->k + o->c0, cols, scratch_row(o->scratch, (int)i), 64);
     if (i == 63) {
         if (cols > 0)
-            rows_to_columns(o->scratch, stride, (int)slice_rows(g, s), cols, o->words);
-        store_word_group(g, s, o->c0, o->c1, o->words);
+            rows_to_columns(g->kern, o->scratch, (int)slice_rows(g, s), cols);
+        store_word_group(g, s, o->c0, o->c1, o->scratch);
     }
 }
 
-/* Do units until `target` are done, prefetching one ahead. */
+/* Do units until `target` are done. */
 INLINE void owed_until(owed_t *o, int64_t target)
 {
     for (; o->done < target; o->done++)
@@ -936,14 +981,14 @@ static void rows_of_group(const gemm_job *g, int64_t rg, int64_t *r0, int64_t *r
     *r1 = MIN(g->m, *r0 + g->task_rows);
 }
 
-static void run_task(gemm_job *g, int64_t t, int64_t next, uint64_t *words, uint64_t *scratch, const char **pf)
+static void run_task(gemm_job *g, int64_t t, int64_t next, uint64_t *scratch)
 {
     int64_t cb = t / g->row_groups, rg = t % g->row_groups, r0, r1;
     rows_of_group(g, rg, &r0, &r1);
     /* 1. this task's rows of A, unless the previous task of this thread packed them already */
     if (g->overlap && g->Af && cb == 0 && !__atomic_load_n(&g->rows_ready[rg], __ATOMIC_ACQUIRE)) {
         for (int64_t r = r0; r < r1; r++)
-            g->kern->pack_row(g->Af + r * g->n, g->n, g->Aws + r * g->W);
+            g->kern->pack_row(g->Af + r * g->n, g->n, g->Aws + r * g->W, 1);
         __atomic_store_n(&g->rows_ready[rg], 1, __ATOMIC_RELEASE);
     }
     /* 2. what it needs from earlier tasks */
@@ -954,7 +999,6 @@ static void run_task(gemm_job *g, int64_t t, int64_t next, uint64_t *words, uint
     owed_t o;
     memset(&o, 0, sizeof(o));
     o.g = g;
-    o.words = words;
     o.scratch = scratch;
     if (g->overlap && g->Af && next < g->ntasks && next / g->row_groups == 0) {
         rows_of_group(g, next % g->row_groups, &o.a0, &o.a1);
@@ -967,15 +1011,16 @@ static void run_task(gemm_job *g, int64_t t, int64_t next, uint64_t *words, uint
         o.b_units = (o.s1 - o.s0) * (g->Bf ? 64 : 1);
     }
     o.units = o.a_units + o.b_units;
-    for (int64_t w = 0; w < 2 * g->W; w++)
-        pf[w] = (const char *)words;
     /* 4. the products */
     const kernel_t *kern = g->kern;
     int64_t p0 = block_first_panel(g, cb), p1 = block_end_panel(g, cb);
     int64_t tiles = (p1 - p0) * ((r1 - r0 + kern->mr - 1) / kern->mr), tile = 0;
     for (int64_t p = p0; p < p1; p++)
         for (int64_t i = r0; i < r1; i += kern->mr) {
-            kern->tile(g, i, p, fill_prefetch(&o, pf, 2 * g->W, (const char *)words));
+            int64_t lines = 0;
+            const char *pf = o.units ? next_prefetch(&o, 2 * g->W, o.units * MIN(tile + 2, tiles) / tiles, &lines)
+                                     : NULL;
+            kern->tile(g, i, p, pf, (lines << 16) / (2 * g->W));
             owed_until(&o, o.units * ++tile / tiles);
         }
     owed_until(&o, o.units);
@@ -988,13 +1033,10 @@ static void run_task(gemm_job *g, int64_t t, int64_t next, uint64_t *words, uint
 static void *gemm_worker(void *arg)
 {
     gemm_job *g = (gemm_job *)arg;
-    int64_t cols = MAX(g->block_panels, g->first_panels) * g->kern->nb;
     int64_t slot = __atomic_fetch_add(&g->next_slot, 1, __ATOMIC_RELAXED);
-    uint64_t *words = g->thread_words + slot * (2 * cols + 64 + 2 * g->W);
-    uint64_t *scratch = words + cols;
-    const char **pf = (const char **)(scratch + cols + 64);
+    uint64_t *scratch = g->thread_words + slot * g->thread_scratch;
     for (int64_t s; (s = __atomic_fetch_add(&g->next_slice0, 1, __ATOMIC_RELAXED)) < g->slices;) {
-        produce_slice(g, 0, s, words, scratch);
+        produce_slice(g, 0, s, scratch);
         __atomic_fetch_add(&g->slices_done[0], 1, __ATOMIC_RELEASE);
     }
     if (g->Af && !g->overlap) /* all rows of A too, before any product */
@@ -1002,13 +1044,13 @@ static void *gemm_worker(void *arg)
             int64_t r0, r1;
             rows_of_group(g, rg, &r0, &r1);
             for (int64_t r = r0; r < r1; r++)
-                g->kern->pack_row(g->Af + r * g->n, g->n, g->Aws + r * g->W);
+                g->kern->pack_row(g->Af + r * g->n, g->n, g->Aws + r * g->W, 1);
             __atomic_store_n(&g->rows_ready[rg], 1, __ATOMIC_RELEASE);
         }
     int64_t t = __atomic_fetch_add(&g->next_task, 1, __ATOMIC_RELAXED);
     while (t < g->ntasks) {
         int64_t next = __atomic_fetch_add(&g->next_task, 1, __ATOMIC_RELAXED);
-        run_task(g, t, next, words, scratch, pf);
+        run_task(g, t, next, scratch);
         t = next;
     }
     return NULL;
@@ -1098,17 +1140,20 @@ static int run_gemm(const float *Af, const float *Bf, const uint64_t *Ap, const 
     g.block_panels = MAX(1, block_bytes / (g.W * 8 * kern->nb));
     g.first_panels = g.overlap ? MIN(g.panels, MAX(1, (int64_t)((double)g.panels * tune->first_block + 0.5)))
                                : g.panels;
+    /* the rest in equal blocks (a last block of a few panels would pack its B in units too small to pay) */
     g.blocks = 1 + (g.panels - g.first_panels + g.block_panels - 1) / g.block_panels;
-    g.slices = Bf ? g.W : g.block_panels;
+    if (g.blocks > 1)
+        g.block_panels = (g.panels - g.first_panels + g.blocks - 2) / (g.blocks - 1);
+    g.slices = Bf ? g.W : MAX(g.block_panels, g.first_panels); /* packed: every panel of the widest block */
     g.ntasks = g.row_groups * g.blocks;
 
     /* One workspace: B's panels, A's packed rows (fused call), the flags. */
     size_t bpan_bytes = ((size_t)(g.panels * g.W * kern->nb) * sizeof(uint64_t) + 63) / 64 * 64;
     size_t aws_bytes = Af ? ((size_t)(m * g.W) * sizeof(uint64_t) + 63) / 64 * 64 : 0;
-    size_t flag_bytes = (size_t)(g.row_groups + g.blocks) * sizeof(int64_t);
+    size_t flag_bytes = ((size_t)(g.row_groups + g.blocks) * sizeof(int64_t) + 63) / 64 * 64; /* scratch aligned */
     int nthreads = thread_count(threads, (double)m * k * g.W, MIN_GEMM_WORK, MAX(g.ntasks, 1));
-    int64_t scratch_words = 2 * MAX(g.block_panels, g.first_panels) * kern->nb + 64 + 2 * g.W;
-    size_t scratch_bytes = (size_t)nthreads * (size_t)scratch_words * sizeof(uint64_t);
+    g.thread_scratch = (MAX(g.block_panels, g.first_panels) * kern->nb + 63) / 64 * 64 + 64; /* 64-byte multiple */
+    size_t scratch_bytes = (size_t)nthreads * (size_t)g.thread_scratch * sizeof(uint64_t);
     int cached;
     char *ws = workspace_acquire(bpan_bytes + aws_bytes + flag_bytes + scratch_bytes, &cached);
     if (!ws)
@@ -1156,7 +1201,7 @@ static void pack_rows_task(const void *vctx, int64_t t)
     const pack_ctx *c = (const pack_ctx *)vctx;
     int64_t end = MIN(c->rows, (t + 1) * PACK_ROWS_PER_TASK);
     for (int64_t r = t * PACK_ROWS_PER_TASK; r < end; r++)
-        c->kern->pack_row(c->src + r * c->cols, c->cols, c->dst + r * c->words);
+        c->kern->pack_row(c->src + r * c->cols, c->cols, c->dst + r * c->words, 1);
 }
 
 /* Task t: word group t / chunks of the column chunk t % chunks (chunks of PACK_COLS_CHUNK columns, so the
@@ -1167,23 +1212,21 @@ static void pack_cols_task(const void *vctx, int64_t t)
 {
     const pack_ctx *c = (const pack_ctx *)vctx;
     int64_t w = t / c->chunks, j0 = (t % c->chunks) * PACK_COLS_CHUNK, j1 = MIN(c->cols, j0 + PACK_COLS_CHUNK);
-    uint64_t *words = malloc(sizeof(uint64_t) * (size_t)(j1 - j0));
-    uint64_t *scratch = malloc(sizeof(uint64_t) * (size_t)((j1 - j0) + 64));
-    if (!words || !scratch) { /* small chunks on the stack instead of failing */
+    uint64_t *scratch = aligned_alloc(64, sizeof(uint64_t) * (size_t)((j1 - j0 + 63) / 64 * 64));
+    if (!scratch) { /* small chunks on the stack instead of failing */
         enum { SMALL = 512 };
-        uint64_t wbuf[SMALL], sbuf[SMALL + 64];
+        uint64_t sbuf[SMALL] __attribute__((aligned(64)));
         for (int64_t a = j0; a < j1; a += SMALL) {
             int64_t b = MIN(j1, a + SMALL);
-            pack_word_group(c->kern, c->src, c->rows, c->cols, w, a, b, wbuf, sbuf);
+            pack_word_group(c->kern, c->src, c->rows, c->cols, w, a, b, sbuf);
             for (int64_t j = a; j < b; j++)
-                c->dst[j * c->words + w] = wbuf[j - a];
+                c->dst[j * c->words + w] = sbuf[j - a];
         }
-    } else {
-        pack_word_group(c->kern, c->src, c->rows, c->cols, w, j0, j1, words, scratch);
-        for (int64_t j = j0; j < j1; j++)
-            c->dst[j * c->words + w] = words[j - j0];
+        return;
     }
-    free(words);
+    pack_word_group(c->kern, c->src, c->rows, c->cols, w, j0, j1, scratch);
+    for (int64_t j = j0; j < j1; j++)
+        c->dst[j * c->words + w] = scratch[j - j0];
     free(scratch);
 }
 

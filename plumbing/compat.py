@@ -52,11 +52,13 @@ def _cpu_info():
 AVX512_FLAGS = {"avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"}
 
 
-def choose_blas(vendor, flags, have_mkl, have_openblas, wish="auto"):
+def choose_blas(vendor, flags, have_mkl, have_openblas, wish="auto", requested=None):
     """Which BLAS Theano links, and the OPENBLAS_CORETYPE to set (None: leave OpenBLAS's own detection).
 
     Intel CPUs: MKL. Other CPUs (AMD): OpenBLAS, whose AVX-512 kernels run at full speed there, while MKL takes a
     slower path on non-Intel CPUs. wish ('mkl' | 'openblas', the BINARYNET_BLAS variable) overrides when available.
+    requested: a core type asked for with BINARYNET_OPENBLAS_CORETYPE (benchmark.py --isa sets it to cap both sides
+    to one instruction set); it wins over the default. OPENBLAS_CORETYPE itself is left to NumPy's OpenBLAS.
     """
     if wish == "mkl" and have_mkl or wish == "openblas" and have_openblas:
         blas = wish
@@ -67,7 +69,7 @@ def choose_blas(vendor, flags, have_mkl, have_openblas, wish="auto"):
     else:
         return None, None
     coretype = "SKYLAKEX" if blas == "openblas" and vendor != "GenuineIntel" and AVX512_FLAGS <= flags else None
-    return blas, coretype
+    return blas, (requested or coretype) if blas == "openblas" else None
 
 
 def _load_global(path):
@@ -88,7 +90,8 @@ def _blas_flags():
     bundled = sorted(glob.glob(os.path.join(scipy_libs[0], "libopenblas*.so"))) if scipy_libs else []
     openblas = bool(bundled) or bool(ctypes.util.find_library("openblas"))
     vendor, flags = _cpu_info()
-    blas, coretype = choose_blas(vendor, flags, bool(mkl), openblas, os.environ.get("BINARYNET_BLAS", "auto"))
+    blas, coretype = choose_blas(vendor, flags, bool(mkl), openblas, os.environ.get("BINARYNET_BLAS", "auto"),
+                                 os.environ.get("BINARYNET_OPENBLAS_CORETYPE"))
     if blas == "mkl":
         _load_global(mkl[-1])
         name = os.path.basename(mkl[-1])

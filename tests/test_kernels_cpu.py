@@ -169,3 +169,25 @@ def test_missing_compiler_is_one_line_error(tmp_path, monkeypatch):
     monkeypatch.setenv("BINARYNET_KERNEL_CACHE", str(tmp_path))
     with pytest.raises(KernelError, match="no C compiler"):
         cpu.library_path()
+
+
+@pytest.fixture
+def restore_tuning():
+    """Tests that change the GEMM tuning put the values chosen for this CPU back afterwards."""
+    saved = cpu.tuning_info()
+    yield
+    cpu.set_tuning(task_rows=saved["task_rows"], block_share=saved["block_share"], first_block=saved["first_block"],
+                   overlap=saved["overlap"], prefetch=True)
+
+
+@pytest.mark.parametrize("path", code_paths())
+def test_packed_gemm_first_block_wider_than_later_blocks(rng, path, restore_tuning):
+    """Block 0 of B wider than the later blocks (one panel each here): every panel of block 0 must be repacked, not
+    left from the workspace of an earlier call (the earlier call on other inputs makes a stale panel visible)."""
+    cpu.set_tuning(block_share=1e-6, first_block=0.5)
+    for seed in (1, 2):
+        A = sign_matrix(np.random.default_rng(seed), (13, 200))
+        B = sign_matrix(np.random.default_rng(seed + 10), (200, 130))
+        for threads in (1, 2):
+            C = cpu.xnor_gemm_packed(cpu.pack_rows(A), cpu.pack_cols(B), 200, threads=threads, path=path)
+            assert np.array_equal(C, signs64(A) @ signs64(B))

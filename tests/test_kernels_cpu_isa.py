@@ -142,6 +142,50 @@ def test_pipeline_with_many_blocks_exact(rng, tiny_blocks, path, threads):
                           expected)
 
 
+def unaligned(x):
+    """A C-contiguous copy of x that starts one element past a 64-byte boundary (NumPy's arrays start 16 bytes past)."""
+    per_line = 64 // x.itemsize
+    buffer = np.empty(x.size + per_line + 1, dtype=x.dtype)
+    start = (-buffer.ctypes.data // x.itemsize) % per_line + 1
+    view = buffer[start:start + x.size].reshape(x.shape)
+    view[...] = x
+    assert view.flags.c_contiguous and view.ctypes.data % 64 == x.itemsize
+    return view
+
+
+@pytest.mark.parametrize("path", HOST_PATHS)
+@pytest.mark.parametrize("prefetch", [True, False])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_pipeline_exact_on_unaligned_inputs(rng, tiny_blocks, path, prefetch, threads):
+    """The packing between the tiles prefetches its inputs by cache lines: inputs not aligned to a line, many blocks
+    of B, a ragged inner dimension, prefetching on and off (set_tuning(prefetch=...))."""
+    cpu.set_tuning(prefetch=prefetch)
+    A, B = random_inputs(rng, 61, 650, 97)
+    expected = reference_gemm(A, B)
+    assert np.array_equal(cpu.xnor_gemm(unaligned(A), unaligned(B), threads=threads, path=path), expected)
+    Ap, Bp = cpu.pack_rows(A, path=path), cpu.pack_cols(unaligned(B), path=path)
+    assert np.array_equal(cpu.xnor_gemm_packed(unaligned(Ap), unaligned(Bp), 650, threads=threads, path=path),
+                          expected)
+
+
+@pytest.mark.parametrize("path", HOST_PATHS)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_blocks_sharing_the_rest_unequally_exact(rng, path, threads):
+    """7 panels of 24 columns (AVX-512), block 0 = 2 panels, at most 2 panels per later block: the 5 others go to
+    3 blocks of 1, 2 and 2 panels (the other paths' narrower panels give other uneven splits)."""
+    before = cpu.tuning_info()
+    words = 5  # n = 300
+    try:
+        cpu.set_tuning(task_rows=24, first_block=0.25, block_share=2.5 * words * 8 * 24 / before["l2_bytes"])
+        A, B = random_inputs(rng, 50, 300, 7 * 24 - 3)
+        expected = reference_gemm(A, B)
+        assert np.array_equal(cpu.xnor_gemm(A, B, threads=threads, path=path), expected)
+        assert np.array_equal(cpu.xnor_gemm_packed(cpu.pack_rows(A), cpu.pack_cols(B), 300, threads=threads,
+                                                   path=path), expected)
+    finally:
+        restore_tuning(before)
+
+
 @pytest.mark.parametrize("path", HOST_PATHS)
 def test_packed_first_mode_exact(rng, packed_first, path):
     A, B = random_inputs(rng, 53, 333, 77)
