@@ -108,7 +108,10 @@ def _blas_flags():
         if coretype:
             os.environ["OPENBLAS_CORETYPE"] = coretype
         try:
-            library = ctypes.CDLL(bundled[-1], mode=ctypes.RTLD_GLOBAL)
+            # Local, not global: NumPy's own OpenBLAS, loaded later, would otherwise bind its internal symbols (the
+            # kernel table, the thread count) to this library's and run this core type. Theano's modules still find
+            # it: they name it by soname, and the loader reuses a library already loaded under that name.
+            library = ctypes.CDLL(bundled[-1], mode=ctypes.RTLD_LOCAL)
         finally:
             if inherited is None:
                 os.environ.pop("OPENBLAS_CORETYPE", None)

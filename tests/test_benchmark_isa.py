@@ -75,3 +75,14 @@ def test_openblas_coretype_for_numpy_leaves_theanos_core_alone():
 def test_requested_core_type_wins(wish, have_mkl, expected):
     flags = {"avx2", "fma"} | compat.AVX512_FLAGS
     assert compat.choose_blas("AuthenticAMD", flags, have_mkl, True, wish, requested="Haswell") == expected
+
+
+def test_numpy_keeps_its_own_core_type_beside_theanos():
+    """compat loads Theano's OpenBLAS locally, so NumPy's OpenBLAS (a separate library, loaded later) does not bind
+    its internal symbols to it: NumPy keeps the core type of its environment (Sandybridge here) while Theano's runs
+    the one asked for (Haswell). Loaded globally, NumPy's reported Theano's core type."""
+    found = probe("none", OPENBLAS_CORETYPE="Sandybridge", BINARYNET_OPENBLAS_CORETYPE="Haswell")
+    if "-l:libopenblas" not in found["ldflags"]:
+        pytest.skip(f"Theano does not link SciPy's OpenBLAS here ({found['ldflags']!r})")
+    assert (found["cores"]["theano"] or "").lower() == "haswell"
+    assert (found["cores"]["numpy"] or "").lower() == "sandybridge"
