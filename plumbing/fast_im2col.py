@@ -147,7 +147,8 @@ def _support_code_apply(self, node, nodename):
 
 
 def _compile_args(self):
-    # GCC 12's -O2 vectorizes only loops of a known multiple of the vector length; a row's length is known at run time.
+    # Theano's modules compile at -O2 here (gcc.cxxflags, plumbing/compat.py), and GCC 12's -O2 vectorizes only loops
+    # whose length is a known multiple of the vector length: a row's length is known at run time only.
     return THEANOS["c_compile_args"](self) + ["-fvect-cost-model=dynamic"]
 
 

@@ -32,13 +32,13 @@ SETTINGS = [
 ]
 # (batch, channels, height, width, filters, kernel height, kernel width)
 SHAPES = [(1, 1, 5, 7, 2, 3, 3), (3, 5, 9, 6, 3, 3, 3), (2, 3, 7, 11, 4, 1, 1), (2, 2, 13, 9, 2, 5, 3),
-          (3, 4, 6, 5, 2, 3, 3), (1, 2, 3, 3, 3, 1, 1)]
+          (3, 4, 6, 5, 2, 3, 3), (1, 2, 3, 3, 3, 1, 1), (2, 1, 2, 1, 1, 5, 3)]
 
 
-def functions(border_mode, subsample, dilation, groups):
+def functions(border_mode, subsample, dilation, groups, dtype="float32"):
     """One compiled function: forward, gradient of the weights and gradient of the inputs."""
     forward, grad_weights, grad_inputs = (cls(border_mode, subsample, dilation, groups) for cls in OPS)
-    img, kern, top = T.tensor4("img"), T.tensor4("kern"), T.tensor4("top")
+    img, kern, top = (T.tensor4(name, dtype=dtype) for name in ("img", "kern", "top"))
     kernel_shape, image_shape = T.ivector("kernel_shape"), T.ivector("image_shape")
     outputs = [forward(img, kern), grad_weights(img, top, kernel_shape), grad_inputs(kern, top, image_shape)]
     return theano.function([img, kern, top, kernel_shape, image_shape], outputs)
@@ -49,29 +49,30 @@ def compiled_sources(fn):
             if isinstance(node.op, corr.BaseCorrMM)]
 
 
-@pytest.mark.parametrize("border_mode, subsample, dilation, groups", SETTINGS)
-def test_all_three_ops_equal_theanos(border_mode, subsample, dilation, groups, monkeypatch):
-    ours = functions(border_mode, subsample, dilation, groups)
+@pytest.mark.parametrize("border_mode, subsample, dilation, groups, dtype",
+                         [setting + ("float32",) for setting in SETTINGS] + [SETTINGS[0] + ("float64",)])
+def test_all_three_ops_equal_theanos(border_mode, subsample, dilation, groups, dtype, monkeypatch):
+    ours = functions(border_mode, subsample, dilation, groups, dtype)
     sources = compiled_sources(ours)
     assert len(sources) == 3 and all("bna_valid_range" in s for s in sources)
     theanos_code(monkeypatch)
-    theirs = functions(border_mode, subsample, dilation, groups)
+    theirs = functions(border_mode, subsample, dilation, groups, dtype)
     assert len(compiled_sources(theirs)) == 3 and not any("bna_valid_range" in s for s in compiled_sources(theirs))
     rng = np.random.RandomState(sum(map(ord, str((border_mode, subsample, dilation)))))
     checked = 0
     for batch, channels, height, width, filters, kh, kw in SHAPES:
         channels, filters = channels * groups, filters * groups
-        img = rng.standard_normal((batch, channels, height, width)).astype("float32")
-        kern = rng.standard_normal((filters, channels // groups, kh, kw)).astype("float32")
+        img = rng.standard_normal((batch, channels, height, width)).astype(dtype)
+        kern = rng.standard_normal((filters, channels // groups, kh, kw)).astype(dtype)
         probe = corr.CorrMM(border_mode, subsample, dilation, groups)(T.constant(img), T.constant(kern))
         top_shape = probe.shape.eval()
         if min(top_shape) <= 0:
             continue
-        top = rng.standard_normal(top_shape).astype("float32")
+        top = rng.standard_normal(top_shape).astype(dtype)
         args = (img, kern, top, np.array([kh, kw], "int32"), np.array([height, width], "int32"))
         a, b = ours(*args), theirs(*args)
         for x, y in zip(a, b):
-            assert x.shape == y.shape and x.dtype == y.dtype == np.float32
+            assert x.shape == y.shape and x.dtype == y.dtype == dtype
             assert np.array_equal(x, y)
         assert a[1].shape == kern.shape and a[2].shape == img.shape and np.abs(a[2]).max() > 0
         checked += 1
