@@ -4,6 +4,10 @@ for each padding, stride and dilation compiled below; the C source must really b
 
 Each border mode / stride / dilation is compiled into the op's C code (one module per op), the shapes are not: one
 function per setting runs all shapes."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -93,13 +97,21 @@ def test_forward_matches_numpy_correlation():
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_cache_version_and_switch(monkeypatch):
+def test_cache_version():
     op = corr.CorrMM((1, 1))
-    assert fast_im2col.enabled() and op.c_code_cache_version()[-len(fast_im2col.VERSION):] == fast_im2col.VERSION
     ours = op.c_code_cache_version()
-    theanos_code(monkeypatch)
-    assert op.c_code_cache_version() != ours
-    monkeypatch.setenv(fast_im2col.SWITCH, "0")
-    assert not fast_im2col.enabled()
-    monkeypatch.setenv(fast_im2col.SWITCH, "1")
-    assert fast_im2col.enabled()
+    assert ours[-len(fast_im2col.VERSION):] == fast_im2col.VERSION
+    assert fast_im2col.THEANOS["c_code_cache_version"](op) == ours[:-len(fast_im2col.VERSION)]
+
+
+@pytest.mark.parametrize("switch, installed", [("0", False), ("1", True), (None, True)])
+def test_switch(switch, installed):
+    """BINARYNET_FAST_IM2COL=0 leaves Theano's C code in the CorrMM ops; unset or 1 installs the row copies."""
+    env = {k: v for k, v in os.environ.items() if k != fast_im2col.SWITCH}
+    if switch is not None:
+        env[fast_im2col.SWITCH] = switch
+    probe = ("from plumbing import compat, fast_im2col; from theano.tensor.nnet import corr; "
+             "print(corr.BaseCorrMM.c_support_code_apply is not fast_im2col.THEANOS['c_support_code_apply'])")
+    result = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True,
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert result.stdout.split()[-1] == str(installed)
