@@ -18,6 +18,8 @@ What it does (ORIGINALS.md §7, docs/environment.md):
   `max_pool_2d` on top of `theano.tensor.signal.pool.pool_2d` is registered before Lasagne is imported.
 * Theano's CPU random generator (MRG31k3p) runs its streams on all cores, the same numbers (plumbing/parallel_mrg.py).
 * Theano's clip and round compile to code without jumps, the same numbers (plumbing/branch_free.py).
+* Theano's CPU convolution copies and sums whole rows in im2col/col2im, the same numbers (plumbing/fast_im2col.py;
+  BINARYNET_FAST_IM2COL=0 switches it off).
 * `round_half_away_from_zero`: Theano 1.0 rounds half to even by default; the originals relied on the
   2016 default, half away from zero (so hard_sigmoid(0) = 0.5 rounds to 1).
 """
@@ -177,7 +179,7 @@ import theano  # noqa: E402
 import theano.tensor as T  # noqa: E402
 from theano.tensor.signal import pool  # noqa: E402
 
-from plumbing import branch_free, parallel_mrg  # noqa: E402
+from plumbing import branch_free, fast_im2col, parallel_mrg  # noqa: E402
 
 
 def _install_downsample_shim():
@@ -197,6 +199,7 @@ def _install_downsample_shim():
 _install_downsample_shim()
 parallel_mrg.install()
 branch_free.install()
+fast_im2col.install()
 # Theano warns that it cannot find "libmkl_rt.so" in the library dir: the versioned file is linked on purpose.
 logging.getLogger("theano.tensor.blas").addFilter(
     lambda record: "did not find a dynamic library" not in record.getMessage())
