@@ -171,7 +171,7 @@ import theano  # noqa: E402
 import theano.tensor as T  # noqa: E402
 from theano.tensor.signal import pool  # noqa: E402
 
-from plumbing import branch_free, parallel_mrg  # noqa: E402
+from plumbing import branch_free, parallel_compile, parallel_mrg  # noqa: E402
 
 
 def _install_downsample_shim():
@@ -191,6 +191,7 @@ def _install_downsample_shim():
 _install_downsample_shim()
 parallel_mrg.install()
 branch_free.install()
+parallel_compile.install()
 # Theano warns that it cannot find "libmkl_rt.so" in the library dir: the versioned file is linked on purpose.
 logging.getLogger("theano.tensor.blas").addFilter(
     lambda record: "did not find a dynamic library" not in record.getMessage())
