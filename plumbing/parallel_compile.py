@@ -19,7 +19,8 @@ compile of a paper ConvNet is about a hundred modules at 0.6-0.7 s each while th
    removed.
 
 The cache thus holds exactly the modules (keys, sources, flags) a serial compile makes, and only Theano writes into
-it, under its lock. `BINARYNET_PARALLEL_COMPILE=0` switches this off.
+it, under its lock. `BINARYNET_PARALLEL_COMPILE=N` runs N g++ at once (default: one per core); 0 or 1 switches
+this off.
 """
 import concurrent.futures
 import contextlib
@@ -29,27 +30,42 @@ import os
 import re
 import shutil
 import tempfile
+import time
 
 from theano import config
 from theano.gof import cmodule, op, vm
 from theano.gof.cc import CLinker, get_module_cache
 from theano.gof.fg import FunctionGraph
 
+from plumbing.errors import UsageError
+
+
 _ORIGINAL = {}
 # Modules compiled ahead of Theano, by signature (see _signature): the temporary directory holding them.
 _PREBUILT = {}
-STATS = {"compiled": 0, "failed": 0, "used": 0}
+STATS = {"compiled": 0, "failed": 0, "used": 0, "seconds": 0.0}  # modules built / failed / taken by Theano
 
-def enabled():
-    """False when BINARYNET_PARALLEL_COMPILE=0 (or Theano has no C++ compiler)."""
-    return os.environ.get("BINARYNET_PARALLEL_COMPILE", "1") != "0" and bool(config.cxx)
 
 def workers():
-    """The number of cores this process may run on."""
+    """How many g++ may run at once: BINARYNET_PARALLEL_COMPILE if set (0 or 1: Theano's serial compile only), else
+    the number of cores this process may run on."""
+    wish = os.environ.get("BINARYNET_PARALLEL_COMPILE", "")
+    if wish.strip():
+        try:
+            return max(int(wish), 0)
+        except ValueError:
+            raise UsageError(f"BINARYNET_PARALLEL_COMPILE={wish!r} is not a number: set it to the number of g++ "
+                             "processes to run at once (0 switches parallel compilation off)") from None
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:
         return os.cpu_count() or 1
+
+
+def enabled():
+    """True when more than one g++ may run at once and Theano has a C++ compiler."""
+    return workers() > 1 and bool(config.cxx)
+
 
 def _signature(module_name, src_code, include_dirs, lib_dirs, libs, preargs):
     """What makes two compile_str calls build the same library (everything but the location)."""
@@ -57,10 +73,12 @@ def _signature(module_name, src_code, include_dirs, lib_dirs, libs, preargs):
     return (module_name, digest, tuple(include_dirs or ()), tuple(lib_dirs or ()), tuple(libs or ()),
             tuple(preargs or ()))
 
+
 def _default_thunk(node):
     """True when the node's op makes its thunk as Op.make_thunk does (a C thunk from a one-node CLinker)."""
     kind = type(node.op)
     return kind.make_thunk is op.Op.make_thunk and kind.make_c_thunk is op.Op.make_c_thunk
+
 
 def _missing_module(node, storage_map, compute_map, cache):
     """compile_str's arguments for the node's module if Theano would compile it now, else None."""
@@ -77,6 +95,7 @@ def _missing_module(node, storage_map, compute_map, cache):
     return dict(module_name=linker.get_dynamic_module().code_hash, src_code=src_code, include_dirs=linker.header_dirs(),
                 lib_dirs=linker.lib_dirs(), libs=linker.libraries(), preargs=linker.compile_args())
 
+
 def _compile(args):
     """Build one module with Theano's compile_str into a fresh temporary directory; the directory, or None."""
     location = tempfile.mkdtemp(prefix="binarynet-compile-")
@@ -87,8 +106,10 @@ def _compile(args):
         return None
     return location
 
+
 def precompile(order, storage_map, compute_map):
-    """Compile the missing C modules of the nodes in `order` on all cores; the number of modules built."""
+    """Compile the missing C modules of the nodes in `order` on all cores; the signatures of the modules built."""
+    start = time.time()
     cache = get_module_cache()
     jobs = {}
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers()) as pool:
@@ -110,15 +131,22 @@ def precompile(order, storage_map, compute_map):
                 if signature not in jobs and signature not in _PREBUILT:
                     jobs[signature] = pool.submit(_compile, args)
             built = {signature: job.result() for signature, job in jobs.items()}
-    for path in re.findall(r"temporary file: (\S+)", printed.getvalue()):
-        if os.path.basename(path).startswith("theano_compilation_error_"):
-            with contextlib.suppress(OSError):
-                os.remove(path)
+    failed = [signature for signature, location in built.items() if location is None]
+    if failed:
+        for path in re.findall(r"temporary file: (\S+)", printed.getvalue()):
+            if os.path.basename(path).startswith("theano_compilation_error_"):
+                with contextlib.suppress(OSError):
+                    os.remove(path)
+    else:
+        print(printed.getvalue(), end="")  # g++'s warnings, if Theano's cmodule.compilation_warning asks for them
     for signature, location in built.items():
-        STATS["compiled" if location else "failed"] += 1
         if location:
             _PREBUILT[signature] = location
-    return sum(1 for location in built.values() if location)
+    STATS["compiled"] += len(built) - len(failed)
+    STATS["failed"] += len(failed)
+    STATS["seconds"] += time.time() - start
+    return [signature for signature, location in built.items() if location]
+
 
 def _compile_str(module_name, src_code, location=None, include_dirs=None, lib_dirs=None, libs=None, preargs=None,
                  py_module=True, hide_symbols=True):
@@ -139,10 +167,14 @@ def _compile_str(module_name, src_code, location=None, include_dirs=None, lib_di
     STATS["used"] += 1
     return cmodule.dlimport(os.path.join(location, library))
 
-def _discard_prebuilt():
-    """Remove the temporary directories of modules Theano did not ask for (another process compiled them)."""
-    while _PREBUILT:
-        shutil.rmtree(_PREBUILT.popitem()[1], ignore_errors=True)
+
+def _discard_prebuilt(signatures):
+    """Remove the temporary directories of modules Theano did not take (e.g. another process compiled them)."""
+    for signature in signatures:
+        location = _PREBUILT.pop(signature, None)
+        if location:
+            shutil.rmtree(location, ignore_errors=True)
+
 
 def _make_all(self, profiler=None, input_storage=None, output_storage=None, storage_map=None):
     """VM_Linker.make_all, after compiling the graph's missing C modules in parallel."""
@@ -150,12 +182,15 @@ def _make_all(self, profiler=None, input_storage=None, output_storage=None, stor
         # Throw-away storage for prepare_node; Theano's make_all maps its own.
         order = self.schedule(self.fgraph)
         scratch = vm.link.map_storage(self.fgraph, order, None, None, None)[2]
+        # Only this graph's leftovers are discarded: an op may compile an inner graph (scan) while Theano links
+        # this one.
+        built = precompile(order, scratch, {k: [k.owner is None] for k in scratch})
         try:
-            precompile(order, scratch, {k: [k.owner is None] for k in scratch})
             return _ORIGINAL["make_all"](self, profiler, input_storage, output_storage, storage_map)
         finally:
-            _discard_prebuilt()
+            _discard_prebuilt(built)
     return _ORIGINAL["make_all"](self, profiler, input_storage, output_storage, storage_map)
+
 
 def install():
     """Wrap VM_Linker.make_all and GCC_compiler.compile_str (once)."""
