@@ -20,6 +20,8 @@ What it does (ORIGINALS.md §7, docs/environment.md):
 * Theano's clip and round compile to code without jumps, the same numbers (plumbing/branch_free.py).
 * Theano's CPU convolution copies and sums whole rows in im2col/col2im, the same numbers (plumbing/fast_im2col.py;
   BINARYNET_FAST_IM2COL=0 switches it off).
+* A graph's missing C modules are compiled on all cores before Theano links it, the same modules in Theano's cache
+  (plumbing/parallel_compile.py; BINARYNET_PARALLEL_COMPILE=0 switches it off).
 * `round_half_away_from_zero`: Theano 1.0 rounds half to even by default; the originals relied on the
   2016 default, half away from zero (so hard_sigmoid(0) = 0.5 rounds to 1).
 """
@@ -179,7 +181,7 @@ import theano  # noqa: E402
 import theano.tensor as T  # noqa: E402
 from theano.tensor.signal import pool  # noqa: E402
 
-from plumbing import branch_free, fast_im2col, parallel_mrg  # noqa: E402
+from plumbing import branch_free, fast_im2col, parallel_compile, parallel_mrg  # noqa: E402
 
 
 def _install_downsample_shim():
@@ -200,6 +202,7 @@ _install_downsample_shim()
 parallel_mrg.install()
 branch_free.install()
 fast_im2col.install()
+parallel_compile.install()
 # Theano warns that it cannot find "libmkl_rt.so" in the library dir: the versioned file is linked on purpose.
 logging.getLogger("theano.tensor.blas").addFilter(
     lambda record: "did not find a dynamic library" not in record.getMessage())
