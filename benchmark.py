@@ -107,8 +107,8 @@ def build_parser():
                         "instruction cap (default auto: the fastest of each)")
     p.add_argument("--openblas-coretype", default="auto",
                    help="OPENBLAS_CORETYPE for NumPy's and Theano's OpenBLAS: 'auto' = the one matching --isa, else "
-                        "SkylakeX on AVX-512 CPUs (its fastest kernel here), 'keep' = leave the environment alone, or a "
-                        "core name")
+                        "SkylakeX on AVX-512 CPUs (its fastest kernel here), 'keep' = leave the environment alone, "
+                        "or a core name")
     p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
                    help="wall: elapsed time (default); cpu: the process's CPU time, which on a machine other "
                         "processes share counts only the time the kernel had a core (needs --threads 1)")

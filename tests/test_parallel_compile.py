@@ -78,8 +78,8 @@ for name in os.listdir(theano.config.compiledir):
         key_data = pickle.load(file)
     with open(os.path.join(path, "mod.cpp"), "rb") as file:
         modules[key_data.module_hash] = hashlib.sha256(file.read()).hexdigest()
-report.update(gxx=len(gxx), gxx_main=len(gxx_main), gxx_files=gxx, stats=parallel_compile.STATS, modules=modules, partial=partial,
-              tmp=sorted(os.listdir(os.environ["TMPDIR"])))
+report.update(gxx=len(gxx), gxx_main=len(gxx_main), gxx_files=gxx, stats=parallel_compile.STATS, modules=modules,
+              partial=partial, tmp=sorted(os.listdir(os.environ["TMPDIR"])))
 print("REPORT " + json.dumps(report))
 """
 
