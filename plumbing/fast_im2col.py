@@ -23,7 +23,7 @@ import os
 
 from theano.tensor.nnet import corr
 
-VERSION = ("binarynet-archive fast im2col", 1)
+VERSION = ("binarynet-archive fast im2col", 2)
 SWITCH = "BINARYNET_FAST_IM2COL"
 # Theano's corr_gemm.c: im2col and col2im sit between these two lines (Theano 1.0.5).
 FIRST_LINE = "// (borrowed from Caffe: https://github.com/BVLC/caffe/blob/master/src/caffe/util/im2col.cpp)"
@@ -44,27 +44,47 @@ static inline void bna_valid_range(const int shift, const int stride, const int 
   *hi = end;
 }
 
+// Theano's output size of a padded, dilated, strided window along one axis (<= 0: no output).
+static inline int bna_cols(const int size, const int pad_lo, const int pad_hi, const int kernel, const int dilation,
+                           const int stride) {
+  return (size + pad_lo + pad_hi - ((kernel - 1) * dilation + 1)) / stride + 1;
+}
+
+// Row block c of the column matrix: kernel position (h_offset, w_offset) of image channel c_im. Image row =
+// h * stride_h - shift_h, image column = w * stride_w - shift_w; [h_lo, h_hi) x [w_lo, w_hi) read inside the image.
+typedef struct { int c_im, shift_h, shift_w, h_lo, h_hi, w_lo, w_hi; } bna_block;
+
+static inline bna_block bna_block_of(const int c, const int height, const int width, const int kernel_h,
+                                     const int kernel_w, const int dilation_h, const int dilation_w,
+                                     const int pad_hl, const int pad_wl, const int stride_h, const int stride_w,
+                                     const int height_col, const int width_col) {
+  bna_block b;
+  const int w_offset = c % kernel_w;
+  const int h_offset = (c / kernel_w) % kernel_h;
+  b.c_im = c / kernel_h / kernel_w;
+  b.shift_h = pad_hl - h_offset * dilation_h;
+  b.shift_w = pad_wl - w_offset * dilation_w;
+  bna_valid_range(b.shift_h, stride_h, height, height_col, &b.h_lo, &b.h_hi);
+  bna_valid_range(b.shift_w, stride_w, width, width_col, &b.w_lo, &b.w_hi);
+  return b;
+}
+
 void im2col(const FLOAT_T* data_im, const int channels,
     const int height, const int width, const int kernel_h, const int kernel_w,
     const int dilation_h, const int dilation_w,
     const int pad_hl, const int pad_hr, const int pad_wl, const int pad_wr,
     const int stride_h, const int stride_w,
     FLOAT_T* data_col) {
-  const int height_col = (height + pad_hl + pad_hr - ((kernel_h - 1) * dilation_h + 1)) / stride_h + 1;
-  const int width_col = (width + pad_wl + pad_wr - ((kernel_w - 1) * dilation_w + 1)) / stride_w + 1;
+  const int height_col = bna_cols(height, pad_hl, pad_hr, kernel_h, dilation_h, stride_h);
+  const int width_col = bna_cols(width, pad_wl, pad_wr, kernel_w, dilation_w, stride_w);
   if (height_col <= 0 || width_col <= 0) return;   // Theano's loops write nothing then
   const int channels_col = channels * kernel_h * kernel_w;
   for (int c = 0; c < channels_col; ++c) {
-    const int w_offset = c % kernel_w;
-    const int h_offset = (c / kernel_w) % kernel_h;
-    const int c_im = c / kernel_h / kernel_w;
-    const int shift_h = pad_hl - h_offset * dilation_h;   // image row = h * stride_h - shift_h
-    const int shift_w = pad_wl - w_offset * dilation_w;   // image column = w * stride_w - shift_w
-    int h_lo, h_hi, w_lo, w_hi;
-    bna_valid_range(shift_h, stride_h, height, height_col, &h_lo, &h_hi);
-    bna_valid_range(shift_w, stride_w, width, width_col, &w_lo, &w_hi);
+    const bna_block b = bna_block_of(c, height, width, kernel_h, kernel_w, dilation_h, dilation_w, pad_hl, pad_wl,
+                                     stride_h, stride_w, height_col, width_col);
+    const int shift_h = b.shift_h, shift_w = b.shift_w, h_lo = b.h_lo, h_hi = b.h_hi, w_lo = b.w_lo, w_hi = b.w_hi;
     FLOAT_T* col = data_col + (npy_intp)c * height_col * width_col;
-    const FLOAT_T* im = data_im + (npy_intp)c_im * height * width;
+    const FLOAT_T* im = data_im + (npy_intp)b.c_im * height * width;
     memset(col, 0, sizeof(FLOAT_T) * (npy_intp)h_lo * width_col);
     memset(col + (npy_intp)h_hi * width_col, 0, sizeof(FLOAT_T) * (npy_intp)(height_col - h_hi) * width_col);
     for (int h = h_lo; h < h_hi; ++h) {
@@ -93,22 +113,17 @@ void col2im(const FLOAT_T* data_col, const int channels,
     const int pad_hl, const int pad_hr, const int pad_wl, const int pad_wr,
     const int stride_h, const int stride_w,
     FLOAT_T* data_im) {
-  const int height_col = (height + pad_hl + pad_hr - ((patch_h - 1) * dilation_h + 1)) / stride_h + 1;
-  const int width_col = (width + pad_wl + pad_wr - ((patch_w - 1) * dilation_w + 1)) / stride_w + 1;
+  const int height_col = bna_cols(height, pad_hl, pad_hr, patch_h, dilation_h, stride_h);
+  const int width_col = bna_cols(width, pad_wl, pad_wr, patch_w, dilation_w, stride_w);
   if (height_col <= 0 || width_col <= 0) return;
   const int channels_col = channels * patch_h * patch_w;
   for (int c = 0; c < channels_col; ++c) {
-    const int w_offset = c % patch_w;
-    const int h_offset = (c / patch_w) % patch_h;
-    const int c_im = c / patch_h / patch_w;
-    const int shift_h = pad_hl - h_offset * dilation_h;
-    const int shift_w = pad_wl - w_offset * dilation_w;
-    int h_lo, h_hi, w_lo, w_hi;
-    bna_valid_range(shift_h, stride_h, height, height_col, &h_lo, &h_hi);
-    bna_valid_range(shift_w, stride_w, width, width_col, &w_lo, &w_hi);
+    const bna_block b = bna_block_of(c, height, width, patch_h, patch_w, dilation_h, dilation_w, pad_hl, pad_wl,
+                                     stride_h, stride_w, height_col, width_col);
+    const int shift_h = b.shift_h, shift_w = b.shift_w, h_lo = b.h_lo, h_hi = b.h_hi, w_lo = b.w_lo, w_hi = b.w_hi;
     if (w_hi <= w_lo) continue;
     const FLOAT_T* col = data_col + (npy_intp)c * height_col * width_col;
-    FLOAT_T* im = data_im + (npy_intp)c_im * height * width;
+    FLOAT_T* im = data_im + (npy_intp)b.c_im * height * width;
     for (int h = h_lo; h < h_hi; ++h) {
       const FLOAT_T* in = col + (npy_intp)h * width_col;
       FLOAT_T* row = im + (npy_intp)(h * stride_h - shift_h) * width;
