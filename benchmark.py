@@ -433,11 +433,6 @@ def print_ratios(rows, isa_note):
         print(f"  {'x'.join(map(str, size))} threads={threads}: XNOR {', '.join(parts)} the best sgemm ({best_name})")
 
 
-def load_averages():
-    """The 1, 5 and 15 minute load averages, two decimals each."""
-    return " ".join(f"{load:.2f}" for load in os.getloadavg())
-
-
 def print_hardware(coretype_note, thread_counts, isa_note):
     from plumbing import compat
     print(machine_line())
@@ -467,10 +462,10 @@ def main(argv=None):
         all_cores = len(os.sched_getaffinity(0))
         thread_counts = parse_threads(args.threads, all_cores)
         print_hardware(coretype_note, thread_counts, isa_note)
-        print(f"Load average before: {load_averages()} (other processes on these cores make timings noisy) | "
+        print(f"Load average before: {cli.load_averages()} (other processes on these cores make timings noisy) | "
               f"clock: {args.clock}")
         rows = run_cpu(sizes, thread_counts, args)
-        print(f"Load average after:  {load_averages()}")
+        print(f"Load average after:  {cli.load_averages()}")
     print_table(rows)
     if device == "cpu":
         print_ratios(rows, isa_note)

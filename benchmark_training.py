@@ -188,8 +188,7 @@ def worst_line(pairs):
 
 
 def load_line():
-    loads = " ".join(f"{load:.2f}" for load in os.getloadavg())
-    return f"machine load (1, 5, 15 min): {loads} on {os.cpu_count()} CPUs"
+    return f"machine load (1, 5, 15 min): {cli.load_averages()} on {os.cpu_count()} CPUs"
 
 
 def main_peer(args):

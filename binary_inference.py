@@ -785,11 +785,6 @@ class cpu_limit:
         os.sched_setaffinity(0, self.affinity)
 
 
-def load_averages():
-    """The 1, 5 and 15 minute load averages, two decimals each."""
-    return " ".join(f"{load:.2f}" for load in os.getloadavg())
-
-
 def time_path(run, repeats):
     """(median s, min s, median process CPU s, predictions) of `repeats` calls of run() after one warm-up call on a
     few examples. The CPU time (all threads of the process) is robust to other processes on the machine."""
@@ -847,7 +842,7 @@ def _benchmark_paths(blocks, fast, pixels, X, labels, thread_counts, repeats, in
           f"median and min of {repeats} runs after a warm-up; 1 thread = process pinned to one core")
     march = " ".join(f for f in packed_net.flags("native") if f.startswith("-march")) or "no -march"
     print(f"{describe_cpu_libraries()}; fast path: {packed_net.code_path()} (gcc {march})")
-    print(f"load average before: {load_averages()}")
+    print(f"load average before: {cli.load_averages()}")
     rows = []
     for threads in thread_counts:
         with cpu_limit(threads):
@@ -872,7 +867,7 @@ def _benchmark_paths(blocks, fast, pixels, X, labels, thread_counts, repeats, in
     with cpu_limit(rows[0]["threads"]):
         ties = fast_path_ties(blocks, fast, pixels, X, reference, [r for r in rows if r["path"] == fast_name])
     print(f"packed model: {sizes[1]} bytes, float model {sizes[0]} bytes, {sizes[0] / sizes[1]:.1f}x smaller")
-    print(f"load average after:  {load_averages()}")
+    print(f"load average after:  {cli.load_averages()}")
     print(speedup_line(rows, float_paths, fast_name, widths, len(X), ties))
     if ties["unexplained"] or ties["beyond"]:
         raise InferenceError(f"the fast path disagrees with the float path beyond first-layer float32 ties "

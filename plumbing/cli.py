@@ -1,6 +1,7 @@
 """The command line every script shares: one parser class, value checks, the experiments' common flags, the
 start-of-run printout, and the guard that turns an ArchiveError into one line and a non-zero exit."""
 import argparse
+import os
 import signal
 import sys
 from collections import OrderedDict
@@ -136,3 +137,8 @@ def check_batches(batch_size, **sets):
         if rows < batch_size:
             raise UsageError(f"the {name} set has {rows} rows, fewer than one minibatch of {batch_size}; pass a "
                              "smaller --batch-size")
+
+
+def load_averages():
+    """The 1, 5 and 15 minute load averages, two decimals each."""
+    return " ".join(f"{load:.2f}" for load in os.getloadavg())
