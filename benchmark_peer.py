@@ -9,9 +9,10 @@ comes from a layer table (SPEC.json) that benchmark_training.py writes from the 
     {"batch_size": 50, "input_shape": [3, 32, 32], "learning_rate": 0.003,
      "layers": [["conv", 128], ["bn", 0.0001, 0.1], ["sign"], ["pool", 2], ["dense", 1024], ["dropout", 0.5], ...]}
 
-Binary weight layers are Larq's QuantConv2D / QuantDense with `kernel_quantizer="ste_sign"` and
-`kernel_constraint="weight_clip"` (deterministic sign; BinaryConnect's stochastic draw has no Larq quantizer), with
-a bias as in the Lasagne layers. A "sign" (BinaryNet's binary_tanh) becomes the next layer's `input_quantizer`
+Binary weight layers are Larq's QuantConv2D / QuantDense with `kernel_constraint="weight_clip"` and, as the
+kernel quantizer, `"ste_sign"` (BinaryNet) or, where the table says `"weight_draw": "stochastic"` (the `bc-*`
+rows), `stochastic_sign` below, BinaryConnect's draw, which Larq does not have; with a bias as in the Lasagne
+layers. A "sign" (BinaryNet's binary_tanh) becomes the next layer's `input_quantizer`
 ("ste_sign", the same straight-through gradient clipped at |x| <= 1), or a sign activation when dropout comes
 between. Batch norm: Keras BatchNormalization, momentum = 1 - alpha, the table's epsilon. Loss squared hinge,
 optimizer Adam. Images are NHWC (TensorFlow's CPU layout); the parameter shapes are those of the Lasagne network.
@@ -47,10 +48,26 @@ def weight_shapes(spec):
     return shapes
 
 
+def stochastic_sign(tf):
+    """BinaryConnect's stochastic binarization (paper section 2.3, binary_connect.binarize_weights with H = 1):
+    Wb = +1 with probability p = clip((W + 1) / 2, 0, 1), else -1, a new uniform draw per weight at every step, and
+    the gradient passed straight through to W."""
+    @tf.custom_gradient
+    def quantize(w):
+        p = tf.clip_by_value((w + 1.) / 2., 0., 1.)
+        wb = tf.where(tf.random.uniform(tf.shape(w), dtype=w.dtype) < p, tf.ones_like(w), -tf.ones_like(w))
+        return wb, lambda dy: dy
+    return quantize
+
+
 def build_model(spec, tf, lq):
     """The Keras model of the layer table (see the module docstring)."""
     keras = tf.keras
-    binary = dict(kernel_quantizer="ste_sign", kernel_constraint="weight_clip", use_bias=True)
+    draw = spec.get("weight_draw", "sign")
+    if draw not in ("sign", "stochastic"):
+        raise SystemExit(f"unknown weight_draw {draw!r} in the layer table: use 'sign' or 'stochastic'")
+    quantizer = stochastic_sign(tf) if draw == "stochastic" else "ste_sign"
+    binary = dict(kernel_quantizer=quantizer, kernel_constraint="weight_clip", use_bias=True)
     channels, height, width = spec["input_shape"]
     inputs = keras.Input((height, width, channels), batch_size=spec["batch_size"])
     x = inputs

@@ -98,10 +98,13 @@ def measure(name, repeats, width):
 
 def layer_table(network, hp, shape):
     """The peer's layer table (benchmark_peer.py) read off a Lasagne network, input to output."""
-    layers = []
+    layers, draws = [], set()
     for layer in lasagne.layers.get_all_layers(network):
         if isinstance(layer, lasagne.layers.InputLayer):
             continue
+        if isinstance(layer, (binary_connect.Conv2DLayer, binary_connect.DenseLayer)):
+            assert layer.binary and float(layer.H) == 1.
+            draws.add("stochastic" if layer.stochastic else "sign")
         if isinstance(layer, lasagne.layers.DropoutLayer):
             if layer.p > 0:
                 layers.append(["dropout", float(layer.p)])
@@ -122,7 +125,9 @@ def layer_table(network, hp, shape):
             layers.append(["sign"])
         else:
             raise TypeError(f"no peer layer for {type(layer).__name__}")
-    return dict(batch_size=hp["batch_size"], input_shape=list(shape), learning_rate=hp["LR_start"], layers=layers)
+    assert len(draws) == 1
+    return dict(batch_size=hp["batch_size"], input_shape=list(shape), learning_rate=hp["LR_start"],
+                weight_draw=draws.pop(), layers=layers)
 
 
 def parse_result(name, result):

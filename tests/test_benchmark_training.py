@@ -33,7 +33,7 @@ def test_peer_table_of_the_binarynet_mlp():
     network, hp, shape = benchmark_training.build("bnn-mnist", 1 / 64, T.tensor4())
     hidden = [["dense", 64], ["bn", 1e-4, 0.1], ["sign"], ["dropout", 0.5]]
     assert benchmark_training.layer_table(network, hp, shape) == dict(
-        batch_size=100, input_shape=[1, 28, 28], learning_rate=0.003,
+        batch_size=100, input_shape=[1, 28, 28], learning_rate=0.003, weight_draw="sign",
         layers=[["dropout", 0.2]] + hidden * 3 + [["dense", 10], ["bn", 1e-4, 0.1]])
 
 
@@ -43,6 +43,13 @@ def test_peer_table_of_the_binaryconnect_convnet():
     bn_relu = [["bn", 1e-4, 0.1], ["relu"]]
     assert layers[:8] == [["conv", 1]] + bn_relu + [["conv", 1], ["pool", 2]] + bn_relu + [["conv", 2]]
     assert layers[-4:] == [["bn", 1e-4, 0.1], ["relu"], ["dense", 10], ["bn", 1e-4, 0.1]]
+
+
+@pytest.mark.parametrize("name", list(benchmark_training.NETWORKS))
+def test_peer_draws_binaryconnect_weights_stochastically_as_our_network_does(name):
+    network, hp, shape = benchmark_training.build(name, 1 / 64, T.tensor4())
+    table = benchmark_training.layer_table(network, hp, shape)
+    assert table["weight_draw"] == ("stochastic" if name.startswith("bc-") else "sign")
 
 
 def test_weight_shapes_of_a_hand_written_table():
