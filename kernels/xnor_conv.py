@@ -59,8 +59,8 @@ def unfold_words(pixels, kh, kw, out_h, out_w):
     (y + i, x + j) of the padded image for i < kh, j < kw."""
     n, _, _, words = pixels.shape
     s = pixels.strides
-    view = np.lib.stride_tricks.as_strided(pixels, (n, out_h, out_w, kh, kw, words), (s[0], s[1], s[2], s[1], s[2], s[3]),
-                                           writeable=False)
+    view = np.lib.stride_tricks.as_strided(pixels, (n, out_h, out_w, kh, kw, words),
+                                           (s[0], s[1], s[2], s[1], s[2], s[3]), writeable=False)
     return view.reshape(n * out_h * out_w, kh * kw * words)
 
 
@@ -71,9 +71,9 @@ def border_correction(w, image_shape, pad):
     h, wd = image_shape
     p, q = pad
     out_h, out_w = h + 2 * p - kh + 1, wd + 2 * q - kw + 1
-    taps = w.sum(axis=1, dtype=np.float64)  # exact: integers
+    taps = w.sum(axis=1, dtype=np.float32)  # exact in any order: integers of magnitude <= C < 2^24
     ys, xs = np.arange(out_h), np.arange(out_w)
-    corr = np.zeros((m, out_h, out_w), dtype=np.float64)
+    corr = np.zeros((m, out_h, out_w), dtype=np.float32)
     for i in range(kh):
         outside_y = (ys + i - p < 0) | (ys + i - p >= h)
         for j in range(kw):
@@ -81,7 +81,7 @@ def border_correction(w, image_shape, pad):
             outside = outside_y[:, None] | outside_x[None, :]
             if outside.any():
                 corr += taps[:, i, j, None, None] * outside[None]
-    return corr.astype(np.float32)
+    return corr
 
 
 def xnor_conv2d(x, w, pad, threads=None):
