@@ -6,12 +6,15 @@ Conv2D layers, the Glorot learning-rate scale, the scaled-Adam-then-clip update,
 """
 import functools
 import gc
+import os
 from collections import OrderedDict
 
 from plumbing import compat  # noqa: F401  (Theano flags and Lasagne patches come first)
 from plumbing import runfiles
 from plumbing.compat import T, lasagne, np, theano
 from theano.sandbox.rng_mrg import MRG_RandomStreams
+
+from kernels.xnor_conv import XnorConv2D
 
 
 def hard_sigmoid(x):
@@ -104,10 +107,14 @@ class Conv2DLayer(BinaryLayerMixin, lasagne.layers.Conv2DLayer):
     """2-D convolution layer with binary weights: y = f(conv(x, Wb) + b) (ORIGINALS.md §1.3).
 
     fan_in = kh * kw * C_in, fan_out = kh * kw * C_out (no division by the pool size, as the original).
+    binary_inputs=True tells the layer its input is exactly +1/-1 (BinaryNet's binary_tanh): then, with +1/-1
+    weights (binary, deterministic, H = 1), stride 1 and a tuple pad, the forward product runs on the XNOR-popcount
+    kernel (kernels/xnor_conv.py, the same numbers as CorrMM) unless BINARYNET_XNOR_CONV=0 (docs/speed.md).
     """
 
     def __init__(self, incoming, num_filters, filter_size, binary=True, stochastic=True, H=1.,
-                 W_LR_scale="Glorot", **kwargs):
+                 W_LR_scale="Glorot", binary_inputs=False, **kwargs):
+        self.binary_inputs = binary_inputs
         shape = incoming.output_shape if isinstance(incoming, lasagne.layers.Layer) else incoming
         kh, kw = (filter_size, filter_size) if isinstance(filter_size, int) else filter_size
         self._setup_binary(kh * kw * shape[1], kh * kw * num_filters, binary, stochastic, H, W_LR_scale)
@@ -123,12 +130,22 @@ class Conv2DLayer(BinaryLayerMixin, lasagne.layers.Conv2DLayer):
         if not (isinstance(self.pad, tuple) and self.untie_biases is False):
             return self._output_with_binary_weights(lasagne.layers.Conv2DLayer.get_output_for, input, deterministic,
                                                     **kwargs)
-        conved = self.convolution(input, self._binarized(deterministic), subsample=self.stride,
-                                  input_shape=input_shape or self.input_shape, filter_shape=self.get_W_shape(),
-                                  border_mode=self.pad)
+        Wb = self._binarized(deterministic)
+        if self.uses_xnor():
+            # conv2d flips the filters (filter_flip=True) and then correlates, as Theano's optimizer builds CorrMM
+            conved = XnorConv2D(border_mode=self.pad)(input, Wb[:, :, ::-1, ::-1])
+        else:
+            conved = self.convolution(input, Wb, subsample=self.stride, input_shape=input_shape or self.input_shape,
+                                      filter_shape=self.get_W_shape(), border_mode=self.pad)
         if self.b is not None:
             conved = conved + self.b.dimshuffle("x", 0, "x", "x")
         return self.nonlinearity(conved)
+
+    def uses_xnor(self):
+        """True where the XNOR forward is exact: +1/-1 inputs and weights, stride 1, tuple pad, switch not '0'."""
+        return (self.binary_inputs and self.binary and not self.stochastic and self.H == 1
+                and tuple(self.stride) == (1, 1) and isinstance(self.pad, tuple) and self.untie_biases is False
+                and os.environ.get("BINARYNET_XNOR_CONV", "1") != "0")
 
 
 def binary_layers(network):

@@ -9,6 +9,7 @@ from plumbing import compat  # noqa: F401  (Theano flags and Lasagne patches com
 from plumbing.compat import lasagne
 
 import binary_connect
+import binary_net
 from batch_norm import batch_norm_and_activation
 
 CIFAR10_WIDTHS = (128, 256, 512)
@@ -19,6 +20,12 @@ DENSE_UNITS = 1024
 def scaled(units, width):
     """units * width rounded, at least 1 (the --width multiplier)."""
     return max(1, int(round(units * width)))
+
+
+def binary_activations(layer):
+    """True if layer outputs exactly +1/-1: BinaryNet's binary_tanh layer (the next conv may use the XNOR kernel)."""
+    return (isinstance(layer, lasagne.layers.NonlinearityLayer)
+            and layer.nonlinearity is binary_net.binary_tanh_unit)
 
 
 def build_convnet(family, input_var, hp, widths=CIFAR10_WIDTHS, dense_units=DENSE_UNITS, image_shape=(3, 32, 32)):
@@ -32,9 +39,9 @@ def build_convnet(family, input_var, hp, widths=CIFAR10_WIDTHS, dense_units=DENS
                   nonlinearity=lasagne.nonlinearities.identity)
     cnn = lasagne.layers.InputLayer((None,) + tuple(image_shape), input_var=input_var)
     for filters in widths:
-        cnn = binary_connect.Conv2DLayer(cnn, filters, (3, 3), pad=1, **binary)
+        cnn = binary_connect.Conv2DLayer(cnn, filters, (3, 3), pad=1, binary_inputs=binary_activations(cnn), **binary)
         cnn = batch_norm_and_activation(family, cnn, hp["epsilon"], hp["alpha"])
-        cnn = binary_connect.Conv2DLayer(cnn, filters, (3, 3), pad=1, **binary)
+        cnn = binary_connect.Conv2DLayer(cnn, filters, (3, 3), pad=1, binary_inputs=binary_activations(cnn), **binary)
         cnn = lasagne.layers.MaxPool2DLayer(cnn, pool_size=(2, 2))
         cnn = batch_norm_and_activation(family, cnn, hp["epsilon"], hp["alpha"])
     for _ in range(2):
