@@ -151,7 +151,9 @@ def run_peer(name, repeats, table):
         spec.flush()
         command = [PEER_PYTHON, os.path.join(HERE, "benchmark_peer.py"), "--spec", spec.name, "--repeats",
                    str(repeats)]
-        return parse_result(name, subprocess.run(command, capture_output=True, text=True, cwd=HERE))
+        # the peer runs in the user's environment, without the thread settings compat made for Theano's pools
+        env = {k: v for k, v in os.environ.items() if k not in compat.THREAD_SETTINGS}
+        return parse_result(name, subprocess.run(command, capture_output=True, text=True, cwd=HERE, env=env))
 
 
 def check_peer():

@@ -204,8 +204,10 @@ def compile_functions(network, input_var, target_var, learning_rate):
     """The scripts' `train_fn` and `val_fn`: train_fn(x, t, LR) -> loss (applies the updates), val_fn(x, t) ->
     [loss, error].
 
-    The training graph (and its gradients) is built before the test graph, as §1.4 requires.
+    The training graph (and its gradients) is built before the test graph, as §1.4 requires. From here on freed
+    arrays of every size are reused, not unmapped (compat.keep_large_arrays_mapped; the data are loaded by now).
     """
+    compat.keep_large_arrays_mapped()
     train_output = lasagne.layers.get_output(network, deterministic=False)
     loss = squared_hinge_loss(train_output, target_var)
     updates = adam_updates(loss, network, learning_rate)

@@ -100,6 +100,8 @@ def _blas_flags():
         _load_global(mkl[-1])
         name = os.path.basename(mkl[-1])
         return f"-L{venv_lib} -l:{name}", f"MKL ({name})"
+    if blas == "openblas":
+        _let_idle_threads_sleep()
     if blas == "openblas" and not bundled:
         return "-lopenblas", "OpenBLAS (system)"
     if blas == "openblas":
@@ -126,6 +128,26 @@ def _blas_flags():
         core = library.openblas_get_corename().decode()
         return f"-L{scipy_libs[0]} -l:{name}", f"OpenBLAS ({name}, {core} kernels)"
     return "", "none (Theano's NumPy fallback)"
+
+
+# What _let_idle_threads_sleep added to the environment (name -> value); the peer of benchmark_training.py runs
+# without it, in the user's environment.
+THREAD_SETTINGS = {}
+
+
+def _let_idle_threads_sleep():
+    """Idle worker threads sleep instead of spinning, where two thread pools share the cores (docs/speed.md).
+
+    With OpenBLAS, a training step runs two pools on the same cores: OpenBLAS's own threads (the products) and GNU
+    OpenMP's (Theano's elementwise ops, convolutions, random numbers). Both keep spinning after their work is done
+    (OpenBLAS for about 2^28 cycles, calling sched_yield; OpenMP for up to 300,000 rounds), so each pool's waiting
+    threads took the cores from the other's working ones: a third to a half of a BinaryNet MLP step here. Set
+    before OpenBLAS and OpenMP load (they read these once); a value the user set wins. MKL (Intel CPUs) runs on
+    OpenMP's own pool (MKL_THREADING_LAYER=GNU below): one pool, nothing changed there.
+    """
+    for name, value in (("OPENBLAS_THREAD_TIMEOUT", "4"), ("OMP_WAIT_POLICY", "PASSIVE")):
+        if name not in os.environ:
+            os.environ[name] = THREAD_SETTINGS[name] = value
 
 
 BLAS_LDFLAGS, BLAS_NAME = _blas_flags()
@@ -167,6 +189,24 @@ def _keep_freed_memory():
     m_trim_threshold, m_mmap_threshold = -1, -3
     mallopt(m_mmap_threshold, 32 << 20)
     mallopt(m_trim_threshold, 1 << 30)
+
+
+def keep_large_arrays_mapped():
+    """From now on let glibc's malloc reuse freed arrays of every size, not only those of up to 32 MiB.
+
+    glibc maps every block above its largest mmap limit (32 MiB) freshly from the kernel and unmaps it on free. The
+    BinaryNet MLP's 4096 x 4096 weight-sized arrays (64 MiB: binary weights, gradients, Adam's terms) were mapped and
+    faulted in again at every step: about 2,200 page faults and 120-340 ms of kernel time per step here, most of it
+    the kernel assembling huge pages (NumPy asks for them on large arrays). With mmap off (M_MMAP_MAX = 0) they come
+    from the heap and are reused. Called by binary_connect.compile_functions, i.e. after the data are loaded: a
+    preprocessing step's large temporaries are still unmapped (given back) when freed. Not glibc: nothing to do.
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    m_mmap_max = -4
+    mallopt(m_mmap_max, 0)
 
 
 _keep_freed_memory()
