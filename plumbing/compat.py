@@ -20,6 +20,9 @@ What it does (ORIGINALS.md §7, docs/environment.md):
 * Theano's clip and round compile to code without jumps, the same numbers (plumbing/branch_free.py).
 * Theano's CPU convolution copies and sums whole rows in im2col/col2im, the same numbers (plumbing/fast_im2col.py;
   BINARYNET_FAST_IM2COL=0 switches it off).
+* With OpenBLAS, idle OpenBLAS and OpenMP threads sleep instead of spinning (OPENBLAS_THREAD_TIMEOUT=4,
+  OMP_WAIT_POLICY=PASSIVE unless the user set them); freed arrays of up to 32 MiB are reused, and of every size
+  after `keep_large_arrays_mapped()` (called by binary_connect.compile_functions), without page faults.
 * A graph's missing C modules are compiled on all cores before Theano links it, the same modules in Theano's cache
   (plumbing/parallel_compile.py; BINARYNET_PARALLEL_COMPILE=0 switches it off).
 * `round_half_away_from_zero`: Theano 1.0 rounds half to even by default; the originals relied on the
