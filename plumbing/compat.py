@@ -224,7 +224,7 @@ import theano  # noqa: E402
 import theano.tensor as T  # noqa: E402
 from theano.tensor.signal import pool  # noqa: E402
 
-from plumbing import branch_free, fast_im2col, parallel_compile, parallel_mrg  # noqa: E402
+from plumbing import branch_free, fast_im2col, fast_sum, parallel_compile, parallel_mrg  # noqa: E402
 
 
 def _install_downsample_shim():
@@ -245,6 +245,7 @@ _install_downsample_shim()
 parallel_mrg.install()
 branch_free.install()
 fast_im2col.install()
+fast_sum.install()
 parallel_compile.install()
 # Theano warns that it cannot find "libmkl_rt.so" in the library dir: the versioned file is linked on purpose.
 logging.getLogger("theano.tensor.blas").addFilter(
