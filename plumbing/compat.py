@@ -23,6 +23,8 @@ What it does (ORIGINALS.md §7, docs/environment.md):
 * With OpenBLAS, idle OpenBLAS and OpenMP threads sleep instead of spinning (OPENBLAS_THREAD_TIMEOUT=4,
   OMP_WAIT_POLICY=PASSIVE unless the user set them); freed arrays of up to 32 MiB are reused, and of every size
   after `keep_large_arrays_mapped()` (called by binary_connect.compile_functions), without page faults.
+* Batch norm's float64-accumulated sums run several channels' chains side by side, the same numbers
+  (plumbing/fast_sum.py; BINARYNET_FAST_SUM=0 switches it off).
 * A graph's missing C modules are compiled on all cores before Theano links it, the same modules in Theano's cache
   (plumbing/parallel_compile.py; BINARYNET_PARALLEL_COMPILE=0 switches it off).
 * `round_half_away_from_zero`: Theano 1.0 rounds half to even by default; the originals relied on the
