@@ -23,6 +23,8 @@ What it does (ORIGINALS.md §7, docs/environment.md):
 * With OpenBLAS, idle OpenBLAS and OpenMP threads sleep instead of spinning (OPENBLAS_THREAD_TIMEOUT=4,
   OMP_WAIT_POLICY=PASSIVE unless the user set them); freed arrays of up to 32 MiB are reused, and of every size
   after `keep_large_arrays_mapped()` (called by binary_connect.compile_functions), without page faults.
+* Batch norm's float64-accumulated sums run several channels' chains side by side, the same numbers
+  (plumbing/fast_sum.py; BINARYNET_FAST_SUM=0 switches it off).
 * A graph's missing C modules are compiled on all cores before Theano links it, the same modules in Theano's cache
   (plumbing/parallel_compile.py; BINARYNET_PARALLEL_COMPILE=0 switches it off).
 * `round_half_away_from_zero`: Theano 1.0 rounds half to even by default; the originals relied on the
@@ -224,7 +226,7 @@ import theano  # noqa: E402
 import theano.tensor as T  # noqa: E402
 from theano.tensor.signal import pool  # noqa: E402
 
-from plumbing import branch_free, fast_im2col, parallel_compile, parallel_mrg  # noqa: E402
+from plumbing import branch_free, fast_im2col, fast_sum, parallel_compile, parallel_mrg  # noqa: E402
 
 
 def _install_downsample_shim():
@@ -245,6 +247,7 @@ _install_downsample_shim()
 parallel_mrg.install()
 branch_free.install()
 fast_im2col.install()
+fast_sum.install()
 parallel_compile.install()
 # Theano warns that it cannot find "libmkl_rt.so" in the library dir: the versioned file is linked on purpose.
 logging.getLogger("theano.tensor.blas").addFilter(
