@@ -176,6 +176,15 @@ def _configure_theano():
     os.environ.setdefault("MKL_DYNAMIC", "FALSE")
 
 
+def _mallopt(parameter, value):
+    """glibc's mallopt(parameter, value); nothing where the C library has no mallopt (not glibc)."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(parameter, value)
+
+
 def _keep_freed_memory():
     """Let glibc's malloc reuse freed arrays instead of unmapping them (docs/speed.md).
 
@@ -186,14 +195,9 @@ def _keep_freed_memory():
     limit glibc accepts) come from the heap, and up to 1 GiB of free heap stays mapped. Memory is kept, not given
     back, between steps: peak memory rose by 25-45 MiB on the paper ConvNets (docs/speed.md). Not glibc: nothing to do.
     """
-    try:
-        libc = ctypes.CDLL(None)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return
     m_trim_threshold, m_mmap_threshold = -1, -3
-    mallopt(m_mmap_threshold, 32 << 20)
-    mallopt(m_trim_threshold, 1 << 30)
+    _mallopt(m_mmap_threshold, 32 << 20)
+    _mallopt(m_trim_threshold, 1 << 30)
 
 
 def keep_large_arrays_mapped():
@@ -206,12 +210,8 @@ def keep_large_arrays_mapped():
     from the heap and are reused. Called by binary_connect.compile_functions, i.e. after the data are loaded: a
     preprocessing step's large temporaries are still unmapped (given back) when freed. Not glibc: nothing to do.
     """
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return
     m_mmap_max = -4
-    mallopt(m_mmap_max, 0)
+    _mallopt(m_mmap_max, 0)
 
 
 _keep_freed_memory()
