@@ -17,7 +17,7 @@ What it does (ORIGINALS.md §7, docs/environment.md):
 * Lasagne 0.1 imports `theano.tensor.signal.downsample`, removed in Theano 0.9. A stand-in module with
   `max_pool_2d` on top of `theano.tensor.signal.pool.pool_2d` is registered before Lasagne is imported.
 * Theano's CPU random generator (MRG31k3p) runs its streams on all cores, the same numbers (plumbing/parallel_mrg.py).
-* Theano's clip and round compile to code without jumps, the same numbers (plumbing/branch_free.py).
+* Theano's clip, sgn and round compile to code without jumps, the same numbers (plumbing/branch_free.py).
 * Theano's CPU convolution copies and sums whole rows in im2col/col2im, the same numbers (plumbing/fast_im2col.py;
   BINARYNET_FAST_IM2COL=0 switches it off).
 * With OpenBLAS, idle OpenBLAS and OpenMP threads sleep instead of spinning (OPENBLAS_THREAD_TIMEOUT=4,

@@ -1,4 +1,4 @@
-"""plumbing/branch_free.py: Theano's clip and round-half-away-from-zero, and binary_net's straight-through round,
+"""plumbing/branch_free.py: Theano's clip, sgn and round-half-away-from-zero, and binary_net's straight-through round,
 compiled from the branch-free C code, must give exactly the numbers of Theano's own C code and of a NumPy reference:
 on the edges (bounds, their neighbours, +-0, halves and their neighbours, infinities, NaN) and on random bit patterns.
 """
@@ -45,7 +45,7 @@ def edge_values(dtype, centres, seed=0):
 def theanos_code(monkeypatch):
     """Put Theano's own C code back (for graphs compiled inside the test)."""
     def restore():
-        for cls in (scalar.basic.Clip, scalar.basic.RoundHalfAwayFromZero):
+        for cls in (scalar.basic.Clip, scalar.basic.RoundHalfAwayFromZero, scalar.basic.Sgn):
             for name, method in branch_free.THEANOS[cls.__name__].items():
                 monkeypatch.setattr(cls, name, method)
     return restore
@@ -81,6 +81,29 @@ def reference_round(xs):
     tie = np.abs(xs - np.trunc(xs)) == 0.5
     rounded[tie] = np.trunc(xs[tie]) + np.sign(xs[tie])
     return rounded
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_sgn_matches_theanos_code_and_numpy(dtype, theanos_code):
+    """1 above zero, -1 below, +0 for both zeros (Theano's literal 0., where NumPy keeps -0), NaN for NaN; alone and
+    inside a fused op (BinaryConnect's ReLU gradient, 0.5 * g + 0.5 * g * sgn(x))."""
+    xs = edge_values(dtype, [0, 1e-45, -1e-45, 1, -1])
+    x, g = T.vector(dtype=dtype), T.vector(dtype=dtype)
+    gs = np.random.RandomState(2).normal(size=xs.shape).astype(dtype)
+    half = np.asarray(0.5, dtype)
+    ours = c_function([x], T.sgn(x))(xs), c_function([x, g], half * g + half * g * T.sgn(x))(xs, gs)
+    theanos_code()
+    theirs = c_function([x], T.sgn(x))(xs), c_function([x, g], half * g + half * g * T.sgn(x))(xs, gs)
+    assert same_bits(ours[0], theirs[0]) and same_bits(ours[1], theirs[1])
+    reference = np.where(xs > 0, 1, np.where(xs < 0, -1, np.where(np.isnan(xs), np.nan, 0))).astype(dtype)
+    assert same_bits(ours[0], reference)
+    assert ours[0][:4].tolist() == [0, 0, 1, -1] and not np.signbit(ours[0][:2]).any()  # +-0, +-inf; -0 gives +0
+    assert np.isnan(ours[0][4])
+
+
+def test_sgn_of_integers_keeps_theanos_code():
+    x = T.vector(dtype="int32")
+    assert c_function([x], T.sgn(x))(np.asarray([-7, 0, 3], "int32")).tolist() == [-1, 0, 1]
 
 
 HALVES = [0.5, -0.5, 1.5, -1.5, 2.5, -2.5, 0.49999997, 1., 2. ** 22 + 0.5, 2. ** 23, -2. ** 23 - 1, 1e30]
