@@ -1,52 +1,98 @@
 """Theano's CPU MRG31k3p generator (`mrg_uniform`, used by stochastic BinaryConnect's weight draws), the same
-numbers on all cores (docs/speed.md).
+numbers on all cores and in SIMD lanes (docs/speed.md).
 
 Theano's C code walks the output once, element i drawing from stream i mod S, reading and writing that stream's
 six state words for every element: one core, and 38 % of a stochastic BinaryConnect MNIST step here. Every stream's
 sequence depends only on its own state, so the loop here runs stream by stream (element s, s + S, s + 2S, ... in
-that order), the streams split over OpenMP threads and each state held in registers: every sample and the final
-states are bit for bit Theano's. `install()` (called by plumbing/compat.py) swaps the op's C code in.
+that order), the streams split over OpenMP threads and each state held in registers.
+
+Sixteen neighbouring streams step side by side, one per SIMD lane (`#pragma omp simd`): their samples at each step
+are 16 neighbouring elements, one cache line written at once, where one stream at a time wrote a word into a
+different line at every sample. The recurrences run in unsigned 32-bit arithmetic, the same bits as Theano's
+wrapping int32 sums, and Theano's `y < 0 || y >= M` becomes one unsigned compare. Streams left over (a last group of
+fewer than 16, and the one extra sample of a group's first streams) run one lane at a time. Every sample and the
+final states are bit for bit Theano's (tests/test_parallel_mrg.py). `install()` (called by plumbing/compat.py) swaps
+the op's C code in.
 """
 from theano.sandbox import rng_mrg
 
 PARALLEL_MIN_ELEMENTS = 100000  # fewer samples than this: one thread (starting threads costs more)
 
 _LOOP = """
+#ifndef BINARYNET_MRG_STEP
+#define BINARYNET_MRG_STEP
+#define MRG_LANES 16
+#define MRG_M1 2147483647u      /* 2^31 - 1 */
+#define MRG_M2 2147462579u      /* 2^31 - 21069 */
+/* Theano's `if (y < 0 || y >= M) y -= M;` on the wrapped int32 y: as unsigned, y >= M covers both tests. */
+#define MRG_REDUCE(y, M) ((y) >= (M) ? (y) - (M) : (y))
+/* One step of lane l: Theano's recurrences, in unsigned arithmetic (the same bits as its wrapping int32 sums);
+   leaves the sample's integer, in (0, M1], in `draw`. */
+#define MRG_STEP(l) { \
+    npy_uint32 y1 = ((x12[l] & 511u) << 22) + (x12[l] >> 9) + ((x13[l] & 16777215u) << 7) + (x13[l] >> 24); \
+    y1 = MRG_REDUCE(y1, MRG_M1); \
+    y1 += x13[l]; \
+    y1 = MRG_REDUCE(y1, MRG_M1); \
+    x13[l] = x12[l]; x12[l] = x11[l]; x11[l] = y1; \
+    npy_uint32 z1 = ((x21[l] & 65535u) << 15) + 21069u * (x21[l] >> 16); \
+    z1 = MRG_REDUCE(z1, MRG_M2); \
+    npy_uint32 z2 = ((x23[l] & 65535u) << 15) + 21069u * (x23[l] >> 16); \
+    z2 = MRG_REDUCE(z2, MRG_M2); \
+    z2 += x23[l]; \
+    z2 = MRG_REDUCE(z2, MRG_M2); \
+    z2 += z1; \
+    z2 = MRG_REDUCE(z2, MRG_M2); \
+    x23[l] = x22[l]; x22[l] = x21[l]; x21[l] = z2; \
+    npy_int32 a = (npy_int32) x11[l], b = (npy_int32) z2; \
+    draw = a <= b ? a - b + (npy_int32) MRG_M1 : a - b; }
+#endif
+
+/* Streams s0 .. s0 + lanes - 1 (lanes <= MRG_LANES): stream s fills elements s, s + S, s + 2S, ... in that order. */
+static void mrg_group_%(dtype)s(%(dtype)s* sample_data, npy_int32* state_data, npy_int64 n_elements, int n_streams,
+                                int s0, int lanes) {
+    npy_uint32 x11[MRG_LANES], x12[MRG_LANES], x13[MRG_LANES], x21[MRG_LANES], x22[MRG_LANES], x23[MRG_LANES];
+    for (int l = 0; l < lanes; ++l) {
+        const npy_int32* state = state_data + 6 * (npy_int64) (s0 + l);
+        x11[l] = state[0]; x12[l] = state[1]; x13[l] = state[2];
+        x21[l] = state[3]; x22[l] = state[4]; x23[l] = state[5];
+    }
+    /* Steps every lane makes: the last stream's count. Its 16 samples per step are 16 neighbouring elements. */
+    npy_int64 last = s0 + MRG_LANES - 1;
+    npy_int64 full = (lanes == MRG_LANES && last < n_elements) ? (n_elements - 1 - last) / n_streams + 1 : 0;
+    for (npy_int64 k = 0; k < full; ++k) {
+        %(dtype)s* out = sample_data + s0 + k * n_streams;
+        #pragma omp simd
+        for (int l = 0; l < MRG_LANES; ++l) {
+            npy_int32 draw;
+            MRG_STEP(l)
+            out[l] = draw * %(norm)s;
+        }
+    }
+    /* The rest, lane by lane: partial groups, and the one extra sample of a group's first lanes. */
+    for (int l = 0; l < lanes; ++l) {
+        for (npy_int64 i = s0 + l + full * n_streams; i < n_elements; i += n_streams) {
+            npy_int32 draw;
+            MRG_STEP(l)
+            sample_data[i] = draw * %(norm)s;
+        }
+    }
+    for (int l = 0; l < lanes; ++l) {
+        npy_int32* state = state_data + 6 * (npy_int64) (s0 + l);
+        state[0] = x11[l]; state[1] = x12[l]; state[2] = x13[l];
+        state[3] = x21[l]; state[4] = x22[l]; state[5] = x23[l];
+    }
+}
+
 void cpu_rng_mrg_uniform_%(dtype)s(PyArrayObject* o_sample, PyArrayObject* o_rstate,
                                    npy_int64 n_elements, int n_streams) {
-    const npy_int32 M1 = 2147483647;      // 2^31 - 1
-    const npy_int32 M2 = 2147462579;      // 2^31 - 21069
-    const npy_int32 MASK12 = 511;         // 2^9 - 1
-    const npy_int32 MASK13 = 16777215;    // 2^24 - 1
-    const npy_int32 MASK2 = 65535;        // 2^16 - 1
-    const npy_int32 MULT2 = 21069;
     %(dtype)s* sample_data = (%(dtype)s*) PyArray_DATA(o_sample);
     npy_int32* state_data = (npy_int32*) PyArray_DATA(o_rstate);
+    int groups = (n_streams + MRG_LANES - 1) / MRG_LANES;
     #pragma omp parallel for schedule(static) if (n_elements >= %(min_elements)d)
-    for (int s = 0; s < n_streams; ++s) {
-        npy_int32* state = state_data + 6 * (npy_int64) s;
-        npy_int32 x11 = state[0], x12 = state[1], x13 = state[2], x21 = state[3], x22 = state[4], x23 = state[5];
-        npy_int32 y1, y2;
-        for (npy_int64 i = s; i < n_elements; i += n_streams) {
-            // component 1: x1 <- (2^22 x12 + 2^7 x13 + x13) mod M1, the same steps as Theano's loop
-            y1 = ((x12 & MASK12) << 22) + (x12 >> 9) + ((x13 & MASK13) << 7) + (x13 >> 24);
-            if (y1 < 0 || y1 >= M1) y1 -= M1;
-            y1 += x13;
-            if (y1 < 0 || y1 >= M1) y1 -= M1;
-            x13 = x12; x12 = x11; x11 = y1;
-            // component 2: x2 <- (2^15 x21 + 21069 x21 + 2^15 x23 + 21069 x23 + x23) mod M2
-            y1 = ((x21 & MASK2) << 15) + (MULT2 * (x21 >> 16));
-            if (y1 < 0 || y1 >= M2) y1 -= M2;
-            y2 = ((x23 & MASK2) << 15) + (MULT2 * (x23 >> 16));
-            if (y2 < 0 || y2 >= M2) y2 -= M2;
-            y2 += x23;
-            if (y2 < 0 || y2 >= M2) y2 -= M2;
-            y2 += y1;
-            if (y2 < 0 || y2 >= M2) y2 -= M2;
-            x23 = x22; x22 = x21; x21 = y2;
-            sample_data[i] = (x11 <= x21 ? x11 - x21 + M1 : x11 - x21) * %(norm)s;
-        }
-        state[0] = x11; state[1] = x12; state[2] = x13; state[3] = x21; state[4] = x22; state[5] = x23;
+    for (int g = 0; g < groups; ++g) {
+        int s0 = g * MRG_LANES;
+        mrg_group_%(dtype)s(sample_data, state_data, n_elements, n_streams, s0,
+                            n_streams - s0 < MRG_LANES ? n_streams - s0 : MRG_LANES);
     }
 }
 """
@@ -62,7 +108,7 @@ def _compile_args(self):
 
 
 def _cache_version(self):
-    return (10, "binarynet-archive parallel streams", 1)
+    return (10, "binarynet-archive parallel streams", 3)
 
 
 THEANOS = {name: getattr(rng_mrg.mrg_uniform, name)
