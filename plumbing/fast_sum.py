@@ -8,8 +8,9 @@ Theano's loop (CAReduce) takes one output element at a time and adds its inputs 
 starting from 0, in the order n, then h, then w: one chain of dependent additions, each waiting for the last.
 The replacement keeps, for every output element, exactly that chain (start 0, same inputs, same order, each
 float32 widened to float64 and added with one rounding), but runs the chains of 8 neighbouring output elements
-interleaved, so that the processor overlaps them. The result is converted to the output type as Theano's
-PyArray_CopyInto does (a C cast). tests/test_fast_sum.py compares both shapes with Theano's own code.
+interleaved, so that the processor overlaps them. The blocks of 8 are split over OpenMP threads (from 200,000
+inputs); a block's chains never cross threads, so the order stays. The result is converted to the output type as
+Theano's PyArray_CopyInto does (a C cast). tests/test_fast_sum.py compares both shapes with Theano's own code.
 
 `install()` (called by plumbing/compat.py) puts the code into every matching Sum compiled afterwards and adds a tag
 to its cache version; other reductions keep Theano's code. BINARYNET_FAST_SUM=0 leaves Theano's code in place.
@@ -19,10 +20,11 @@ import os
 from theano import scalar
 from theano.tensor import elemwise
 
-VERSION = ("binarynet-archive fast sum", 3)
+VERSION = ("binarynet-archive fast sum", 4)
 SWITCH = "BINARYNET_FAST_SUM"
 THEANOS = {name: getattr(elemwise.CAReduce, name) for name in ("c_code", "c_code_cache_version_apply")}
 BLOCK = 8  # output elements whose chains run interleaved
+PARALLEL_MIN = 200000  # inputs from which the blocks are split over OpenMP threads (Theano's openmp_elemwise_minsize)
 
 CODE = """
 {
@@ -47,7 +49,10 @@ CODE = """
     }
     <OUT_TYPE>* fs_out = (<OUT_TYPE>*)PyArray_DATA(<Z>);
     const char* fs_data = (const char*)PyArray_DATA(fs_x);
-    for (npy_intp fs_k0 = 0; fs_k0 < fs_k; fs_k0 += <BLOCK>) {
+    const npy_intp fs_blocks = (fs_k + <BLOCK> - 1) / <BLOCK>;
+    #pragma omp parallel for schedule(static) if (fs_n * fs_k * fs_h * fs_w >= <PARALLEL_MIN>)
+    for (npy_intp fs_block = 0; fs_block < fs_blocks; fs_block++) {
+        const npy_intp fs_k0 = fs_block * <BLOCK>;
         const int fs_nb = fs_k - fs_k0 < <BLOCK> ? (int)(fs_k - fs_k0) : <BLOCK>;
         double fs_acc[<BLOCK>];
         for (int b = 0; b < <BLOCK>; b++) fs_acc[b] = 0;
@@ -87,11 +92,16 @@ def _c_code(self, node, name, inames, onames, sub):
     out_type, typenum = {"float32": ("npy_float32", "NPY_FLOAT32"), "float64": ("npy_float64", "NPY_FLOAT64")}[
         node.outputs[0].dtype]
     fields = {"<X>": inames[0], "<Z>": onames[0], "<FAIL>": sub["fail"], "<OUT_TYPE>": out_type,
-              "<OUT_TYPENUM>": typenum, "<BLOCK>": str(BLOCK)}
+              "<OUT_TYPENUM>": typenum, "<BLOCK>": str(BLOCK), "<PARALLEL_MIN>": str(PARALLEL_MIN)}
     code = CODE
     for field, value in fields.items():
         code = code.replace(field, value)
     return code
+
+
+def _compile_args(self):
+    """OpenMP for the block loop. Theano's CAReduce declares no compile arguments of its own."""
+    return ["-fopenmp"]
 
 
 def _cache_version(self, node):
@@ -112,3 +122,4 @@ def install():
         return
     elemwise.CAReduce.c_code = _c_code
     elemwise.CAReduce.c_code_cache_version_apply = _cache_version
+    elemwise.CAReduce.c_compile_args = _compile_args

@@ -21,6 +21,10 @@ def compiled(expression, inputs, own):
         elemwise.CAReduce.c_code, elemwise.CAReduce.c_code_cache_version_apply = saved
 
 
+def test_the_threaded_shapes_are_above_the_threshold():
+    assert 50 * 41 * 10 * 10 >= fast_sum.PARALLEL_MIN and 500 * 403 >= fast_sum.PARALLEL_MIN
+
+
 def both(expression, inputs, *values):
     ours, theanos = compiled(expression, inputs, False), compiled(expression, inputs, True)
     sums = [n for n in ours.maker.fgraph.toposort() if isinstance(n.op, elemwise.Sum)]
@@ -33,7 +37,8 @@ def wide_range(rng, shape):
     return (rng.standard_normal(shape) * 10. ** rng.uniform(-6, 6, shape)).astype(np.float32)
 
 
-@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (3, 5, 2, 7), (4, 9, 3, 1), (2, 17, 5, 6), (6, 8, 4, 4)])
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (3, 5, 2, 7), (4, 9, 3, 1), (2, 17, 5, 6), (6, 8, 4, 4),
+                                   (50, 41, 10, 10)])  # the last: above PARALLEL_MIN, blocks split over threads
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_per_channel_sums_are_theanos(shape, dtype):
     x = T.tensor4(dtype="float32")
@@ -42,7 +47,7 @@ def test_per_channel_sums_are_theanos(shape, dtype):
     assert a.dtype == b.dtype == dtype and np.array_equal(a.view(np.uint8), b.view(np.uint8))
 
 
-@pytest.mark.parametrize("shape", [(1, 1), (5, 3), (7, 8), (3, 19), (100, 37)])
+@pytest.mark.parametrize("shape", [(1, 1), (5, 3), (7, 8), (3, 19), (100, 37), (500, 403)])
 def test_per_unit_sums_are_theanos(shape):
     x = T.matrix(dtype="float32")
     a, b = both(x.sum(axis=0, acc_dtype="float64"), [x], wide_range(np.random.RandomState(2), shape))
