@@ -29,14 +29,27 @@ def _words(channels):
     return (channels + 63) // 64
 
 
-def pack_pixels(x, pad):
+def pack_pixels(x, pad, threads=None):
     """Signs of x (N, C, H, W) as uint64 (N, H + 2p, W + 2q, words): bit c of a pixel's words = [x[c] >= 0];
-    padding pixels have bits 0..C-1 set; bits past C are 0."""
+    padding pixels have bits 0..C-1 set; bits past C are 0. Each image is the (C, H * W) matrix whose columns
+    kernels.cpu.pack_cols packs (C code, several times faster than NumPy's packbits on the transposed tensor)."""
     n, c, h, w = x.shape
     p, q = pad
-    bits = np.ones((n, h + 2 * p, w + 2 * q, c), dtype=bool)
-    bits[:, p:p + h, q:q + w, :] = (x >= 0).transpose(0, 2, 3, 1)
-    return _bytes_to_words(np.packbits(bits, axis=-1, bitorder="little"), c)
+    words = _words(c)
+    out = np.empty((n, h + 2 * p, w + 2 * q, words), dtype=np.uint64)
+    if p or q:
+        out[...] = _padding_word_run(c)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    for i in range(n):
+        out[i, p:p + h, q:q + w] = cpu.pack_cols(x[i].reshape(c, h * w), threads=threads).reshape(h, w, words)
+    return out
+
+
+def _padding_word_run(channels):
+    """The words of a padding pixel: bits 0..C-1 set, the bits past C zero."""
+    bits = np.zeros(64 * _words(channels), dtype=bool)
+    bits[:channels] = True
+    return _bytes_to_words(np.packbits(bits, bitorder="little"), channels)
 
 
 def pack_filters(w):
@@ -71,7 +84,9 @@ def border_correction(w, image_shape, pad):
     h, wd = image_shape
     p, q = pad
     out_h, out_w = h + 2 * p - kh + 1, wd + 2 * q - kw + 1
-    taps = w.sum(axis=1, dtype=np.float32)  # exact in any order: integers of magnitude <= C < 2^24
+    # S[m, i, j] as a product with a row of ones (10x faster than NumPy's sum over the middle axis); exact in any
+    # order: integers of magnitude <= C < 2^24
+    taps = np.matmul(np.ones((1, w.shape[1]), np.float32), w.reshape(m, w.shape[1], kh * kw)).reshape(m, kh, kw)
     ys, xs = np.arange(out_h), np.arange(out_w)
     corr = np.zeros((m, out_h, out_w), dtype=np.float32)
     for i in range(kh):
@@ -95,7 +110,7 @@ def xnor_conv2d(x, w, pad, threads=None):
                           "(channels must match, the padded image must hold the kernel)")
     words = _words(c)
     k_bits = kh * kw * words * 64
-    rows = unfold_words(pack_pixels(x, pad), kh, kw, out_h, out_w)
+    rows = unfold_words(pack_pixels(x, pad, threads), kh, kw, out_h, out_w)
     filters = pack_filters(w)
     out = np.empty((n, m, out_h, out_w), dtype=np.float32)
     if n * out_h * out_w == 0 or m == 0:
