@@ -18,6 +18,8 @@ What it does (ORIGINALS.md §7, docs/environment.md):
   `max_pool_2d` on top of `theano.tensor.signal.pool.pool_2d` is registered before Lasagne is imported.
 * Theano's CPU random generator (MRG31k3p) runs its streams on all cores, the same numbers (plumbing/parallel_mrg.py).
 * Theano's clip, sgn and round compile to code without jumps, the same numbers (plumbing/branch_free.py).
+* DimShuffle's compile-cache key is the same in every process (plumbing/cache_keys.py), so Theano's cache stops
+  growing by one key per module and process.
 * Theano's CPU convolution copies and sums whole rows in im2col/col2im, the same numbers (plumbing/fast_im2col.py;
   BINARYNET_FAST_IM2COL=0 switches it off).
 * With OpenBLAS, idle OpenBLAS and OpenMP threads sleep instead of spinning (OPENBLAS_THREAD_TIMEOUT=4,
@@ -226,7 +228,7 @@ import theano  # noqa: E402
 import theano.tensor as T  # noqa: E402
 from theano.tensor.signal import pool  # noqa: E402
 
-from plumbing import branch_free, fast_im2col, fast_sum, parallel_compile, parallel_mrg  # noqa: E402
+from plumbing import branch_free, cache_keys, fast_im2col, fast_sum, parallel_compile, parallel_mrg  # noqa: E402
 
 
 def _install_downsample_shim():
@@ -244,6 +246,7 @@ def _install_downsample_shim():
 
 
 _install_downsample_shim()
+cache_keys.install()
 parallel_mrg.install()
 branch_free.install()
 fast_im2col.install()
