@@ -12,8 +12,9 @@ different line at every sample. The recurrences run in unsigned 32-bit arithmeti
 wrapping int32 sums, and Theano's `y < 0 || y >= M` becomes one unsigned compare. Streams left over (a last group of
 fewer than 16, and the one extra sample of a group's first streams) run one lane at a time. Every sample and the
 final states are bit for bit Theano's (tests/test_parallel_mrg.py). `install()` (called by plumbing/compat.py) swaps
-the op's C code in.
+the op's C code in, and computes the streams' start states in NumPy (the same integers; below).
 """
+import numpy as np
 from theano.sandbox import rng_mrg
 
 PARALLEL_MIN_ELEMENTS = 100000  # fewer samples than this: one thread (starting threads costs more)
@@ -113,10 +114,70 @@ def _cache_version(self):
 
 THEANOS = {name: getattr(rng_mrg.mrg_uniform, name)
            for name in ("c_support_code", "c_compile_args", "c_code_cache_version")}  # kept for the tests
+THEANOS_STARTS = {"multMatVect": rng_mrg.multMatVect,
+                  "get_substream_rstates": rng_mrg.MRG_RandomStreams.get_substream_rstates}
+
+# The streams' start states: stream i starts 2^72 steps after stream i - 1, i.e. state_i = A^i state_0 mod M for
+# each of the generator's two components (A = Theano's A1p72 and A2p72). Theano computes them one after the other
+# through a small compiled Theano function (0.5 s to compile, then a call per stream: about 1 s per process here).
+# The same integers in NumPy: exact modular arithmetic (each product of a state word and a matrix entry, both below
+# 2^31, is below 2^62 and reduced before the three are added), so every start state is Theano's.
+START_BLOCK = 64  # states computed one by one; then whole blocks of this many are advanced at once
+
+
+def _mod_products(matrix, vectors, modulus):
+    """(matrix @ vectors) mod modulus, exactly, for an int64 (3, 3) matrix and (3, n) vectors of residues."""
+    return ((matrix[:, :, None] * vectors[None, :, :]) % modulus).sum(axis=1) % modulus
+
+
+def mult_mat_vect(v, A, m1, B, m2):
+    """Theano's multMatVect: (A @ v[:3] mod m1, B @ v[3:] mod m2) as int32, without compiling a Theano function."""
+    v = np.asarray(v, dtype=np.int64).reshape(6, 1)
+    first = _mod_products(np.asarray(A, np.int64), v[:3], np.int64(m1))
+    second = _mod_products(np.asarray(B, np.int64), v[3:], np.int64(m2))
+    return np.concatenate([first, second])[:, 0].astype(np.int32)
+
+
+def _matrix_power_mod(matrix, exponent, modulus):
+    """matrix ** exponent mod modulus (int64 3x3, by repeated exact products)."""
+    result = np.eye(3, dtype=np.int64)
+    for _ in range(exponent):
+        result = _mod_products(matrix, result, modulus)
+    return result
+
+
+def substream_start_states(state, n_streams):
+    """int32 (n_streams, 6): row i is `state` advanced by i jumps of 2^72 steps, Theano's rows exactly."""
+    out = np.zeros((n_streams, 6), dtype=np.int64)
+    out[0] = state
+    components = [(rng_mrg.A1p72, rng_mrg.M1, slice(0, 3)), (rng_mrg.A2p72, rng_mrg.M2, slice(3, 6))]
+    for matrix, modulus, words in components:
+        matrix, modulus = np.asarray(matrix, np.int64), np.int64(modulus)
+        first = min(n_streams, START_BLOCK)
+        for i in range(1, first):
+            out[i, words] = _mod_products(matrix, out[i - 1, words].reshape(3, 1), modulus)[:, 0]
+        jump = _matrix_power_mod(matrix, START_BLOCK, modulus)
+        for start in range(START_BLOCK, n_streams, START_BLOCK):
+            stop = min(n_streams, start + START_BLOCK)
+            previous = out[start - START_BLOCK:stop - START_BLOCK, words].T
+            out[start:stop, words] = _mod_products(jump, previous, modulus).T
+    return out.astype(np.int32)
+
+
+def _get_substream_rstates(self, n_streams, dtype, inc_rstate=True):
+    """MRG_RandomStreams.get_substream_rstates with the start states computed in NumPy (the same integers)."""
+    assert isinstance(dtype, str) and 0 < n_streams < 2 ** 72
+    states = substream_start_states(self.rstate, n_streams)
+    if inc_rstate:
+        self.inc_rstate()
+    return states
 
 
 def install():
-    """Replace the C loop of Theano's CPU mrg_uniform (for every graph compiled afterwards)."""
+    """Replace the C loop of Theano's CPU mrg_uniform (for every graph compiled afterwards) and compute the streams'
+    start states in NumPy."""
+    rng_mrg.multMatVect = mult_mat_vect
+    rng_mrg.MRG_RandomStreams.get_substream_rstates = _get_substream_rstates
     rng_mrg.mrg_uniform.c_support_code = _support_code
     rng_mrg.mrg_uniform.c_compile_args = _compile_args
     rng_mrg.mrg_uniform.c_code_cache_version = _cache_version

@@ -37,3 +37,35 @@ def test_parallel_streams_give_theanos_numbers(size, nstreams, dtype, monkeypatc
     for a, b in zip(ours[0] + ours[1], theirs[0] + theirs[1]):
         assert a.dtype == b.dtype and np.array_equal(a, b)
     assert 0 < ours[0][0].min() and ours[0][0].max() < 1 and not np.array_equal(ours[0][0], ours[0][1])
+
+
+def theanos_start_states(seed, n_streams, monkeypatch):
+    """Theano's own get_substream_rstates (its compiled DotModulo function, one call per stream)."""
+    with monkeypatch.context() as patch:
+        for name in ("multMatVect", "get_substream_rstates"):
+            owner = rng_mrg if name == "multMatVect" else rng_mrg.MRG_RandomStreams
+            patch.setattr(owner, name, parallel_mrg.THEANOS_STARTS[name])
+        srng = MRG_RandomStreams(seed)
+        states = srng.get_substream_rstates(n_streams, "float32")
+        return states, srng.rstate.copy()
+
+
+@pytest.mark.parametrize("n_streams", [1, 2, 63, 64, 65, 129, 1706, 15360])
+def test_start_states_are_theanos(n_streams, monkeypatch):
+    """Stream i starts 2^72 steps after stream i - 1: Theano's integers, for block edges of START_BLOCK = 64 and
+    Theano's largest stream count; also the generator's next state (inc_rstate, a jump of 2^134 steps)."""
+    for seed in (1234, 987654):
+        srng = MRG_RandomStreams(seed)
+        ours = srng.get_substream_rstates(n_streams, "float32")
+        theirs, theirs_next = theanos_start_states(seed, n_streams, monkeypatch)
+        assert ours.dtype == theirs.dtype == np.int32 and ours.shape == (n_streams, 6)
+        assert np.array_equal(ours, theirs) and np.array_equal(srng.rstate, theirs_next)
+    assert n_streams < 3 or len({tuple(row) for row in ours}) == n_streams  # distinct streams
+
+
+def test_one_jump_by_hand():
+    """A state (1, 0, 0 | 0, 0, 1) jumps to the first column of A1p72 and the last column of A2p72."""
+    jumped = parallel_mrg.mult_mat_vect(np.asarray([1, 0, 0, 0, 0, 1], np.int32), rng_mrg.A1p72, rng_mrg.M1,
+                                        rng_mrg.A2p72, rng_mrg.M2)
+    assert jumped.dtype == np.int32
+    assert jumped.tolist() == [int(v) for v in rng_mrg.A1p72[:, 0]] + [int(v) for v in rng_mrg.A2p72[:, 2]]
