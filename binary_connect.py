@@ -6,11 +6,11 @@ Conv2D layers, the Glorot learning-rate scale, the scaled-Adam-then-clip update,
 """
 import functools
 import gc
-import os
 from collections import OrderedDict
 
 from plumbing import compat  # noqa: F401  (Theano flags and Lasagne patches come first)
 from plumbing import runfiles
+from plumbing.switches import switch_on
 from plumbing.compat import T, lasagne, np, theano
 from theano.sandbox.rng_mrg import MRG_RandomStreams
 
@@ -145,7 +145,7 @@ class Conv2DLayer(BinaryLayerMixin, lasagne.layers.Conv2DLayer):
         """True where the XNOR forward is exact: +1/-1 inputs and weights, stride 1, tuple pad, switch not '0'."""
         return (self.binary_inputs and self.binary and not self.stochastic and self.H == 1
                 and tuple(self.stride) == (1, 1) and isinstance(self.pad, tuple) and self.untie_biases is False
-                and os.environ.get("BINARYNET_XNOR_CONV", "1") != "0")
+                and switch_on("BINARYNET_XNOR_CONV"))
 
 
 def binary_layers(network):

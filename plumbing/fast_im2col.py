@@ -19,9 +19,9 @@ checks all three ops against Theano's own code).
 afterwards and adds a tag to the ops' cache version, so Theano never reuses a module built from its own loops.
 BINARYNET_FAST_IM2COL=0 leaves Theano's code in place.
 """
-import os
-
 from theano.tensor.nnet import corr
+
+from plumbing.switches import switch_on
 
 VERSION = ("binarynet-archive fast im2col", 2)
 SWITCH = "BINARYNET_FAST_IM2COL"
@@ -173,7 +173,7 @@ def _cache_version(self):
 
 def enabled():
     """False where BINARYNET_FAST_IM2COL=0 asks for Theano's own loops."""
-    return os.environ.get(SWITCH, "1").strip() != "0"
+    return switch_on(SWITCH)
 
 
 def install():

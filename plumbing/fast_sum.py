@@ -15,10 +15,10 @@ Theano's PyArray_CopyInto does (a C cast). tests/test_fast_sum.py compares both 
 `install()` (called by plumbing/compat.py) puts the code into every matching Sum compiled afterwards and adds a tag
 to its cache version; other reductions keep Theano's code. BINARYNET_FAST_SUM=0 leaves Theano's code in place.
 """
-import os
-
 from theano import scalar
 from theano.tensor import elemwise
+
+from plumbing.switches import switch_on
 
 VERSION = ("binarynet-archive fast sum", 4)
 SWITCH = "BINARYNET_FAST_SUM"
@@ -113,7 +113,7 @@ def _cache_version(self, node):
 
 def enabled():
     """False where BINARYNET_FAST_SUM=0 asks for Theano's own loop."""
-    return os.environ.get(SWITCH, "1").strip() != "0"
+    return switch_on(SWITCH)
 
 
 def install():

@@ -134,6 +134,15 @@ def test_switch_off_and_binaryconnect_keep_corrmm(monkeypatch):
         assert conv_ops(lasagne.layers.get_output(net, deterministic=True), [x]) == ["CorrMM"] * 6
 
 
+@pytest.mark.parametrize("value, on", [("0", False), (" 0 ", False), ("1", True), ("", True), ("yes", True)])
+def test_the_switch_is_off_only_for_zero(value, on, monkeypatch):
+    """BINARYNET_XNOR_CONV: 0 (spaces around it ignored, as for the other switches) is off, anything else on."""
+    monkeypatch.setenv("BINARYNET_XNOR_CONV", value)
+    layer = binary_connect.Conv2DLayer((None, 3, 6, 6), 2, (3, 3), binary=True, stochastic=False, H=1.,
+                                       binary_inputs=True, pad=1)
+    assert layer.uses_xnor() is on
+
+
 @pytest.mark.parametrize("change", [dict(stochastic=True), dict(H=2.), dict(binary=False), dict(stride=(2, 2)),
                                     dict(pad="same"), dict(binary_inputs=False)])
 def test_layer_uses_xnor_only_where_exact(change, monkeypatch):
