@@ -27,6 +27,8 @@ What it does (ORIGINALS.md §7, docs/environment.md):
   after `keep_large_arrays_mapped()` (called by binary_connect.compile_functions), without page faults.
 * Batch norm's float64-accumulated sums run several channels' chains side by side, the same numbers
   (plumbing/fast_sum.py; BINARYNET_FAST_SUM=0 switches it off).
+* Max pooling's gradient runs with each image plane's addresses in registers, the same numbers
+  (plumbing/fast_pool_grad.py).
 * A graph's missing C modules are compiled on all cores before Theano links it, the same modules in Theano's cache
   (plumbing/parallel_compile.py; BINARYNET_PARALLEL_COMPILE=0 switches it off).
 * `round_half_away_from_zero`: Theano 1.0 rounds half to even by default; the originals relied on the
@@ -228,7 +230,8 @@ import theano  # noqa: E402
 import theano.tensor as T  # noqa: E402
 from theano.tensor.signal import pool  # noqa: E402
 
-from plumbing import branch_free, cache_keys, fast_im2col, fast_sum, parallel_compile, parallel_mrg  # noqa: E402
+from plumbing import branch_free, cache_keys, fast_im2col, fast_pool_grad, fast_sum, parallel_compile  # noqa: E402
+from plumbing import parallel_mrg  # noqa: E402
 
 
 def _install_downsample_shim():
@@ -251,6 +254,7 @@ parallel_mrg.install()
 branch_free.install()
 fast_im2col.install()
 fast_sum.install()
+fast_pool_grad.install()
 parallel_compile.install()
 # Theano warns that it cannot find "libmkl_rt.so" in the library dir: the versioned file is linked on purpose.
 logging.getLogger("theano.tensor.blas").addFilter(

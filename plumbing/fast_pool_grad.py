@@ -1,0 +1,104 @@
+"""Max pooling's gradient (Theano's MaxPoolGrad) for 4-D inputs without padding, one image plane at a time and
+without jumps: the same numbers, bit for bit (docs/speed.md).
+
+Theano's loop computes every element's address with PyArray_GETPTR4 from index arrays kept in memory, and adds
+gz only where `x == max` behind a jump that, on real data, goes one way or the other at random: 12.5 ms for the
+gradient of a 50x128x32x32 input here. The replacement runs the same loops with each plane's addresses and strides
+in registers:
+
+    gx = 0;  for every region (i, j) in row-major order, for every input (m0, m1) of the region, rows first:
+             gx[m0, m1] += (x[m0, m1] == z[i, j]) ? gz[i, j] : +0      (the select as a bit mask, no jump)
+
+Every element of gx receives the same additions in the same order as in Theano's loop (regions overlap when the
+stride is below the window), plus additions of +0 where Theano added nothing. Those change nothing: gx starts at +0,
+and a sum that starts at +0 never becomes -0 (in round-to-nearest, x + y is -0 only if both are -0), so gx + (+0)
+is gx, NaN included. Planes (n, c) are independent and split over OpenMP threads as in Theano. With padding, and
+for anything but 2-D pooling of float 4-D tensors, Theano's loop runs. 6.5 ms instead of 12.5 ms for the tensor
+above. `install()` (called by plumbing/compat.py) adds the fast path to every MaxPoolGrad compiled afterwards and a
+tag to its cache version. tests/test_fast_pool_grad.py compares it with Theano's own code.
+"""
+from theano.tensor.signal import pool
+
+VERSION = ("binarynet-archive fast pool grad", 2)
+THEANOS = {name: getattr(pool.MaxPoolGrad, name) for name in ("c_code", "c_code_cache_version")}
+# Theano 1.0.5's MaxPoolGrad: the general loop starts here.
+ANCHOR = """        if (z_prod)
+        {
+            // will be used to hold start and end index of a region"""
+
+FAST_PATH = """        if (z_prod && !nonzero_padding)
+        {
+            const npy_intp fp_n = PyArray_DIMS(<X>)[0], fp_planes = PyArray_DIMS(<X>)[0] * PyArray_DIMS(<X>)[1];
+            const npy_intp* fp_xs = PyArray_STRIDES(<X>);
+            const npy_intp* fp_zs = PyArray_STRIDES(<Z>);
+            const npy_intp* fp_gzs = PyArray_STRIDES(<GZ>);
+            const npy_intp* fp_gxs = PyArray_STRIDES(<GX>);
+            <OMP>
+            for (npy_intp t = 0; t < fp_planes; t++)
+            {
+                const npy_intp n = t % fp_n, c = t / fp_n;  /* Theano's order of the planes */
+                const char* fp_x = PyArray_BYTES(<X>) + n * fp_xs[0] + c * fp_xs[1];
+                const char* fp_z = PyArray_BYTES(<Z>) + n * fp_zs[0] + c * fp_zs[1];
+                const char* fp_gz = PyArray_BYTES(<GZ>) + n * fp_gzs[0] + c * fp_gzs[1];
+                char* fp_gx = PyArray_BYTES(<GX>) + n * fp_gxs[0] + c * fp_gxs[1];
+                for (npy_intp i = 0; i < z[0]; i++)
+                {
+                    const npy_intp r0 = i * st[0], e0 = r0 + ws[0] < r[0] ? r0 + ws[0] : r[0];
+                    for (npy_intp j = 0; j < z[1]; j++)
+                    {
+                        const npy_intp r1 = j * st[1], e1 = r1 + ws[1] < r[1] ? r1 + ws[1] : r[1];
+                        const <T> fp_max = *(const <T>*)(fp_z + i * fp_zs[2] + j * fp_zs[3]);
+                        const <T> fp_g = *(const <T>*)(fp_gz + i * fp_gzs[2] + j * fp_gzs[3]);
+                        <U> fp_gbits;
+                        memcpy(&fp_gbits, &fp_g, sizeof fp_g);
+                        for (npy_intp m0 = r0; m0 < e0; m0++)
+                        {
+                            const char* fp_xrow = fp_x + m0 * fp_xs[2];
+                            char* fp_gxrow = fp_gx + m0 * fp_gxs[2];
+                            for (npy_intp m1 = r1; m1 < e1; m1++)
+                            {
+                                <T>* fp_out = (<T>*)(fp_gxrow + m1 * fp_gxs[3]);
+                                /* gz where x is the maximum, else +0 (all bits cleared): no jump */
+                                const <U> fp_bits = fp_gbits & -(<U>)(*(const <T>*)(fp_xrow + m1 * fp_xs[3]) == fp_max);
+                                <T> fp_add;
+                                memcpy(&fp_add, &fp_bits, sizeof fp_add);
+                                *fp_out = *fp_out + fp_add;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        else if (z_prod)
+        {
+            // will be used to hold start and end index of a region"""
+
+
+def _applies(op, node):
+    """2-D max pooling of a float32 or float64 4-D tensor (the papers' ConvNets)."""
+    x = node.inputs[0]
+    return op.mode == "max" and op.ndim == 2 and x.ndim == 4 and x.dtype in ("float32", "float64")
+
+
+def _c_code(self, node, name, inp, out, sub):
+    code = THEANOS["c_code"](self, node, name, inp, out, sub)
+    if not _applies(self, node) or code.count(ANCHOR) != 1:
+        return code
+    fields = {"<X>": inp[0], "<Z>": inp[1], "<GZ>": inp[2], "<GX>": out[0],
+              "<T>": node.inputs[0].type.dtype_specs()[1],
+              "<U>": {"float32": "npy_uint32", "float64": "npy_uint64"}[node.inputs[0].dtype],
+              "<OMP>": "#pragma omp parallel for schedule(static)" if self.openmp else ""}
+    fast = FAST_PATH
+    for field, value in fields.items():
+        fast = fast.replace(field, value)
+    return code.replace(ANCHOR, fast)
+
+
+def _cache_version(self):
+    return tuple(THEANOS["c_code_cache_version"](self)) + VERSION
+
+
+def install():
+    """Add the fast path to Theano's MaxPoolGrad (for every graph compiled afterwards)."""
+    pool.MaxPoolGrad.c_code = _c_code
+    pool.MaxPoolGrad.c_code_cache_version = _cache_version
