@@ -152,13 +152,19 @@ def binary_layers(network):
     return [layer for layer in lasagne.layers.get_all_layers(network) if getattr(layer, "binary", False)]
 
 
-def compute_grads(loss, network):
-    """The original `compute_grads`, [BC] Algorithm 1 step 2: dloss/dWb for every binary layer (ORIGINALS.md §1.4).
+def compute_grads(loss, network, others=()):
+    """The original `compute_grads`, [BC] Algorithm 1 step 2: dloss/dWb for every binary layer (ORIGINALS.md §1.4),
+    then dloss/dp for every p in `others`.
+
+    One `theano.grad` call for all of them. The original calls it once per layer (and Lasagne's `adam` once more for
+    the other parameters); each call builds its own backward graph, and Theano's optimizer merges the copies into the
+    graph one call builds, so the compiled functions are the same (tests/test_binary_connect.py compares them) and
+    only the time to build them differs (docs/speed.md, item 20).
 
     Call after building the training graph and before building the test graph: each get_output call
     replaces layer.Wb.
     """
-    return [theano.grad(loss, wrt=layer.Wb) for layer in binary_layers(network)]
+    return theano.grad(loss, wrt=[layer.Wb for layer in binary_layers(network)] + list(others))
 
 
 def scale_and_clip(updates, network):
@@ -182,10 +188,11 @@ def adam_updates(loss, network, learning_rate):
         params = lasagne.layers.get_all_params(network, trainable=True)
         return lasagne.updates.adam(loss, params, learning_rate=learning_rate)
     W = lasagne.layers.get_all_params(network, binary=True)
-    updates = OrderedDict(lasagne.updates.adam(compute_grads(loss, network), W, learning_rate=learning_rate))
-    updates = scale_and_clip(updates, network)
     others = lasagne.layers.get_all_params(network, trainable=True, binary=False)
-    updates.update(lasagne.updates.adam(loss, others, learning_rate=learning_rate))
+    grads = compute_grads(loss, network, others)
+    updates = OrderedDict(lasagne.updates.adam(grads[:len(W)], W, learning_rate=learning_rate))
+    updates = scale_and_clip(updates, network)
+    updates.update(lasagne.updates.adam(grads[len(W):], others, learning_rate=learning_rate))
     return updates
 
 
@@ -210,15 +217,17 @@ def compile_functions(network, input_var, target_var, learning_rate):
     compat.keep_large_arrays_mapped()
     train_output = lasagne.layers.get_output(network, deterministic=False)
     loss = squared_hinge_loss(train_output, target_var)
-    updates = adam_updates(loss, network, learning_rate)
+    with compat.no_creation_traces():
+        updates = adam_updates(loss, network, learning_rate)
     test_output = lasagne.layers.get_output(network, deterministic=True)
     test_loss = squared_hinge_loss(test_output, target_var)
     # Theano's graph optimizer makes millions of short-lived objects; Python's cyclic garbage collector, run every
     # 700 allocations, took about a third of a warm compile (docs/speed.md). Collect once afterwards instead.
     gc.disable()
     try:
-        train_fn = theano.function([input_var, target_var, learning_rate], loss, updates=updates)
-        val_fn = theano.function([input_var, target_var], [test_loss, error_rate(test_output, target_var)])
+        with compat.no_creation_traces():
+            train_fn = theano.function([input_var, target_var, learning_rate], loss, updates=updates)
+            val_fn = theano.function([input_var, target_var], [test_loss, error_rate(test_output, target_var)])
     finally:
         gc.enable()
         gc.collect()

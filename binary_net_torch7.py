@@ -445,12 +445,15 @@ def compile_functions(network, rules, input_var, target_var, LR):
     train_output = lasagne.layers.get_output(network, deterministic=False)
     loss = binary_connect.squared_hinge_loss(train_output, target_var)
     wrt = [r.binary_layer.Wb if r.binary_layer is not None else r.param for r in rules]
-    grads = theano.grad(loss, wrt)  # before the test graph: get_output replaces each layer's Wb
-    updates = shift_adamax_updates(rules, grads, LR)
+    with compat.no_creation_traces():  # a faster compile, the same functions (binary_connect.compile_functions)
+        grads = theano.grad(loss, wrt)  # before the test graph: get_output replaces each layer's Wb
+        updates = shift_adamax_updates(rules, grads, LR)
     test_output = lasagne.layers.get_output(network, deterministic=True)
     test_loss = binary_connect.squared_hinge_loss(test_output, target_var)
-    train_fn = theano.function([input_var, target_var, LR], loss, updates=updates)
-    val_fn = theano.function([input_var, target_var], [test_loss, binary_connect.error_rate(test_output, target_var)])
+    errors = binary_connect.error_rate(test_output, target_var)
+    with compat.no_creation_traces():
+        train_fn = theano.function([input_var, target_var, LR], loss, updates=updates)
+        val_fn = theano.function([input_var, target_var], [test_loss, errors])
     return train_fn, val_fn, updates
 
 

@@ -31,6 +31,8 @@ What it does (ORIGINALS.md §7, docs/environment.md):
   (plumbing/fast_pool_grad.py).
 * A graph's missing C modules are compiled on all cores before Theano links it, the same modules in Theano's cache
   (plumbing/parallel_compile.py; BINARYNET_PARALLEL_COMPILE=0 switches it off).
+* `no_creation_traces()`: a block in which Theano records no creation traces (binary_connect.compile_functions
+  builds the gradients and compiles inside one; the same graph, a faster compile).
 * `round_half_away_from_zero`: Theano 1.0 rounds half to even by default; the originals relied on the
   2016 default, half away from zero (so hard_sigmoid(0) = 0.5 rounds to 1).
 """
@@ -264,11 +266,41 @@ warnings.filterwarnings("ignore", message="The `image_shape` keyword argument", 
 # Lasagne 0.1 imports pkg_resources, which setuptools 67.5 and later deprecate with a warning on every start.
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
 import lasagne  # noqa: E402
+import contextlib  # noqa: E402
+from theano import configparser  # noqa: E402
 
 
 def round_half_away_from_zero(x):
     """Elementwise round with ties away from zero: 0.5 -> 1, -0.5 -> -1 (the pre-2017 Theano default)."""
     return T.round(x, mode="half_away_from_zero")
+
+
+def _user_set(name):
+    """True when THEANO_FLAGS or .theanorc gave Theano's config variable `name` (e.g. "traceback.limit")."""
+    return any(v.fullname == name and not v.is_default for v in configparser._config_var_list)
+
+
+@contextlib.contextmanager
+def no_creation_traces():
+    """Inside this block Theano records no creation trace for the variables it makes (traceback.limit = 0).
+
+    Theano tags every new variable with the stack it was made from: it walks the frames up to the caller (Theano's own
+    frames are skipped but still visited, and each frame's source line is read) and keeps up to traceback.limit = 8.
+    `theano.grad` and the graph optimizer make 45,000-60,000 variables for a paper ConvNet, and the traces took 0.6-0.9
+    s of its warm compile (docs/speed.md, item 20). Those traces would only name Theano's gradient code and the line
+    of the grad or function call; the variables of the forward graph, built outside this block, keep theirs, and
+    optimizers still copy those onto the nodes that replace them. The compiled graph is the same
+    (tests/test_binary_connect.py). A limit the user set in THEANO_FLAGS or .theanorc is left alone.
+    """
+    if _user_set("traceback.limit"):
+        yield
+        return
+    saved = theano.config.traceback.limit
+    theano.config.traceback.limit = 0
+    try:
+        yield
+    finally:
+        theano.config.traceback.limit = saved
 
 
 __all__ = ["theano", "T", "np", "lasagne", "BLAS_NAME", "BLAS_LDFLAGS", "round_half_away_from_zero"]

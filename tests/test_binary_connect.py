@@ -1,6 +1,9 @@
 """One test per rule of ORIGINALS.md §1 that binary_connect.py implements: weight binarization, Glorot scales, the
 two Adams with scaling and clipping, loss and error, the binary conv layer, the two shuffles and the training loop.
 Each against NumPy or a hand-checked case."""
+import io
+from collections import OrderedDict
+
 import numpy as np
 import pytest
 from scipy.signal import convolve2d
@@ -271,6 +274,68 @@ def test_one_adam_over_all_parameters_without_binary_layers():
     updates = binary_connect.adam_updates(T.sum(lasagne.layers.get_output(net)), net, lr_var)
     assert len([var for var in updates if var.ndim == 0]) == 1
     assert net.W in updates and net.b in updates and net.params[net.W] == {"trainable", "regularizable"}
+
+
+
+def originals_adam_updates(loss, network, learning_rate):
+    """adam_updates as the originals wrote it: one theano.grad per binary layer, and Lasagne's adam given the loss
+    (so one more theano.grad for the other parameters)."""
+    W = lasagne.layers.get_all_params(network, binary=True)
+    grads = [theano.grad(loss, wrt=layer.Wb) for layer in binary_connect.binary_layers(network)]
+    updates = OrderedDict(lasagne.updates.adam(grads, W, learning_rate=learning_rate))
+    updates = binary_connect.scale_and_clip(updates, network)
+    others = lasagne.layers.get_all_params(network, trainable=True, binary=False)
+    updates.update(lasagne.updates.adam(loss, others, learning_rate=learning_rate))
+    return updates
+
+
+def printed(function):
+    text = io.StringIO()
+    theano.printing.debugprint(function, file=text, print_type=True)
+    return text.getvalue()
+
+
+@pytest.mark.parametrize("name", ["bnn-mnist", "bc-mnist"])
+def test_one_grad_call_compiles_the_same_functions_as_the_originals_per_layer_calls(name):
+    """compile_functions takes all gradients in one theano.grad call and records no creation traces while it builds
+    them and compiles; the originals called theano.grad once per layer, with traces. Theano's optimizer must make
+    the same training and test functions of both (same ops, same order, same types)."""
+    import benchmark_training
+
+    def build():
+        x, y, lr = T.tensor4("inputs"), T.matrix("targets"), T.scalar("LR")
+        np.random.seed(3)
+        net, _, _ = benchmark_training.build(name, 1 / 256, x)
+        return net, x, y, lr
+
+    net, x, y, lr = build()
+    loss = binary_connect.squared_hinge_loss(lasagne.layers.get_output(net, deterministic=False), y)
+    updates = originals_adam_updates(loss, net, lr)
+    test_output = lasagne.layers.get_output(net, deterministic=True)
+    originals = [theano.function([x, y, lr], loss, updates=updates),
+                 theano.function([x, y], [binary_connect.squared_hinge_loss(test_output, y),
+                                          binary_connect.error_rate(test_output, y)])]
+    ours = binary_connect.compile_functions(*build())[:2]
+    assert len(binary_connect.binary_layers(net)) == 4  # three hidden layers and the output layer
+    for original, our in zip(originals, ours):
+        assert printed(our) == printed(original)
+
+
+
+def test_no_creation_traces_inside_the_block_and_theanos_limit_after(monkeypatch):
+    """Variables made inside compat.no_creation_traces() carry no creation trace; outside, Theano's (limit 8) as
+    before; a limit the user set in THEANO_FLAGS is left alone."""
+    x = T.matrix("x")
+    with compat.no_creation_traces():
+        assert theano.config.traceback.limit == 0
+        inside = x * 2
+    outside = x * 2
+    assert inside.tag.trace == [] and outside.tag.trace and theano.config.traceback.limit == 8
+    assert compat._user_set("floatX") and not compat._user_set("traceback.limit")  # compat sets floatX
+    assert outside.tag.trace[0][-1][0] == __file__  # the innermost frame kept is this test's line
+    monkeypatch.setattr(compat, "_user_set", lambda name: name == "traceback.limit")
+    with compat.no_creation_traces():
+        assert (x * 2).tag.trace and theano.config.traceback.limit == 8
 
 
 # --------------------------------------------------------------------------- the two shuffles (§1.10)

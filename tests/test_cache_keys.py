@@ -52,3 +52,65 @@ def test_two_processes_with_different_hash_seeds_share_one_key(tmp_path):
     assert first == second
     counts = keys_per_module(cache)
     assert counts and all(count == 1 for count in counts), counts  # with Theano's version: 2 for the DimShuffle
+
+
+def module_key(node, key_function):
+    """The cache key Theano computes for `node` compiled alone (as Op.make_c_thunk does)."""
+    from theano.gof import cc, graph
+    from theano.gof.fg import FunctionGraph
+    fgraph = FunctionGraph(*graph.clone(node.inputs, node.outputs))
+    linker = cc.CLinker().accept(fgraph, no_recycling=[])
+    return key_function(linker, fgraph, [], linker.compile_args(), linker.libraries(), linker.header_dirs())
+
+
+def test_an_op_without_parameters_no_longer_makes_its_module_unversioned():
+    """Dot22 has versioned C code but `__props__ = ()`: Theano's key calls the module unversioned (recompiled in every
+    process), ours gives the same key with NO_PROPS in the version."""
+    x, y = T.matrix(), T.matrix()
+    from theano.tensor import blas
+    node = blas.Dot22()(x, y).owner
+    assert node.op.__props__ == () and node.op.c_code_cache_version()
+    theanos = module_key(node, cache_keys.THEANOS["cmodule_key_"])
+    ours = module_key(node, cache_keys.module_key)
+    assert theanos[0] == () and ours[1] == theanos[1]
+    assert cache_keys.NO_PROPS in ours[0] and node.op.c_code_cache_version() in ours[0]
+
+
+def test_an_op_with_parameters_keeps_theanos_key():
+    node = T.matrix().dimshuffle(1, 0).owner
+    assert module_key(node, cache_keys.module_key) == module_key(node, cache_keys.THEANOS["cmodule_key_"])
+
+
+def test_an_unversioned_op_stays_unversioned():
+    """An op whose own C code has no version (c_code_cache_version() == ()) is still compiled afresh."""
+    from theano.tensor import blas
+
+    class Unversioned(blas.Dot22):
+        def c_code_cache_version(self):
+            return ()
+
+    node = Unversioned()(T.matrix(), T.matrix()).owner
+    assert module_key(node, cache_keys.module_key)[0] == ()
+
+
+CHILD_DOT = """
+from plumbing.compat import T, theano
+x, y = T.matrix(), T.matrix()
+f = theano.function([x, y], T.dot(x, y))
+print("VERSION", [type(node.op).__name__ for node in f.maker.fgraph.toposort()])
+"""
+
+
+def test_a_product_module_stays_in_the_cache_after_its_process(tmp_path):
+    """Theano compiled the unversioned Dot22 module into a temporary directory, deleted at exit; now it is kept, so
+    the next process finds it."""
+    env = dict(os.environ, BINARYNET_THEANO_CACHE=str(tmp_path / "cache"), PYTHONPATH=REPO)
+    env.pop("THEANO_FLAGS", None)
+    done = subprocess.run([sys.executable, "-c", CHILD_DOT], env=env, capture_output=True, text=True, cwd=REPO,
+                          timeout=600)
+    assert "Dot22" in done.stdout, done.stdout[-2000:] + done.stderr[-2000:]
+    versions = []
+    for path in glob.glob(os.path.join(str(tmp_path / "cache"), "*", "*", "key.pkl")):
+        with open(path, "rb") as file:
+            versions += [key[0] for key in pickle.load(file).keys]
+    assert any(cache_keys.NO_PROPS in version for version in versions), versions
