@@ -31,6 +31,8 @@ What it does (ORIGINALS.md §7, docs/environment.md):
   (plumbing/fast_pool_grad.py).
 * A graph's missing C modules are compiled on all cores before Theano links it, the same modules in Theano's cache
   (plumbing/parallel_compile.py; BINARYNET_PARALLEL_COMPILE=0 switches it off).
+* The compile cache's fused elementwise ops build their inner graph only when used, and Theano's passed check of
+  its -march flags is kept in the compile directory (plumbing/warm_start.py).
 * `no_creation_traces()`: a block in which Theano records no creation traces (binary_connect.compile_functions
   builds the gradients and compiles inside one; the same graph, a faster compile).
 * `round_half_away_from_zero`: Theano 1.0 rounds half to even by default; the originals relied on the
@@ -233,7 +235,7 @@ import theano.tensor as T  # noqa: E402
 from theano.tensor.signal import pool  # noqa: E402
 
 from plumbing import branch_free, cache_keys, fast_im2col, fast_pool_grad, fast_sum, parallel_compile  # noqa: E402
-from plumbing import parallel_mrg  # noqa: E402
+from plumbing import parallel_mrg, warm_start  # noqa: E402
 
 
 def _install_downsample_shim():
@@ -258,6 +260,7 @@ fast_im2col.install()
 fast_sum.install()
 fast_pool_grad.install()
 parallel_compile.install()
+warm_start.install()
 # Theano warns that it cannot find "libmkl_rt.so" in the library dir: the versioned file is linked on purpose.
 logging.getLogger("theano.tensor.blas").addFilter(
     lambda record: "did not find a dynamic library" not in record.getMessage())
