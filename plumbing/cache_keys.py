@@ -13,6 +13,7 @@ the DimShuffle ones up to 170 keys each, and every Theano process unpickled all 
 The replacement takes the first 8 bytes of the SHA-256 of the same code strings: a version that changes when the
 code changes, like Theano's, and is equal in every process. Caches written before keep their extra keys until the
 cache directory is deleted once (`rm -rf ~/.cache/binarynet-archive/theano`, or $BINARYNET_THEANO_CACHE).
+
 2. A version for modules of ops without parameters. `CLinker.cmodule_key_` collects, for every node, the op's
 `c_code_cache_version`, the types' versions and the op's `__props__`, and calls the module unversioned when any of
 them is empty. An op without parameters has `__props__ = ()`, which is empty, so every module holding one (in our

@@ -18,8 +18,9 @@ What it does (ORIGINALS.md §7, docs/environment.md):
   `max_pool_2d` on top of `theano.tensor.signal.pool.pool_2d` is registered before Lasagne is imported.
 * Theano's CPU random generator (MRG31k3p) runs its streams on all cores, the same numbers (plumbing/parallel_mrg.py).
 * Theano's clip, sgn and round compile to code without jumps, the same numbers (plumbing/branch_free.py).
-* DimShuffle's compile-cache key is the same in every process (plumbing/cache_keys.py), so Theano's cache stops
-  growing by one key per module and process.
+* DimShuffle's compile-cache key is the same in every process, so Theano's cache stops growing by one key per
+  module and process, and modules of ops without parameters get a version, so they are no longer compiled again in
+  every process (plumbing/cache_keys.py).
 * Theano's CPU convolution copies and sums whole rows in im2col/col2im, the same numbers (plumbing/fast_im2col.py;
   BINARYNET_FAST_IM2COL=0 switches it off).
 * With OpenBLAS, idle OpenBLAS and OpenMP threads sleep instead of spinning (OPENBLAS_THREAD_TIMEOUT=4,

@@ -276,7 +276,6 @@ def test_one_adam_over_all_parameters_without_binary_layers():
     assert net.W in updates and net.b in updates and net.params[net.W] == {"trainable", "regularizable"}
 
 
-
 def originals_adam_updates(loss, network, learning_rate):
     """adam_updates as the originals wrote it: one theano.grad per binary layer, and Lasagne's adam given the loss
     (so one more theano.grad for the other parameters)."""

@@ -20,22 +20,24 @@ print("VERSION", f.maker.fgraph.toposort()[0].op.c_code_cache_version())
 """
 
 
-def run_child(cache, seed):
-    env = dict(os.environ, BINARYNET_THEANO_CACHE=str(cache), PYTHONPATH=REPO, PYTHONHASHSEED=str(seed))
+def run_child(code, cache, **env):
+    """Run `code` in a fresh Python with its own compile cache; returns its last line starting with VERSION."""
+    env = dict(os.environ, BINARYNET_THEANO_CACHE=str(cache), PYTHONPATH=REPO, **env)
     env.pop("THEANO_FLAGS", None)  # set by this process's compat, with this process's compile directory
-    done = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, cwd=REPO,
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=REPO,
                           timeout=600)
     lines = [line for line in done.stdout.splitlines() if line.startswith("VERSION ")]
     assert lines, done.stdout[-2000:] + done.stderr[-2000:]
     return lines[-1]
 
 
-def keys_per_module(cache):
-    counts = []
+def keys_of_modules(cache):
+    """The keys of each module in the cache (one list per key.pkl)."""
+    modules = []
     for path in glob.glob(os.path.join(str(cache), "*", "*", "key.pkl")):
         with open(path, "rb") as file:
-            counts.append(len(pickle.load(file).keys))
-    return counts
+            modules.append(list(pickle.load(file).keys))
+    return modules
 
 
 def test_the_version_is_a_hash_of_the_code_not_of_the_process():
@@ -48,9 +50,9 @@ def test_the_version_is_a_hash_of_the_code_not_of_the_process():
 
 def test_two_processes_with_different_hash_seeds_share_one_key(tmp_path):
     cache = tmp_path / "cache"
-    first, second = run_child(cache, 1), run_child(cache, 2)
+    first, second = run_child(CHILD, cache, PYTHONHASHSEED="1"), run_child(CHILD, cache, PYTHONHASHSEED="2")
     assert first == second
-    counts = keys_per_module(cache)
+    counts = [len(keys) for keys in keys_of_modules(cache)]
     assert counts and all(count == 1 for count in counts), counts  # with Theano's version: 2 for the DimShuffle
 
 
@@ -104,13 +106,6 @@ print("VERSION", [type(node.op).__name__ for node in f.maker.fgraph.toposort()])
 def test_a_product_module_stays_in_the_cache_after_its_process(tmp_path):
     """Theano compiled the unversioned Dot22 module into a temporary directory, deleted at exit; now it is kept, so
     the next process finds it."""
-    env = dict(os.environ, BINARYNET_THEANO_CACHE=str(tmp_path / "cache"), PYTHONPATH=REPO)
-    env.pop("THEANO_FLAGS", None)
-    done = subprocess.run([sys.executable, "-c", CHILD_DOT], env=env, capture_output=True, text=True, cwd=REPO,
-                          timeout=600)
-    assert "Dot22" in done.stdout, done.stdout[-2000:] + done.stderr[-2000:]
-    versions = []
-    for path in glob.glob(os.path.join(str(tmp_path / "cache"), "*", "*", "key.pkl")):
-        with open(path, "rb") as file:
-            versions += [key[0] for key in pickle.load(file).keys]
+    assert "Dot22" in run_child(CHILD_DOT, tmp_path / "cache")
+    versions = [key[0] for keys in keys_of_modules(tmp_path / "cache") for key in keys]
     assert any(cache_keys.NO_PROPS in version for version in versions), versions
