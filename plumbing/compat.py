@@ -23,6 +23,8 @@ What it does (ORIGINALS.md §7, docs/environment.md):
   every process (plumbing/cache_keys.py).
 * Theano's CPU convolution copies and sums whole rows in im2col/col2im, the same numbers (plumbing/fast_im2col.py;
   BINARYNET_FAST_IM2COL=0 switches it off).
+* Theano's three CPU convolution ops run as oneDNN's whole-batch convolutions, the same sums in another order
+  (plumbing/dnnl_conv.py; BINARYNET_CONV=corrmm keeps Theano's ops).
 * With OpenBLAS, idle OpenBLAS and OpenMP threads sleep instead of spinning (OPENBLAS_THREAD_TIMEOUT=4,
   OMP_WAIT_POLICY=PASSIVE unless the user set them); freed arrays of up to 32 MiB are reused, and of every size
   after `keep_large_arrays_mapped()` (called by binary_connect.compile_functions), without page faults.
@@ -236,7 +238,7 @@ import theano.tensor as T  # noqa: E402
 from theano.tensor.signal import pool  # noqa: E402
 
 from plumbing import branch_free, cache_keys, fast_im2col, fast_pool_grad, fast_sum, parallel_compile  # noqa: E402
-from plumbing import parallel_mrg, warm_start  # noqa: E402
+from plumbing import dnnl_conv, parallel_mrg, warm_start  # noqa: E402
 
 
 def _install_downsample_shim():
@@ -262,6 +264,7 @@ fast_sum.install()
 fast_pool_grad.install()
 parallel_compile.install()
 warm_start.install()
+DNNL_CONV = dnnl_conv.install()
 # Theano warns that it cannot find "libmkl_rt.so" in the library dir: the versioned file is linked on purpose.
 logging.getLogger("theano.tensor.blas").addFilter(
     lambda record: "did not find a dynamic library" not in record.getMessage())
