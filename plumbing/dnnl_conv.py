@@ -30,7 +30,7 @@ from theano.compile import optdb
 from theano.gof.opt import in2out, local_optimizer
 from theano.tensor.nnet.corr import CorrMM, CorrMM_gradInputs, CorrMM_gradWeights
 
-VERSION = 1
+VERSION = 2
 OPT_NAME = "binarynet_dnnl_conv"
 KINDS = ("forward", "input_gradient", "weight_gradient")
 # After Theano's conv optimizations (specialize_device, 48.6), before elementwise fusion (49).
@@ -71,6 +71,7 @@ def explicit_pads(border_mode):
 # the reorder between them; where the primitive takes the plain layout, the two memories are one.
 SUPPORT = r"""
 #include <oneapi/dnnl/dnnl.h>
+#include <stdlib.h>
 #include <string.h>
 
 typedef struct {
@@ -80,6 +81,7 @@ typedef struct {
     dnnl_primitive_t conv;
     dnnl_memory_t plain[3], blocked[3];
     dnnl_primitive_t reorder[3];
+    size_t bytes[3];  /* size of each blocked memory, allocated for each call */
 } bn_dnnl_state;
 
 static void bn_dnnl_release(bn_dnnl_state *s)
@@ -89,7 +91,7 @@ static void bn_dnnl_release(bn_dnnl_state *s)
         if (s->reorder[r]) dnnl_primitive_destroy(s->reorder[r]);
         if (s->blocked[r] && s->blocked[r] != s->plain[r]) dnnl_memory_destroy(s->blocked[r]);
         if (s->plain[r]) dnnl_memory_destroy(s->plain[r]);
-        s->reorder[r] = NULL; s->blocked[r] = s->plain[r] = NULL;
+        s->reorder[r] = NULL; s->blocked[r] = s->plain[r] = NULL; s->bytes[r] = 0;
     }
     s->conv = NULL;
     memset(s->key, 0, sizeof s->key);
@@ -98,7 +100,9 @@ static void bn_dnnl_release(bn_dnnl_state *s)
 #define BN_DNNL(call) do { if ((call) != dnnl_success) return #call; } while (0)
 
 /* Argument r of the primitive: a memory on the user's plain array (data set at each call) and, where the
-   primitive wants another layout, its own memory and the reorder (into it for inputs, out of it for the output). */
+   primitive wants another layout, a memory in that layout and the reorder (into it for inputs, out of it for the
+   output). The blocked memory's buffer is allocated for each call and freed after it, so all ops of a function
+   share the same freed heap memory (plumbing/compat.py keeps freed memory mapped) instead of each keeping its own. */
 static const char *bn_dnnl_argument(bn_dnnl_state *s, int r, const dnnl_dims_t dims, dnnl_format_tag_t tag,
                                     const_dnnl_primitive_desc_t pd, dnnl_query_t query, int is_output)
 {
@@ -109,7 +113,8 @@ static const char *bn_dnnl_argument(bn_dnnl_state *s, int r, const dnnl_dims_t d
     int same = want && dnnl_memory_desc_equal(plain_md, want);
     if (made == dnnl_success && !same && want) {
         dnnl_primitive_desc_t rpd;
-        made = dnnl_memory_create(&s->blocked[r], want, s->engine, DNNL_MEMORY_ALLOCATE);
+        made = dnnl_memory_create(&s->blocked[r], want, s->engine, DNNL_MEMORY_NONE);
+        s->bytes[r] = dnnl_memory_desc_get_size(want);
         if (made == dnnl_success)
             made = is_output ? dnnl_reorder_primitive_desc_create(&rpd, want, s->engine, plain_md, s->engine, NULL)
                              : dnnl_reorder_primitive_desc_create(&rpd, plain_md, s->engine, want, s->engine, NULL);
@@ -190,16 +195,23 @@ static void bn_dnnl_reorder(bn_dnnl_state *s, int r, dnnl_memory_t from, dnnl_me
 /* One call: the two inputs' and the output's data (C-contiguous float32), argument ids in that order. */
 static const char *bn_dnnl_run(bn_dnnl_state *s, void *in0, void *in1, void *out, const int *arg_ids)
 {
-    void *data[3] = {in0, in1, out};
-    for (int r = 0; r < 3; r++)
-        BN_DNNL(dnnl_memory_set_data_handle(s->plain[r], data[r]));
+    void *data[3] = {in0, in1, out}, *own[3] = {NULL, NULL, NULL};
     dnnl_status_t st = dnnl_success;
+    for (int r = 0; r < 3 && st == dnnl_success; r++) {
+        st = dnnl_memory_set_data_handle(s->plain[r], data[r]);
+        if (s->bytes[r] && st == dnnl_success) {
+            own[r] = aligned_alloc(64, (s->bytes[r] + 63) / 64 * 64);
+            st = own[r] ? dnnl_memory_set_data_handle(s->blocked[r], own[r]) : dnnl_out_of_memory;
+        }
+    }
     bn_dnnl_reorder(s, 0, s->plain[0], s->blocked[0], &st);
     bn_dnnl_reorder(s, 1, s->plain[1], s->blocked[1], &st);
     dnnl_exec_arg_t args[3] = {{arg_ids[0], s->blocked[0]}, {arg_ids[1], s->blocked[1]}, {arg_ids[2], s->blocked[2]}};
     if (st == dnnl_success) st = dnnl_primitive_execute(s->conv, s->stream, 3, args);
     bn_dnnl_reorder(s, 2, s->blocked[2], s->plain[2], &st);
     if (st == dnnl_success) st = dnnl_stream_wait(s->stream);
+    for (int r = 0; r < 3; r++)
+        free(own[r]);
     return st == dnnl_success ? NULL : "running the convolution";
 }
 """
