@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from plumbing import compat, fast_im2col  # noqa: F401  (compat first: Theano's flags)
+from plumbing import compat, dnnl_conv, fast_im2col  # noqa: F401  (compat first: Theano's flags)
 from plumbing.compat import T, theano
 from theano.tensor.nnet import corr
 
@@ -40,12 +40,14 @@ SHAPES = [(1, 1, 5, 7, 2, 3, 3), (3, 5, 9, 6, 3, 3, 3), (2, 3, 7, 11, 4, 1, 1), 
 
 
 def functions(border_mode, subsample, dilation, groups, dtype="float32"):
-    """One compiled function: forward, gradient of the weights and gradient of the inputs."""
+    """One compiled function: forward, gradient of the weights and gradient of the inputs, as CorrMM ops (oneDNN's
+    replacement, plumbing/dnnl_conv.py, left out)."""
     forward, grad_weights, grad_inputs = (cls(border_mode, subsample, dilation, groups) for cls in OPS)
     img, kern, top = (T.tensor4(name, dtype=dtype) for name in ("img", "kern", "top"))
     kernel_shape, image_shape = T.ivector("kernel_shape"), T.ivector("image_shape")
     outputs = [forward(img, kern), grad_weights(img, top, kernel_shape), grad_inputs(kern, top, image_shape)]
-    return theano.function([img, kern, top, kernel_shape, image_shape], outputs)
+    return theano.function([img, kern, top, kernel_shape, image_shape], outputs,
+                           mode=theano.compile.get_default_mode().excluding(dnnl_conv.OPT_NAME))
 
 
 def compiled_sources(fn):
