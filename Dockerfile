@@ -70,10 +70,12 @@ COPY requirements.lock requirements-gpu.lock ${PIP_CERT_FILE} /tmp/build/
 # Every package is installed from the lock files with --require-hashes --no-deps: nothing unpinned gets in.
 # PyCUDA has no wheels; it is compiled here against the locked NumPy and setuptools, both installed by the first
 # step (--no-build-isolation), so its build uses no unpinned package either.
+# oneDNN's wheel holds its 54 MB library three times (wheels have no symlinks): two become links to the third.
 RUN set -eux; \
     if [ -n "$PIP_CERT_FILE" ]; then export PIP_CERT="/tmp/build/${PIP_CERT_FILE##*/}"; fi; \
     "$PYTHON" -m venv .venv; \
     .venv/bin/python -m pip install --no-cache-dir --require-hashes --no-deps -r /tmp/build/requirements.lock; \
+    ln -sf libdnnl.so.3.2 .venv/lib/libdnnl.so.3; ln -sf libdnnl.so.3.2 .venv/lib/libdnnl.so; \
     if [ "$WITH_GPU" = 1 ]; then \
         cuda=${CUDA_ROOT:-/usr/local/cuda}; \
         test -f "$cuda/include/cuda.h" || { echo "WITH_GPU=1 needs a CUDA devel base image (no $cuda/include/cuda.h)" >&2; exit 1; }; \
