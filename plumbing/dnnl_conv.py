@@ -17,8 +17,8 @@ ops (tests/data/make_reference.py does, for its stored numbers).
 `install()` (plumbing/compat.py) registers a graph optimization that replaces each float32 CorrMM op of that kind
 (stride 1, no dilation, one group, shared weights, explicit or 'valid' padding) by `DnnlCorr` right after Theano
 has chosen CorrMM. It is installed only where oneDNN 3's header and library are in the Python environment (Linux
-on x86-64); elsewhere Theano's ops stay. Each compiled op keeps its oneDNN primitives and blocked buffers for the
-last shape it ran and builds them again when the shape changes.
+on x86-64); elsewhere Theano's ops stay. Each compiled op keeps its oneDNN primitives for the last shape it ran
+and builds them again when the shape changes; its blocked buffers are allocated for each call (see SUPPORT).
 """
 import os
 import platform
