@@ -30,7 +30,7 @@ from theano.compile import optdb
 from theano.gof.opt import in2out, local_optimizer
 from theano.tensor.nnet.corr import CorrMM, CorrMM_gradInputs, CorrMM_gradWeights
 
-VERSION = 2
+VERSION = 3
 OPT_NAME = "binarynet_dnnl_conv"
 KINDS = ("forward", "input_gradient", "weight_gradient")
 # After Theano's conv optimizations (specialize_device, 48.6), before elementwise fusion (49).
@@ -70,10 +70,6 @@ def explicit_pads(border_mode):
 # arguments (two inputs, one output), a memory on the NumPy array's data, the primitive's own (blocked) memory and
 # the reorder between them; where the primitive takes the plain layout, the two memories are one.
 SUPPORT = r"""
-#include <oneapi/dnnl/dnnl.h>
-#include <stdlib.h>
-#include <string.h>
-
 typedef struct {
     dnnl_engine_t engine;
     dnnl_stream_t stream;
@@ -318,7 +314,7 @@ class DnnlCorr(theano.Op):
         raise NotImplementedError("DnnlCorr runs in C only; BINARYNET_CONV=corrmm runs Theano's CorrMM")
 
     def c_headers(self):
-        return ["<oneapi/dnnl/dnnl.h>", "<string.h>"]
+        return ["<oneapi/dnnl/dnnl.h>", "<stdlib.h>", "<string.h>"]
 
     def c_header_dirs(self):
         return [find_onednn()[0]]
@@ -384,10 +380,15 @@ def local_dnnl_corr(node):
     return [new]
 
 
+def corrmm_mode():
+    """Theano's default mode without the replacement: a function compiled with it keeps Theano's CorrMM ops."""
+    return theano.compile.get_default_mode().excluding(OPT_NAME)
+
+
 def install():
     """Register the replacement in Theano's optimizer (for every graph compiled afterwards), where wanted() and
-    oneDNN is installed. Returns whether it was registered. Compile with
-    `mode.excluding('binarynet_dnnl_conv')` to keep Theano's ops in one function."""
+    oneDNN is installed. Returns whether it was registered. Compile with `mode=corrmm_mode()` to keep Theano's ops
+    in one function."""
     if not wanted() or find_onednn() is None:
         return False
     if OPT_NAME not in optdb.__db__:

@@ -9,7 +9,7 @@ from plumbing import dnnl_conv
 from plumbing.compat import T, theano
 from theano.tensor.nnet.corr import CorrMM, CorrMM_gradInputs, CorrMM_gradWeights
 
-THEANO_OPS = theano.compile.get_default_mode().excluding(dnnl_conv.OPT_NAME)
+THEANO_OPS = dnnl_conv.corrmm_mode()
 # Sums of at most 5 x 3 x 3 = 45 (forward, input gradient) or 3 x 7 x 6 = 126 (weight gradient) products of
 # numbers in [-1, 1], rounded in float32: far below 1e-5.
 TOLERANCE = 1e-5
@@ -57,6 +57,12 @@ def numpy_weight_gradient(img, gz, pads, kernel_hw):
 
 def uniform(shape, seed):
     return np.random.RandomState(seed).uniform(-1, 1, shape).astype(np.float32)
+
+
+def top_gradient(pads, seed=2):
+    """A gradient of the output of 5 filters 3x3 over 3 images 7x6 padded by pads."""
+    (top, bottom), (left, right) = pads
+    return uniform((3, 5, 7 + top + bottom - 2, 6 + left + right - 2), seed)
 
 
 def compiled(kind, pads, mode=None, hw=None):
@@ -110,8 +116,7 @@ def test_forward_is_the_correlation_sum(pads):
 @pytest.mark.parametrize("pads", PADS)
 def test_input_gradient_sends_each_output_back_through_its_taps(pads):
     kern = uniform((5, 4, 3, 3), 1)
-    (top, bottom), (left, right) = pads
-    gz = uniform((3, 5, 7 + top + bottom - 2, 6 + left + right - 2), 2)
+    gz = top_gradient(pads)
     fn = compiled("input_gradient", pads, hw=(7, 6))
     assert "DnnlCorr" in op_names(fn)
     np.testing.assert_allclose(fn(kern, gz), numpy_input_gradient(kern, gz, pads, (7, 6)), rtol=0, atol=TOLERANCE)
@@ -120,8 +125,7 @@ def test_input_gradient_sends_each_output_back_through_its_taps(pads):
 @pytest.mark.parametrize("pads", PADS)
 def test_weight_gradient_sums_over_the_batch_and_pixels(pads):
     img = uniform((3, 4, 7, 6), 0)
-    (top, bottom), (left, right) = pads
-    gz = uniform((3, 5, 7 + top + bottom - 2, 6 + left + right - 2), 2)
+    gz = top_gradient(pads)
     fn = compiled("weight_gradient", pads, hw=(3, 3))
     assert "DnnlCorr" in op_names(fn)
     np.testing.assert_allclose(fn(img, gz), numpy_weight_gradient(img, gz, pads, (3, 3)), rtol=0, atol=TOLERANCE)

@@ -47,7 +47,7 @@ def functions(border_mode, subsample, dilation, groups, dtype="float32"):
     kernel_shape, image_shape = T.ivector("kernel_shape"), T.ivector("image_shape")
     outputs = [forward(img, kern), grad_weights(img, top, kernel_shape), grad_inputs(kern, top, image_shape)]
     return theano.function([img, kern, top, kernel_shape, image_shape], outputs,
-                           mode=theano.compile.get_default_mode().excluding(dnnl_conv.OPT_NAME))
+                           mode=dnnl_conv.corrmm_mode())
 
 
 def compiled_sources(fn):

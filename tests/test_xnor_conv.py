@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from plumbing.compat import T, lasagne, theano
+from plumbing import dnnl_conv  # after compat: Theano's flags
 import binary_connect
 import convnet
 from kernels import xnor_conv
@@ -115,7 +116,8 @@ def conv_ops(outputs, inputs):
     oneDNN, plumbing/dnnl_conv.py, both named 'float')."""
     nodes = theano.function(inputs, outputs).maker.fgraph.toposort()
     return ["XnorConv2D" if isinstance(node.op, XnorConv2D) else "float" for node in nodes
-            if isinstance(node.op, (XnorConv2D, CorrMM)) or getattr(node.op, "kind", None) == "forward"]
+            if isinstance(node.op, (XnorConv2D, CorrMM))
+            or (isinstance(node.op, dnnl_conv.DnnlCorr) and node.op.kind == "forward")]
 
 
 def test_binarynet_routes_every_conv_but_the_first(monkeypatch):
