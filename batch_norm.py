@@ -5,6 +5,7 @@ Lasagne 0.1 has no batch norm. BinaryConnect shipped its own `batch_norm.py` (`B
 BinaryNet scripts used Lasagne 0.2's `BatchNormLayer` followed by a separate activation layer (ORIGINALS.md §1.7).
 """
 from plumbing import compat  # noqa: F401  (Theano flags and Lasagne patches come first)
+from plumbing import fused_batch_norm
 from plumbing.compat import T, lasagne
 from lasagne import init
 from lasagne.layers import Layer
@@ -49,6 +50,8 @@ class BatchNormLayer(Layer):
     def get_output_for(self, input, deterministic=False, **kwargs):
         if deterministic:
             mean, inv_std = self.mean, self.inv_std
+        elif _fused(input, self.axes):
+            return _fused_output(self, input, "lasagne", self.gamma, self.beta, self.inv_std, False)
         else:
             mean = input.mean(self.axes)
             inv_std = T.inv(T.sqrt(input.var(self.axes) + self.epsilon))
@@ -85,6 +88,10 @@ class BCBatchNormLayer(Layer):
         b = lambda p: T.addbroadcast(p, *self.axes)  # noqa: E731  (size-1 axes broadcast over the batch)
         if deterministic:
             mean, std = b(self.mean), b(self.std)
+        elif _fused(input, self.axes):
+            relu = self.nonlinearity is lasagne.nonlinearities.rectify
+            y = _fused_output(self, input, "binaryconnect", self.gamma.flatten(), self.beta.flatten(), self.std, relu)
+            return y if relu else self.nonlinearity(y)
         else:
             mean = input.mean(self.axes, keepdims=True)
             std = T.sqrt(input.var(self.axes, keepdims=True))
@@ -93,14 +100,38 @@ class BCBatchNormLayer(Layer):
         return self.nonlinearity((input - mean) * (b(self.gamma) / (std + self.epsilon)) + b(self.beta))
 
 
+def _fused(input, axes):
+    """True where a training-mode batch norm runs as plumbing/fused_batch_norm.py's C ops: a float32 ConvNet
+    activation (N, C, H, W) normalized per channel, unless BINARYNET_BN=graph."""
+    return input.ndim == 4 and tuple(axes) == (0, 2, 3) and input.dtype == "float32" and fused_batch_norm.wanted()
+
+
+def _fused_output(layer, input, kind, gamma, beta, spread_param, relu):
+    """The layer's training output by the fused ops (same formulas as the graph), with its running averages of the
+    mean and of the spread (Lasagne's inv_std, BinaryConnect's std) updated as in the graph path."""
+    averages = [_alias(layer.mean), _alias(spread_param)]
+    # The aliases are carried by the op (it ignores them) so that theano.function collects their updates.
+    y, mean, spread = fused_batch_norm.batch_norm_train(input, gamma, beta, kind, layer.epsilon, relu, averages)
+    for alias, batch_value in zip(averages, (mean, spread)):
+        batch_value = batch_value.reshape(alias.get_value(borrow=True).shape)
+        alias.default_update = ((1 - layer.alpha) * alias + layer.alpha * batch_value).astype(alias.dtype)
+    return y
+
+
+def _alias(shared):
+    """A variable on the same storage as `shared`, to carry a default update."""
+    alias = shared.clone()
+    alias.container = shared.container
+    return alias
+
+
 def _running_average(shared, batch_value, alpha):
     """An alias of `shared` (same storage) whose default update is the running average with `batch_value`.
 
     theano.function applies the `default_update` of every shared variable in its graph, so a training
     function that contains the alias updates the statistic; the test graph never builds one.
     """
-    alias = shared.clone()
-    alias.container = shared.container
+    alias = _alias(shared)
     alias.default_update = ((1 - alpha) * alias + alpha * batch_value).astype(shared.dtype)
     return alias
 

@@ -50,16 +50,19 @@ ERRORS = ("best_val_error", "val_error", "test_error")
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", CONVNET_RUNS)
-def test_onednn_convolutions_keep_the_stored_curves(name, data_root):
-    """The default convolutions (oneDNN, plumbing/dnnl_conv.py) sum CorrMM's products in another order. Against the
-    stored run, which ran CorrMM: the same epochs; training losses within 1e-5 (relative); errors within 0.1
-    percentage point (the tiny SVHN network, two epochs on 40 images, has near ties among its 4000 validation images:
-    2 of them change class, 0.05 points); the test loss within 1e-3 (relative; that barely trained network's is
-    about 7e7). The parameters are not the same bits, so the run did take oneDNN's path."""
-    numbers = make_reference.run(name, data_root, BINARYNET_CONV="dnnl")
+def test_default_fast_path_keeps_the_stored_curves(name, data_root):
+    """The defaults, oneDNN's convolutions (plumbing/dnnl_conv.py) and the fused batch-norm ops
+    (plumbing/fused_batch_norm.py), sum in another order than the stored run, which ran CorrMM and batch norm's
+    Theano graph. Against it: the same epochs; training losses within 1e-5 (relative); errors within 0.1 percentage
+    point (the tiny SVHN network, two epochs on 40 images, has near ties among its 4000 validation images: 2 of them
+    change class, 0.05 points); the test loss within 5e-3 (relative). That barely trained SVHN network's test loss
+    is about 7e7 (its running statistics after 8 steps make huge outputs) and amplifies rounding: measured 2.7e-4
+    with oneDNN alone, 7.8e-4 with the fused batch norm alone, 1.5e-3 with both, while its training losses agree
+    within 2e-7. The parameters are not the same bits, so the run did take the fast path."""
+    numbers = make_reference.run(name, data_root, BINARYNET_CONV="dnnl", BINARYNET_BN="fused")
     expected = REFERENCE["runs"][name]
     assert (numbers["best_epoch"], numbers["epochs_done"]) == (expected["best_epoch"], expected["epochs_done"])
     assert numbers["train_losses"] == pytest.approx(expected["train_losses"], rel=1e-5)
     assert [numbers[key] for key in ERRORS] == pytest.approx([expected[key] for key in ERRORS], abs=0.1)
-    assert numbers["test_loss"] == pytest.approx(expected["test_loss"], rel=1e-3)
+    assert numbers["test_loss"] == pytest.approx(expected["test_loss"], rel=5e-3)
     assert numbers["parameters_sha256"] != expected["parameters_sha256"]

@@ -13,9 +13,10 @@ OpenBLAS, docs/speed.md), MKL_CBWR=COMPATIBLE (MKL's bitwise-reproducible code p
 CPUs) and one thread for MKL and OpenMP (reductions split over threads would depend on the core count). CIFAR-10's
 BinaryConnect input (ZCA) is left out on purpose: its eigendecomposition runs in NumPy's OpenBLAS, which MKL_CBWR
 does not cover. Theano compiles its C code for the local CPU (-march=native), so the numbers are those of an x86-64
-CPU with FMA and the versions in requirements.txt. The ConvNets run Theano's CorrMM (BINARYNET_CONV=corrmm):
-oneDNN's convolutions, the default, sum in another order, and tests/test_reference_runs.py compares them with the
-stored numbers to a tolerance instead. Regenerate (and say why in the commit) when a change is meant to
+CPU with FMA and the versions in requirements.txt. The ConvNets run Theano's CorrMM (BINARYNET_CONV=corrmm) and
+batch norm's Theano graph (BINARYNET_BN=graph): the defaults, oneDNN's convolutions and the fused batch-norm ops,
+sum in another order, and tests/test_reference_runs.py compares them with the stored numbers to a tolerance
+instead. Regenerate (and say why in the commit) when a change is meant to
 move them.
 """
 import hashlib
@@ -32,7 +33,7 @@ from conftest import run_command, write_cifar10_files, write_mnist_files, write_
 
 REFERENCE = os.path.join(HERE, "reference_runs.json")
 ENVIRONMENT = {"MKL_CBWR": "COMPATIBLE", "MKL_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
-               "BINARYNET_BLAS": "mkl", "BINARYNET_CONV": "corrmm"}
+               "BINARYNET_BLAS": "mkl", "BINARYNET_CONV": "corrmm", "BINARYNET_BN": "graph"}
 MNIST = ["mnist.py", "--units", "32", "--epochs", "2", "--train-size", "300", "--batch-size", "50", "--seed", "7"]
 CONVNET = ["--width", "0.0625", "--epochs", "2", "--train-size", "40", "--batch-size", "10", "--seed", "7"]
 RUNS = {  # name: (command line without --data-dir/--out, data set folder, parameter file)
