@@ -27,7 +27,7 @@ import theano
 import theano.tensor as T
 from theano.gradient import DisconnectedType, grad_not_implemented
 
-VERSION = 2
+VERSION = 3
 KINDS = ("lasagne", "binaryconnect")
 PARALLEL_MIN = 200000  # values from which the channels are split over OpenMP threads (as plumbing/fast_sum.py)
 
@@ -80,16 +80,29 @@ static void bn_fused_statistics(const npy_float32 *x, npy_intp n, npy_intp ch, n
     }
 }
 
+/* z from the centred value d, in the float32 operations of Theano's graph: (d * gamma) * inv_std + beta (Lasagne)
+   or d * scale + beta (BinaryConnect, scale = gamma / (eps + std)). */
+static inline npy_float32 bn_fused_z(npy_float32 d, npy_float32 gm, npy_float32 scale, npy_float32 bt, int kind)
+{
+    if (kind == 0) {
+        const npy_float32 dg = d * gm;
+        const npy_float32 dgs = dg * scale;
+        return dgs + bt;
+    }
+    const npy_float32 ds = d * scale;
+    return ds + bt;
+}
+
 /* Theano's gradient of rectify(z) = 0.5 * (z + |z|): 1 where z > 0, 0 where z < 0, 0.5 at 0 (without branches, so
-   that the loops vectorize); z recomputed with the forward pass's float32 operations. */
+   that the loops vectorize). */
 static inline npy_float32 bn_fused_relu_slope(npy_float32 d, npy_float32 gm, npy_float32 scale, npy_float32 bt,
                                               int kind)
 {
-    npy_float32 z;
-    if (kind == 0) { const npy_float32 dg = d * gm; const npy_float32 dgs = dg * scale; z = dgs + bt; }
-    else { const npy_float32 ds = d * scale; z = ds + bt; }
+    const npy_float32 z = bn_fused_z(d, gm, scale, bt, kind);
     return 0.5f + 0.5f * (npy_float32)((z > 0) - (z < 0));
 }
+
+#define BN_DATA(array) ((npy_float32*)PyArray_DATA(array))
 """
 
 FORWARD = r"""
@@ -117,10 +130,8 @@ FORWARD = r"""
         }
     }
     if (!err) {
-        const npy_float32 *x = (const npy_float32*)PyArray_DATA(bn_x);
-        const npy_float32 *gamma = (const npy_float32*)PyArray_DATA(bn_g), *beta = (const npy_float32*)PyArray_DATA(bn_b);
-        npy_float32 *y = (npy_float32*)PyArray_DATA(<Y>);
-        npy_float32 *mean = (npy_float32*)PyArray_DATA(<MEAN>), *spread = (npy_float32*)PyArray_DATA(<SPREAD>);
+        const npy_float32 *x = BN_DATA(bn_x), *gamma = BN_DATA(bn_g), *beta = BN_DATA(bn_b);
+        npy_float32 *y = BN_DATA(<Y>), *mean = BN_DATA(<MEAN>), *spread = BN_DATA(<SPREAD>);
         const npy_float32 fn = (npy_float32)n, fh = (npy_float32)h, fw = (npy_float32)w, eps = <EPS>;
         Py_BEGIN_ALLOW_THREADS
         #pragma omp parallel for schedule(static) if (n * ch * hw >= <PARALLEL_MIN>)
@@ -133,10 +144,7 @@ FORWARD = r"""
                 const npy_float32 *p = x + (i * ch + c) * hw;
                 npy_float32 *q = y + (i * ch + c) * hw;
                 for (npy_intp j = 0; j < hw; j++) {
-                    const npy_float32 d = p[j] - m;
-                    npy_float32 z;
-                    if (<KIND> == 0) { const npy_float32 dg = d * gm; const npy_float32 dgs = dg * scale; z = dgs + bt; }
-                    else { const npy_float32 ds = d * scale; z = ds + bt; }
+                    npy_float32 z = bn_fused_z(p[j] - m, gm, scale, bt, <KIND>);
                     if (<RELU>) { const npy_float32 za = z + fabsf(z); z = 0.5f * za; }
                     q[j] = z;
                 }
@@ -182,11 +190,9 @@ BACKWARD = r"""
         }
     }
     if (!err) {
-        const npy_float32 *x = (const npy_float32*)PyArray_DATA(in[0]), *dy = (const npy_float32*)PyArray_DATA(in[1]);
-        const npy_float32 *gamma = (const npy_float32*)PyArray_DATA(in[2]), *beta = (const npy_float32*)PyArray_DATA(in[3]);
-        const npy_float32 *mean = (const npy_float32*)PyArray_DATA(in[4]), *spread = (const npy_float32*)PyArray_DATA(in[5]);
-        npy_float32 *dx = (npy_float32*)PyArray_DATA(<DX>);
-        npy_float32 *dgamma = (npy_float32*)PyArray_DATA(<DGAMMA>), *dbeta = (npy_float32*)PyArray_DATA(<DBETA>);
+        const npy_float32 *x = BN_DATA(in[0]), *dy = BN_DATA(in[1]), *gamma = BN_DATA(in[2]), *beta = BN_DATA(in[3]);
+        const npy_float32 *mean = BN_DATA(in[4]), *spread = BN_DATA(in[5]);
+        npy_float32 *dx = BN_DATA(<DX>), *dgamma = BN_DATA(<DGAMMA>), *dbeta = BN_DATA(<DBETA>);
         const npy_float32 eps = <EPS>;
         const double count = (double)n * (double)hw;
         Py_BEGIN_ALLOW_THREADS

@@ -121,7 +121,8 @@ def test_a_hand_computed_channel():
 
 def test_relu_slope_is_one_half_where_z_is_zero(monkeypatch):
     """Theano's rectify is 0.5 * (z + |z|); its gradient at z = 0 is 0.5 * dy. x = 1, 2, 3 and beta 0 give the middle
-    value z = 0 exactly; the fused gradient for beta (sum of the slopes times dy = 1) is 1 + 0.5 = 1.5, as the graph's."""
+    value z = 0 exactly; the fused gradient for beta (sum of the slopes times dy = 1) is 1 + 0.5 = 1.5, as the
+    graph's."""
     x = np.array([1, 2, 3], np.float32).reshape(1, 1, 1, 3)
     sums = []
     for path in ("fused", "graph"):
