@@ -30,8 +30,10 @@ What it does (ORIGINALS.md §7, docs/environment.md):
   after `keep_large_arrays_mapped()` (called by binary_connect.compile_functions), without page faults.
 * Batch norm's float64-accumulated sums run several channels' chains side by side, the same numbers
   (plumbing/fast_sum.py; BINARYNET_FAST_SUM=0 switches it off).
-* Max pooling's gradient runs with each image plane's addresses in registers, the same numbers
-  (plumbing/fast_pool_grad.py).
+* Max pooling and its gradient run with each image plane's addresses in registers, max pooling over 2x2 windows in
+  vectorized loops, the same numbers (plumbing/fast_pool.py, plumbing/fast_pool_grad.py).
+* A ConvNet layer's training-mode batch norm runs as two C ops, the forward pass's numbers and the gradient's to
+  rounding level (plumbing/fused_batch_norm.py, used by batch_norm.py; BINARYNET_BN=graph keeps Theano's graph).
 * A graph's missing C modules are compiled on all cores before Theano links it, the same modules in Theano's cache
   (plumbing/parallel_compile.py; BINARYNET_PARALLEL_COMPILE=0 switches it off).
 * The compile cache's fused elementwise ops build their inner graph only when used, and Theano's passed check of
@@ -238,7 +240,7 @@ import theano.tensor as T  # noqa: E402
 from theano.tensor.signal import pool  # noqa: E402
 
 from plumbing import branch_free, cache_keys, fast_im2col, fast_pool_grad, fast_sum, parallel_compile  # noqa: E402
-from plumbing import dnnl_conv, parallel_mrg, warm_start  # noqa: E402
+from plumbing import dnnl_conv, fast_pool, parallel_mrg, warm_start  # noqa: E402
 
 
 def _install_downsample_shim():
@@ -261,6 +263,7 @@ parallel_mrg.install()
 branch_free.install()
 fast_im2col.install()
 fast_sum.install()
+fast_pool.install()
 fast_pool_grad.install()
 parallel_compile.install()
 warm_start.install()

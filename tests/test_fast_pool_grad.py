@@ -74,6 +74,17 @@ def test_strided_views_and_padding():
     assert same_bits(ours, theirs)
 
 
+def test_papers_pooling_on_views():
+    """2x2 at stride 2 on a view whose rows are contiguous and on one whose rows are reversed; odd sizes leave the
+    last row and column outside every window (their gradient stays +0)."""
+    base = np.random.RandomState(4).normal(size=(4, 6, 11, 9)).astype("float32")
+    base[0, 0, :2, :2] = 0.5                    # a tie inside one window
+    for view in (base[::2, 1::2], base[:, :, :, ::-1]):
+        ours, theirs = both(view, (2, 2))
+        assert same_bits(ours, theirs)
+    assert not both(base, (2, 2))[0][:, :, 10, :].any()
+
+
 def test_hand_case():
     """One 2x2 window per output: gz goes to the maximum's position, ties get it twice over."""
     x = np.asarray([[[[1., 5., 2., 2.], [3., 4., 2., 0.]]]], "float32")
