@@ -20,8 +20,10 @@ The papers' pooling (2x2 windows at stride 2, all inside the image, rows contigu
 each element of gx in exactly one window. There gx is allocated without Theano's zero fill and each element is
 written once, +0 + (x == max ? gz : +0) with the select as a bit mask: the same value as +0 plus Theano's one
 addition; the rows and columns outside every window (odd sizes) are written +0. 4.3 -> 1.2 ms for a 50x64x32x32
-input (the compiled select had been a jump, mispredicted at random, and the zero fill one more pass). `install()` (called by plumbing/compat.py) adds the fast path to every MaxPoolGrad compiled afterwards and a
-tag to its cache version. tests/test_fast_pool_grad.py compares it with Theano's own code.
+input (the compiled select had been a jump, mispredicted at random, and the zero fill one more pass).
+
+`install()` (called by plumbing/compat.py) adds the fast paths to every MaxPoolGrad compiled afterwards and a tag to
+its cache version. tests/test_fast_pool_grad.py compares it with Theano's own code.
 """
 from theano.tensor.signal import pool
 

@@ -10,7 +10,7 @@ from scipy.signal import convolve2d
 
 import batch_norm
 import binary_connect
-from plumbing import compat
+from plumbing import compat, dnnl_conv
 from plumbing.compat import T, lasagne, theano
 
 floatX = "float32"
@@ -146,7 +146,8 @@ def test_conv_layer_convolves_with_the_binarized_weights():
 
 def test_conv_layer_pads_inside_the_convolution_with_lasagnes_numbers():
     """docs/speed.md: the padding is CorrMM's own; output and both gradients equal, bit for bit, those of Lasagne 0.1's
-    path (copy into a zero tensor, then an unpadded convolution), and no copy is left in the graph."""
+    path (copy into a zero tensor, then an unpadded convolution), and no copy is left in the graph. With oneDNN's
+    convolutions (the default, plumbing/dnnl_conv.py), which sum in their own order per padding, equal to 1e-5."""
     x, g = T.tensor4(), T.tensor4()
     conv = binary_connect.Conv2DLayer(lasagne.layers.InputLayer((None, 4, 6, 6), x), 5, (3, 3), pad=1,
                                       stochastic=False, nonlinearity=lasagne.nonlinearities.identity)
@@ -156,15 +157,19 @@ def test_conv_layer_pads_inside_the_convolution_with_lasagnes_numbers():
     def lasagnes(layer, inputs, deterministic=False):
         return layer._output_with_binary_weights(lasagne.layers.Conv2DLayer.get_output_for, inputs, deterministic)
 
-    results = []
-    for output in (binary_connect.Conv2DLayer.get_output_for, lasagnes):
-        y = output(conv, x, deterministic=False)
-        f = theano.function([x, g], [y] + T.grad(T.sum(y * g), [x, conv.Wb]))
-        ops = [type(node.op).__name__ for node in f.maker.fgraph.toposort()]
-        results.append((f(image, grad_out), ops))
-    (ours, our_ops), (theirs, their_ops) = results
-    assert all(np.array_equal(a, b) for a, b in zip(ours, theirs))
-    assert "IncSubtensor" in their_ops and "IncSubtensor" not in our_ops and "Alloc" not in our_ops
+    for mode in (dnnl_conv.corrmm_mode(), None):
+        results = []
+        for output in (binary_connect.Conv2DLayer.get_output_for, lasagnes):
+            y = output(conv, x, deterministic=False)
+            f = theano.function([x, g], [y] + T.grad(T.sum(y * g), [x, conv.Wb]), mode=mode)
+            ops = [type(node.op).__name__ for node in f.maker.fgraph.toposort()]
+            results.append((f(image, grad_out), ops))
+        (ours, our_ops), (theirs, their_ops) = results
+        if mode is None:
+            assert all(np.allclose(a, b, rtol=0, atol=1e-5) for a, b in zip(ours, theirs))
+        else:
+            assert all(np.array_equal(a, b) for a, b in zip(ours, theirs))
+        assert "IncSubtensor" in their_ops and "IncSubtensor" not in our_ops and "Alloc" not in our_ops
 
 
 # --------------------------------------------------------------------------- the two Adams over several steps
