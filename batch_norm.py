@@ -3,6 +3,8 @@ batch norm and the activation after every weight layer.
 
 Lasagne 0.1 has no batch norm. BinaryConnect shipped its own `batch_norm.py` (`BCBatchNormLayer` here); the
 BinaryNet scripts used Lasagne 0.2's `BatchNormLayer` followed by a separate activation layer (ORIGINALS.md §1.7).
+In training mode on ConvNet activations (N, C, H, W) both layers compute the same function through the two C ops of
+plumbing/fused_batch_norm.py (docs/speed.md, item 23); `BINARYNET_BN=graph` builds the graph below instead.
 """
 from plumbing import compat  # noqa: F401  (Theano flags and Lasagne patches come first)
 from plumbing import fused_batch_norm
