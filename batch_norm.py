@@ -115,8 +115,7 @@ def _fused_output(layer, input, kind, gamma, beta, spread_param, relu):
     # The aliases are carried by the op (it ignores them) so that theano.function collects their updates.
     y, mean, spread = fused_batch_norm.batch_norm_train(input, gamma, beta, kind, layer.epsilon, relu, averages)
     for alias, batch_value in zip(averages, (mean, spread)):
-        batch_value = batch_value.reshape(alias.get_value(borrow=True).shape)
-        alias.default_update = ((1 - layer.alpha) * alias + layer.alpha * batch_value).astype(alias.dtype)
+        _average_into(alias, batch_value.reshape(alias.get_value(borrow=True).shape), layer.alpha)
     return y
 
 
@@ -134,8 +133,13 @@ def _running_average(shared, batch_value, alpha):
     function that contains the alias updates the statistic; the test graph never builds one.
     """
     alias = _alias(shared)
-    alias.default_update = ((1 - alpha) * alias + alpha * batch_value).astype(shared.dtype)
+    _average_into(alias, batch_value, alpha)
     return alias
+
+
+def _average_into(alias, batch_value, alpha):
+    """The alias's default update: the running average (1 - alpha) * alias + alpha * batch_value."""
+    alias.default_update = ((1 - alpha) * alias + alpha * batch_value).astype(alias.dtype)
 
 
 def batch_norm_and_activation(family, layer, epsilon, alpha, last=False):

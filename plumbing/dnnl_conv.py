@@ -31,6 +31,8 @@ from theano.compile import optdb
 from theano.gof.opt import in2out, local_optimizer
 from theano.tensor.nnet.corr import CorrMM, CorrMM_gradInputs, CorrMM_gradWeights
 
+from plumbing.switches import choice
+
 VERSION = 4
 OPT_NAME = "binarynet_dnnl_conv"
 KINDS = ("forward", "input_gradient", "weight_gradient")
@@ -51,11 +53,8 @@ def find_onednn(prefix=None):
 
 def wanted():
     """BINARYNET_CONV: 'dnnl' (the default) or 'corrmm' (Theano's ops). oneDNN needs x86-64 Linux and a C compiler."""
-    choice = os.environ.get("BINARYNET_CONV", "dnnl").strip().lower() or "dnnl"
-    if choice not in ("dnnl", "corrmm"):
-        raise SystemExit(f"error: BINARYNET_CONV={choice!r} is not a choice; use dnnl (the default) or corrmm")
-    return (choice == "dnnl" and platform.system() == "Linux" and platform.machine() in ("x86_64", "AMD64")
-            and bool(theano.config.cxx))
+    return (choice("BINARYNET_CONV", "dnnl", "corrmm") == "dnnl" and platform.system() == "Linux"
+            and platform.machine() in ("x86_64", "AMD64") and bool(theano.config.cxx))
 
 
 def explicit_pads(border_mode):

@@ -17,7 +17,7 @@ from theano.tensor.signal import pool
 
 VERSION = ("binarynet-archive fast pool", 1)
 THEANOS = {name: getattr(pool.Pool, name) for name in ("c_code", "c_code_cache_version")}
-# Theano 1.0.5's Pool: the general loop starts here.
+# Theano 1.0.5's Pool and MaxPoolGrad: the general loop starts here (plumbing/fast_pool_grad.py uses it too).
 ANCHOR = """        if (z_prod)
         {
             // will be used to hold start and end index of a region"""
@@ -56,22 +56,26 @@ FAST_PATH = """        if (z_prod && !nonzero_padding && ws[0] == 2 && ws[1] == 
             // will be used to hold start and end index of a region"""
 
 
-def _applies(op, node):
-    """2-D max pooling of a float32 or float64 4-D tensor (the papers' ConvNets)."""
+def applies(op, node):
+    """2-D max pooling (or its gradient) of a float32 or float64 4-D tensor (the papers' ConvNets)."""
     x = node.inputs[0]
     return op.mode == "max" and op.ndim == 2 and x.ndim == 4 and x.dtype in ("float32", "float64")
 
 
+def fill(template, op, node, fields):
+    """The C template with `fields` ({"<X>": name, ...}), the element type <T> and the OpenMP pragma <OMP> filled."""
+    fields = dict(fields, **{"<T>": node.inputs[0].type.dtype_specs()[1],
+                             "<OMP>": "#pragma omp parallel for schedule(static)" if op.openmp else ""})
+    for field, value in fields.items():
+        template = template.replace(field, value)
+    return template
+
+
 def _c_code(self, node, name, inp, out, sub):
     code = THEANOS["c_code"](self, node, name, inp, out, sub)
-    if not _applies(self, node) or code.count(ANCHOR) != 1:
+    if not applies(self, node) or code.count(ANCHOR) != 1:
         return code
-    fields = {"<X>": inp[0], "<Z>": out[0], "<T>": node.inputs[0].type.dtype_specs()[1],
-              "<OMP>": "#pragma omp parallel for schedule(static)" if self.openmp else ""}
-    fast = FAST_PATH
-    for field, value in fields.items():
-        fast = fast.replace(field, value)
-    return code.replace(ANCHOR, fast)
+    return code.replace(ANCHOR, fill(FAST_PATH, self, node, {"<X>": inp[0], "<Z>": out[0]}))
 
 
 def _cache_version(self):

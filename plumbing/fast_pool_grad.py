@@ -27,13 +27,10 @@ its cache version. tests/test_fast_pool_grad.py compares it with Theano's own co
 """
 from theano.tensor.signal import pool
 
+from plumbing.fast_pool import ANCHOR, applies, fill
+
 VERSION = ("binarynet-archive fast pool grad", 5)
 THEANOS = {name: getattr(pool.MaxPoolGrad, name) for name in ("c_code", "c_code_cache_version")}
-# Theano 1.0.5's MaxPoolGrad: the general loop starts here.
-ANCHOR = """        if (z_prod)
-        {
-            // will be used to hold start and end index of a region"""
-
 # Theano 1.0.5's MaxPoolGrad: the output is allocated zero-filled (or zero-filled when reused).
 ALLOCATION = """        if (mem_nec)
         {
@@ -142,24 +139,13 @@ FAST_PATH = """        if (z_prod && !nonzero_padding)
             // will be used to hold start and end index of a region"""
 
 
-def _applies(op, node):
-    """2-D max pooling of a float32 or float64 4-D tensor (the papers' ConvNets)."""
-    x = node.inputs[0]
-    return op.mode == "max" and op.ndim == 2 and x.ndim == 4 and x.dtype in ("float32", "float64")
-
-
 def _c_code(self, node, name, inp, out, sub):
     code = THEANOS["c_code"](self, node, name, inp, out, sub)
-    if not _applies(self, node) or code.count(ANCHOR) != 1:
+    if not applies(self, node) or code.count(ANCHOR) != 1:
         return code
     fields = {"<X>": inp[0], "<Z>": inp[1], "<GZ>": inp[2], "<GX>": out[0],
-              "<T>": node.inputs[0].type.dtype_specs()[1],
-              "<U>": {"float32": "npy_uint32", "float64": "npy_uint64"}[node.inputs[0].dtype],
-              "<OMP>": "#pragma omp parallel for schedule(static)" if self.openmp else ""}
-    fast, pairs, allocation = FAST_PATH, PAIRS, ALLOCATION
-    for field, value in fields.items():
-        fast, pairs, allocation = (fast.replace(field, value), pairs.replace(field, value),
-                                   allocation.replace(field, value))
+              "<U>": {"float32": "npy_uint32", "float64": "npy_uint64"}[node.inputs[0].dtype]}
+    fast, pairs, allocation = (fill(template, self, node, fields) for template in (FAST_PATH, PAIRS, ALLOCATION))
     if code.count(allocation) != 1:
         return code
     return code.replace(allocation, pairs).replace(ANCHOR, fast)

@@ -21,23 +21,20 @@ float64 constants: not Theano's float32 graph, so it differs from it at rounding
 (tests/test_fused_batch_norm.py measures both against the same graph in float64). `BINARYNET_BN=graph` keeps the
 graph (tests/data/make_reference.py does, for its stored numbers). Channels are split over OpenMP threads.
 """
-import os
-
 import theano
 import theano.tensor as T
 from theano.gradient import DisconnectedType, grad_not_implemented
 
-VERSION = 3
+from plumbing.switches import choice
+
+VERSION = 4
 KINDS = ("lasagne", "binaryconnect")
 PARALLEL_MIN = 200000  # values from which the channels are split over OpenMP threads (as plumbing/fast_sum.py)
 
 
 def wanted():
     """BINARYNET_BN: 'fused' (the default) or 'graph' (Theano's elementwise graph). Fused needs a C compiler."""
-    choice = os.environ.get("BINARYNET_BN", "fused").strip().lower() or "fused"
-    if choice not in ("fused", "graph"):
-        raise SystemExit(f"error: BINARYNET_BN={choice!r} is not a choice; use fused (the default) or graph")
-    return choice == "fused" and bool(theano.config.cxx)
+    return choice("BINARYNET_BN", "fused", "graph") == "fused" and bool(theano.config.cxx)
 
 
 # Shared C code: the channel loop's header, and the float32 steps of the forward statistics.
@@ -103,6 +100,18 @@ static inline npy_float32 bn_fused_relu_slope(npy_float32 d, npy_float32 gm, npy
 }
 
 #define BN_DATA(array) ((npy_float32*)PyArray_DATA(array))
+
+/* *array as a C-contiguous float32 array of shape dims: kept where it is one already (Theano hands back the last
+   call's output), else allocated. 0 where the allocation failed. */
+static int bn_fused_output(PyArrayObject **array, int nd, const npy_intp *dims)
+{
+    if (*array && PyArray_IS_C_CONTIGUOUS(*array) && PyArray_NDIM(*array) == nd &&
+        PyArray_CompareLists(PyArray_DIMS(*array), dims, nd))
+        return 1;
+    Py_XDECREF(*array);
+    *array = (PyArrayObject*)PyArray_EMPTY(nd, (npy_intp*)dims, NPY_FLOAT32, 0);
+    return *array != NULL;
+}
 """
 
 FORWARD = r"""
@@ -116,19 +125,10 @@ FORWARD = r"""
         err = "gamma and beta need one value per channel of the input";
     else if (n * hw == 0)
         err = "the input has no values to normalize (an empty batch or image)";
-    if (!err && !(<Y> && PyArray_IS_C_CONTIGUOUS(<Y>) && PyArray_CompareLists(PyArray_DIMS(<Y>), dims, 4))) {
-        Py_XDECREF(<Y>);
-        <Y> = (PyArrayObject*)PyArray_EMPTY(4, (npy_intp*)dims, NPY_FLOAT32, 0);
-        if (!<Y>) err = "allocating the output";
-    }
-    PyArrayObject **stats[2] = {&<MEAN>, &<SPREAD>};
-    for (int k = 0; k < 2 && !err; k++) {
-        if (!(*stats[k] && PyArray_IS_C_CONTIGUOUS(*stats[k]) && PyArray_DIMS(*stats[k])[0] == ch)) {
-            Py_XDECREF(*stats[k]);
-            *stats[k] = (PyArrayObject*)PyArray_EMPTY(1, (npy_intp*)&ch, NPY_FLOAT32, 0);
-            if (!*stats[k]) err = "allocating the statistics";
-        }
-    }
+    if (!err && !bn_fused_output(&<Y>, 4, dims))
+        err = "allocating the output";
+    if (!err && !(bn_fused_output(&<MEAN>, 1, &ch) && bn_fused_output(&<SPREAD>, 1, &ch)))
+        err = "allocating the statistics";
     if (!err) {
         const npy_float32 *x = BN_DATA(bn_x), *gamma = BN_DATA(bn_g), *beta = BN_DATA(bn_b);
         npy_float32 *y = BN_DATA(<Y>), *mean = BN_DATA(<MEAN>), *spread = BN_DATA(<SPREAD>);
@@ -176,19 +176,10 @@ BACKWARD = r"""
         if (PyArray_DIMS(in[k])[0] != ch) err = "gamma, beta and the statistics need one value per channel";
     if (!err && n * hw == 0)
         err = "the input has no values to normalize (an empty batch or image)";
-    if (!err && !(<DX> && PyArray_IS_C_CONTIGUOUS(<DX>) && PyArray_CompareLists(PyArray_DIMS(<DX>), dims, 4))) {
-        Py_XDECREF(<DX>);
-        <DX> = (PyArrayObject*)PyArray_EMPTY(4, (npy_intp*)dims, NPY_FLOAT32, 0);
-        if (!<DX>) err = "allocating the input gradient";
-    }
-    PyArrayObject **sums[2] = {&<DGAMMA>, &<DBETA>};
-    for (int k = 0; k < 2 && !err; k++) {
-        if (!(*sums[k] && PyArray_IS_C_CONTIGUOUS(*sums[k]) && PyArray_DIMS(*sums[k])[0] == ch)) {
-            Py_XDECREF(*sums[k]);
-            *sums[k] = (PyArrayObject*)PyArray_EMPTY(1, (npy_intp*)&ch, NPY_FLOAT32, 0);
-            if (!*sums[k]) err = "allocating the parameter gradients";
-        }
-    }
+    if (!err && !bn_fused_output(&<DX>, 4, dims))
+        err = "allocating the input gradient";
+    if (!err && !(bn_fused_output(&<DGAMMA>, 1, &ch) && bn_fused_output(&<DBETA>, 1, &ch)))
+        err = "allocating the parameter gradients";
     if (!err) {
         const npy_float32 *x = BN_DATA(in[0]), *dy = BN_DATA(in[1]), *gamma = BN_DATA(in[2]), *beta = BN_DATA(in[3]);
         const npy_float32 *mean = BN_DATA(in[4]), *spread = BN_DATA(in[5]);

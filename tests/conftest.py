@@ -1,4 +1,5 @@
-"""Shared test helpers: tiny data sets written in the official file formats, and running a command.
+"""Shared test helpers: tiny data sets written in the official file formats, running a command, and compiling with
+Theano's own C code in place of a plumbing patch.
 
 The writers follow the published format descriptions (ORIGINALS.md §3.1-§3.3), not the readers under test:
     MNIST     IDX files: big-endian int32 magic (2051 images, 2049 labels) and sizes, then uint8 data; .gz or plain
@@ -8,6 +9,7 @@ The writers follow the published format descriptions (ORIGINALS.md §3.1-§3.3),
 Each writer is a plain function (also used by tests/data/make_reference.py) and a session fixture of the same name
 without the `_files` suffix.
 """
+import contextlib
 import gzip
 import io
 import os
@@ -133,6 +135,22 @@ def run_command(args, timeout=600, env=None, **kwargs):
 def error_lines(stderr):
     """stderr without Theano's own warnings (printed by the compiler cache, not by our code)."""
     return [line for line in stderr.strip().splitlines() if line and "WARNING (theano" not in line]
+
+
+# --------------------------------------------------------------------------- Theano's own code
+@contextlib.contextmanager
+def theanos_methods(cls, theanos, active=True):
+    """Within the block, `cls` has Theano's own methods back (theanos: {name: method}, a patch module's THEANOS),
+    so that functions compiled there use Theano's code; afterwards the patched ones again. No change if not active."""
+    saved = {name: getattr(cls, name) for name in theanos}
+    if active:
+        for name, method in theanos.items():
+            setattr(cls, name, method)
+    try:
+        yield
+    finally:
+        for name, method in saved.items():
+            setattr(cls, name, method)
 
 
 # --------------------------------------------------------------------------- fixtures

@@ -8,19 +8,15 @@ from plumbing import fast_pool
 from plumbing.compat import T, theano
 from theano.tensor.signal import pool
 
+from conftest import theanos_methods
+
 
 def pool_function(ws, stride, pad, ignore_border, dtype, own):
     """x -> pool_2d(x), compiled with the fast path (own=False) or Theano's code (own=True)."""
-    saved = pool.Pool.c_code, pool.Pool.c_code_cache_version
-    if own:
-        pool.Pool.c_code = fast_pool.THEANOS["c_code"]
-        pool.Pool.c_code_cache_version = fast_pool.THEANOS["c_code_cache_version"]
-    try:
+    with theanos_methods(pool.Pool, fast_pool.THEANOS, own):
         x = T.tensor4(dtype=dtype)
         z = pool.pool_2d(x, ws=ws, stride=stride, pad=pad, ignore_border=ignore_border)
         return theano.function([x], z, mode=theano.Mode(linker="c", optimizer="fast_run"))
-    finally:
-        pool.Pool.c_code, pool.Pool.c_code_cache_version = saved
 
 
 def same_bits(a, b):

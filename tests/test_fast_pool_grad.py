@@ -9,22 +9,18 @@ from plumbing import fast_pool_grad
 from plumbing.compat import T, theano
 from theano.tensor.signal import pool
 
+from conftest import theanos_methods
+
 
 def gradient_function(ws, stride, pad, ignore_border, dtype, own):
     """x, gz -> MaxPoolGrad(x, pool(x), gz), compiled with the fast path (own=False) or Theano's code (own=True)."""
-    saved = pool.MaxPoolGrad.c_code, pool.MaxPoolGrad.c_code_cache_version
-    if own:
-        pool.MaxPoolGrad.c_code = fast_pool_grad.THEANOS["c_code"]
-        pool.MaxPoolGrad.c_code_cache_version = fast_pool_grad.THEANOS["c_code_cache_version"]
-    try:
+    with theanos_methods(pool.MaxPoolGrad, fast_pool_grad.THEANOS, own):
         x, gz = T.tensor4(dtype=dtype), T.tensor4(dtype=dtype)
         z = pool.pool_2d(x, ws=ws, stride=stride, pad=pad, ignore_border=ignore_border)
         grad = pool.MaxPoolGrad(ignore_border=ignore_border)(x, z, gz, T.as_tensor_variable(ws),
                                                                T.as_tensor_variable(stride), T.as_tensor_variable(pad))
         shape_fn = theano.function([x], z.shape)
         return theano.function([x, gz], grad, mode=theano.Mode(linker="c", optimizer="fast_run")), shape_fn
-    finally:
-        pool.MaxPoolGrad.c_code, pool.MaxPoolGrad.c_code_cache_version = saved
 
 
 def same_bits(a, b):

@@ -8,17 +8,13 @@ from plumbing import fast_sum
 from plumbing.compat import T, theano
 from theano.tensor import elemwise
 
+from conftest import theanos_methods
+
 
 def compiled(expression, inputs, own):
     """theano.function of the expression with our loop (own=False) or with Theano's own CAReduce code (own=True)."""
-    saved = elemwise.CAReduce.c_code, elemwise.CAReduce.c_code_cache_version_apply
-    if own:
-        elemwise.CAReduce.c_code = fast_sum.THEANOS["c_code"]
-        elemwise.CAReduce.c_code_cache_version_apply = fast_sum.THEANOS["c_code_cache_version_apply"]
-    try:
+    with theanos_methods(elemwise.CAReduce, fast_sum.THEANOS, own):
         return theano.function(inputs, expression)
-    finally:
-        elemwise.CAReduce.c_code, elemwise.CAReduce.c_code_cache_version_apply = saved
 
 
 def test_the_threaded_shapes_are_above_the_threshold():
