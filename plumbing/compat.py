@@ -34,6 +34,10 @@ What it does (ORIGINALS.md §7, docs/environment.md):
   vectorized loops, the same numbers (plumbing/fast_pool.py, plumbing/fast_pool_grad.py).
 * A ConvNet layer's training-mode batch norm runs as two C ops, the forward pass's numbers and the gradient's to
   rounding level (plumbing/fused_batch_norm.py, used by batch_norm.py; BINARYNET_BN=graph keeps Theano's graph).
+* Theano's fused elementwise loops over contiguous arrays are vectorized, the same numbers (plumbing/simd_loops.py;
+  BINARYNET_SIMD_LOOPS=0 switches it off).
+* Each parameter's Adam update runs as one elementwise loop instead of three, the same numbers
+  (plumbing/merged_updates.py; BINARYNET_MERGED_UPDATES=0 switches it off).
 * A graph's missing C modules are compiled on all cores before Theano links it, the same modules in Theano's cache
   (plumbing/parallel_compile.py; BINARYNET_PARALLEL_COMPILE=0 switches it off).
 * The compile cache's fused elementwise ops build their inner graph only when used, and Theano's passed check of
@@ -240,7 +244,7 @@ import theano.tensor as T  # noqa: E402
 from theano.tensor.signal import pool  # noqa: E402
 
 from plumbing import branch_free, cache_keys, fast_im2col, fast_pool_grad, fast_sum, parallel_compile  # noqa: E402
-from plumbing import dnnl_conv, fast_pool, parallel_mrg, warm_start  # noqa: E402
+from plumbing import dnnl_conv, fast_pool, merged_updates, parallel_mrg, simd_loops, warm_start  # noqa: E402
 
 
 def _install_downsample_shim():
@@ -267,6 +271,8 @@ fast_pool.install()
 fast_pool_grad.install()
 parallel_compile.install()
 warm_start.install()
+merged_updates.install()
+simd_loops.install()
 DNNL_CONV = dnnl_conv.install()
 # Theano warns that it cannot find "libmkl_rt.so" in the library dir: the versioned file is linked on purpose.
 logging.getLogger("theano.tensor.blas").addFilter(

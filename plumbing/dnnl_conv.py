@@ -29,15 +29,18 @@ import theano
 import theano.tensor as T
 from theano.compile import optdb
 from theano.gof.opt import in2out, local_optimizer
+from theano.tensor.basic import NotScalarConstantError, get_scalar_constant_value
 from theano.tensor.nnet.corr import CorrMM, CorrMM_gradInputs, CorrMM_gradWeights
+from theano.tensor.subtensor import get_idx_list
 
 from plumbing.switches import choice
 
-VERSION = 4
+VERSION = 5
 OPT_NAME = "binarynet_dnnl_conv"
 KINDS = ("forward", "input_gradient", "weight_gradient")
 # After Theano's conv optimizations (specialize_device, 48.6), before elementwise fusion (49).
 OPT_POSITION = 48.65
+FLIP_NAME, FLIP_POSITION = "binarynet_dnnl_flip", 48.66
 
 
 def find_onednn(prefix=None):
@@ -269,6 +272,17 @@ CODE = r"""
         err = bn_dnnl_run(&<STATE>, PyArray_DATA(ca), PyArray_DATA(cb), PyArray_DATA(<OUT>), arg_ids);
         Py_END_ALLOW_THREADS
     }
+    if (!err && <FLIP>) {
+        /* Both spatial axes reversed = each filter's kh*kw block reversed in row-major order. */
+        const npy_intp block = out_dims[2] * out_dims[3], blocks = out_dims[0] * out_dims[1];
+        float *w = (float*)PyArray_DATA(<OUT>);
+        for (npy_intp b = 0; b < blocks; b++)
+            for (npy_intp t = 0, u = block - 1; t < u; t++, u--) {
+                const float keep = w[b * block + t];
+                w[b * block + t] = w[b * block + u];
+                w[b * block + u] = keep;
+            }
+    }
     Py_DECREF(ca);
     Py_DECREF(cb);
     if (err) {
@@ -285,13 +299,17 @@ CODE = r"""
 class DnnlCorr(theano.Op):
     """CorrMM (kind 'forward'), CorrMM_gradInputs ('input_gradient') or CorrMM_gradWeights ('weight_gradient')
     with stride 1 and padding pads = ((top, bottom), (left, right)), computed by oneDNN; the module docstring has
-    the sums. Inputs as CorrMM's without the shape: (img, kern), (kern, topgrad), (img, topgrad)."""
-    __props__ = ("kind", "pads")
+    the sums. Inputs as CorrMM's without the shape: (img, kern), (kern, topgrad), (img, topgrad).
+    flip=True (weight gradient only): the result with both spatial axes reversed, gw[:, :, ::-1, ::-1], written
+    contiguous (the gradient of a Lasagne layer's filters, which Theano's convolution flips; `local_dnnl_flip`)."""
+    __props__ = ("kind", "pads", "flip")
 
-    def __init__(self, kind, pads):
+    def __init__(self, kind, pads, flip=False):
         if kind not in KINDS:
             raise ValueError(f"DnnlCorr kind must be one of {KINDS}, got {kind!r}")
-        self.kind, self.pads = kind, tuple((int(a), int(b)) for a, b in pads)
+        if flip and kind != "weight_gradient":
+            raise ValueError("DnnlCorr flips only the weight gradient")
+        self.kind, self.pads, self.flip = kind, tuple((int(a), int(b)) for a, b in pads), bool(flip)
 
     def make_node(self, a, b):
         a, b = T.as_tensor_variable(a), T.as_tensor_variable(b)
@@ -351,7 +369,8 @@ class DnnlCorr(theano.Op):
         fields = {"<PT>": str(pt), "<PB>": str(pb), "<PL>": str(pl), "<PR>": str(pr),
                   "<IMG>": img, "<KERN>": kern, "<TOP>": top, "<ARG_IDS>": arg_ids, "<OUT_DIMS>": out_dims,
                   "<KIND>": str(KINDS.index(self.kind)), "<KIND_NAME>": self.kind,
-                  "<A>": inputs[0], "<B>": inputs[1], "<OUT>": outputs[0], "<STATE>": f"state_{name}",
+                  "<FLIP>": str(int(self.flip)), "<A>": inputs[0], "<B>": inputs[1], "<OUT>": outputs[0],
+                  "<STATE>": f"state_{name}",
                   "<FAIL>": sub["fail"]}
         code = CODE
         for field, value in fields.items():
@@ -383,9 +402,41 @@ def local_dnnl_corr(node):
     return [new]
 
 
+def reverses_both_spatial_axes(node):
+    """Whether the Subtensor `node` is x[:, :, ::-1, ::-1] of a 4-D x."""
+    if not isinstance(node.op, T.Subtensor) or node.inputs[0].ndim != 4:
+        return False
+    index = get_idx_list(node.inputs, node.op.idx_list)
+    if len(index) != 4 or not all(isinstance(i, slice) for i in index):
+        return False
+
+    def constant(v):
+        try:
+            return None if v is None else int(get_scalar_constant_value(v))
+        except NotScalarConstantError:
+            return "unknown"
+    return all((constant(i.start), constant(i.stop), constant(i.step)) == (None, None, step)
+               for i, step in zip(index, (None, None, -1, -1)))
+
+
+@local_optimizer([T.Subtensor])
+def local_dnnl_flip(node):
+    """x[:, :, ::-1, ::-1] of a DnnlCorr weight gradient used nowhere else -> the op with flip=True: one contiguous
+    array instead of a view with negative strides, which Theano's elementwise loops walk element by element."""
+    if not reverses_both_spatial_axes(node):
+        return False
+    source = node.inputs[0]
+    op = getattr(source.owner, "op", None)
+    if not (isinstance(op, DnnlCorr) and op.kind == "weight_gradient" and not op.flip
+            and len(source.clients) == 1):
+        return False
+    new = DnnlCorr(op.kind, op.pads, flip=True)(*source.owner.inputs)
+    return [new] if new.type == node.outputs[0].type else False
+
+
 def corrmm_mode():
     """Theano's default mode without the replacement: a function compiled with it keeps Theano's CorrMM ops."""
-    return theano.compile.get_default_mode().excluding(OPT_NAME)
+    return theano.compile.get_default_mode().excluding(OPT_NAME, FLIP_NAME)
 
 
 def install():
@@ -396,4 +447,5 @@ def install():
         return False
     if OPT_NAME not in optdb.__db__:
         optdb.register(OPT_NAME, in2out(local_dnnl_corr), OPT_POSITION, "fast_run")
+        optdb.register(FLIP_NAME, in2out(local_dnnl_flip), FLIP_POSITION, "fast_run")
     return True
