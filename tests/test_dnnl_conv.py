@@ -219,3 +219,79 @@ def test_find_onednn_needs_the_header_and_the_library(tmp_path):
     (tmp_path / "lib").mkdir()
     (tmp_path / "lib" / "libdnnl.so.3").write_text("")
     assert dnnl_conv.find_onednn(str(tmp_path)) == (str(tmp_path / "include"), str(tmp_path / "lib"))
+
+
+# --------------------------------------------------------------------------- the weight gradient flipped in the op
+SAME = ((1, 1), (1, 1))
+
+
+def reversed_gradients(fn):
+    """The Subtensor nodes of `fn` that reverse both spatial axes of a DnnlCorr output."""
+    return [node for node in fn.maker.fgraph.toposort() if dnnl_conv.reverses_both_spatial_axes(node)
+            and node.inputs[0].owner is not None and isinstance(node.inputs[0].owner.op, dnnl_conv.DnnlCorr)]
+
+
+def flips(fn):
+    return [node.op.flip for node in fn.maker.fgraph.toposort() if isinstance(node.op, dnnl_conv.DnnlCorr)]
+
+
+def test_flipped_weight_gradient_is_the_gradient_reversed_on_both_spatial_axes():
+    """flip=True gives gw[:, :, ::-1, ::-1] bit for bit, as a contiguous array. By hand: one image [[1, 2], [3, 4]]
+    padded by 1, a 3x3 filter, gz = 1 at the top left output only: gw is the padded image's top-left 3x3,
+    [[0, 0, 0], [0, 1, 2], [0, 3, 4]], flipped [[4, 3, 0], [2, 1, 0], [0, 0, 0]]. Then random 3x3 and 2x3 filters
+    (an odd and an even number of taps)."""
+    a, b = T.tensor4("a"), T.tensor4("b")
+    fn = theano.function([a, b], [dnnl_conv.DnnlCorr("weight_gradient", SAME, flip=True)(a, b),
+                                  dnnl_conv.DnnlCorr("weight_gradient", SAME)(a, b)])
+    assert sorted(flips(fn)) == [False, True]
+    img = np.array([[[[1, 2], [3, 4]]]], np.float32)
+    gz = np.array([[[[1, 0], [0, 0]]]], np.float32)
+    flipped, plain = fn(img, gz)
+    assert plain.tolist() == [[[[0, 0, 0], [0, 1, 2], [0, 3, 4]]]]
+    assert flipped.tolist() == [[[[4, 3, 0], [2, 1, 0], [0, 0, 0]]]]
+    img = uniform((3, 4, 7, 6), 0)
+    for kernel_hw in ((3, 3), (2, 3)):
+        gz = uniform((3, 5, 7 + 2 - kernel_hw[0] + 1, 6 + 2 - kernel_hw[1] + 1), 2)
+        flipped, plain = fn(img, gz)
+        assert flipped.shape == (5, 4) + kernel_hw and flipped.flags.c_contiguous
+        assert np.array_equal(flipped.view(np.uint32), plain[:, :, ::-1, ::-1].view(np.uint32))
+        assert not np.array_equal(flipped, plain)
+
+
+def test_filter_gradient_of_a_lasagne_convolution_is_flipped_in_the_op():
+    """The gradient of a Lasagne-style conv2d (filter_flip=True, pad 1) with respect to its filters: Theano's graph
+    reverses CorrMM's weight gradient with a view; here the DnnlCorr weight gradient has flip=True and no view reverses
+    it (the only reversing view left is the forward pass's, of the filters themselves). The values are CorrMM's up to
+    1e-5 of the gradient's largest entry (oneDNN sums in another order)."""
+    x, w = T.tensor4("x"), T.tensor4("w")
+    out = T.nnet.conv2d(x, w, border_mode=(1, 1), filter_flip=True)
+    gw = theano.grad((out ** 2).sum(), w)
+    ours, theirs = theano.function([x, w], gw), theano.function([x, w], gw, mode=THEANO_OPS)
+    assert sorted(flips(ours)) == [False, True] and reversed_gradients(ours) == []
+    assert [node.inputs[0] for node in ours.maker.fgraph.toposort()
+            if dnnl_conv.reverses_both_spatial_axes(node)] == ours.maker.fgraph.inputs[1:]
+    assert flips(theirs) == [] and len([node for node in theirs.maker.fgraph.toposort()
+                                        if dnnl_conv.reverses_both_spatial_axes(node)]) == 2
+    img, kern = uniform((2, 3, 5, 4), 3), uniform((4, 3, 3, 3), 4)
+    a, b = ours(img, kern), theirs(img, kern)
+    assert np.abs(a - b).max() <= 1e-5 * np.abs(b).max()
+
+
+@pytest.mark.parametrize("kind", ["forward", "input_gradient"])
+def test_only_the_weight_gradient_flips(kind):
+    with pytest.raises(ValueError, match="flips only the weight gradient"):
+        dnnl_conv.DnnlCorr(kind, SAME, flip=True)
+
+
+def test_no_flip_when_the_weight_gradient_has_another_client():
+    """gw[:, :, ::-1, ::-1] alone becomes the op with flip=True; returned next to gw itself, the op must still give
+    gw, so the view stays (and both values are right)."""
+    a, b = T.tensor4("a"), T.tensor4("b")
+    gw = dnnl_conv.DnnlCorr("weight_gradient", SAME)(a, b)
+    alone, both = theano.function([a, b], gw[:, :, ::-1, ::-1]), theano.function([a, b], [gw[:, :, ::-1, ::-1], gw])
+    assert flips(alone) == [True] and reversed_gradients(alone) == []
+    assert flips(both) == [False] and len(reversed_gradients(both)) == 1
+    img, gz = uniform((3, 4, 7, 6), 0), uniform((3, 5, 7, 6), 2)
+    flipped, plain = both(img, gz)
+    assert np.array_equal(flipped, plain[:, :, ::-1, ::-1]) and np.array_equal(alone(img, gz), flipped)
+    np.testing.assert_allclose(plain, numpy_weight_gradient(img, gz, SAME, (3, 3)), rtol=0, atol=TOLERANCE)
