@@ -42,7 +42,8 @@ class StoreLastComposite(scalar.Composite):
     def init_c_code(self):
         if hasattr(self, "_c_code"):
             return
-        names = {v: "%%(i%d)s" % k for k, v in enumerate(self.fgraph.inputs)}
+        # Placeholders of Theano's Composite template: %(iK)s, %(oK)s, %(id)s, %(nodename)s, %(fail)s.
+        names = {v: f"%(i{k})s" for k, v in enumerate(self.fgraph.inputs)}
         for v in self.fgraph.variables:
             if v.owner is None and v not in names:
                 if not isinstance(v, gof.Constant):
@@ -50,16 +51,16 @@ class StoreLastComposite(scalar.Composite):
                 names[v] = v.type.c_literal(v.data)
         code = ["{"]
         order = self.fgraph.toposort()
-        self.nodenames = ["%%(nodename)s_subnode%d" % j for j in range(len(order))]
+        self.nodenames = [f"%(nodename)s_subnode{j}" for j in range(len(order))]
         count = 0
         for j, node in enumerate(order):
             for out in node.outputs:
                 count += 1
-                names[out] = "V%%(id)s_tmp%d" % count
-                code.append("%s %s;" % (out.type.dtype_specs()[1], names[out]))
+                names[out] = f"V%(id)s_tmp{count}"
+                code.append(f"{out.type.dtype_specs()[1]} {names[out]};")
             code.append(node.op.c_code(node, self.nodenames[j], [names[v] for v in node.inputs],
-                                       [names[v] for v in node.outputs], dict(fail="%(fail)s", id="%%(id)s_%d" % j)))
-        code += ["%%(o%d)s = %s;" % (k, names[v]) for k, v in enumerate(self.fgraph.outputs)]
+                                       [names[v] for v in node.outputs], dict(fail="%(fail)s", id=f"%(id)s_{j}")))
+        code += [f"%(o{k})s = {names[v]};" for k, v in enumerate(self.fgraph.outputs)]
         self._c_code = "\n".join(code) + "\n}\n"
 
     def c_code_cache_version(self):
