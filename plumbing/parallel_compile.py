@@ -37,6 +37,7 @@ from theano.gof import cmodule, op, vm
 from theano.gof.cc import CLinker, get_module_cache
 from theano.gof.fg import FunctionGraph
 
+from plumbing import precompiled_header
 from plumbing.errors import UsageError
 
 
@@ -96,11 +97,14 @@ def _missing_module(node, storage_map, compute_map, cache):
                 lib_dirs=linker.lib_dirs(), libs=linker.libraries(), preargs=linker.compile_args())
 
 
-def _compile(args):
-    """Build one module with Theano's compile_str into a fresh temporary directory; the directory, or None."""
+def _compile(args, header=None):
+    """Build one module with Theano's compile_str into a fresh temporary directory; the directory, or None.
+    `header`: the future of the module's precompiled header, used if it is ready (no waiting for it)."""
     location = tempfile.mkdtemp(prefix="binarynet-compile-")
+    ready = header.result() if header is not None and header.done() else None
     try:
-        _ORIGINAL["compile_str"](location=location, py_module=False, **args)
+        _ORIGINAL["compile_str"](location=location, py_module=False,
+                                 **dict(args, include_dirs=([ready] if ready else []) + list(args["include_dirs"])))
     except Exception:
         shutil.rmtree(location, ignore_errors=True)
         return None
@@ -112,6 +116,7 @@ def precompile(order, storage_map, compute_map):
     start = time.time()
     cache = get_module_cache()
     jobs = {}
+    headers = {}  # (block, flags) -> future of its precompiled header's directory
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers()) as pool:
         # compile_str prints only when g++ fails (and, if asked, g++'s warnings). A failed module is compiled again
         # by Theano, which then prints its own message: keep this pass quiet. The main thread only generates code
@@ -129,7 +134,10 @@ def precompile(order, storage_map, compute_map):
                     continue
                 signature = _signature(**args)
                 if signature not in jobs and signature not in _PREBUILT:
-                    jobs[signature] = pool.submit(_compile, args)
+                    want = precompiled_header.wanted(args["src_code"], args["preargs"], args["include_dirs"])
+                    if want and want not in headers:  # queued before the modules that use it
+                        headers[want] = pool.submit(precompiled_header.directory_for, *want)
+                    jobs[signature] = pool.submit(_compile, args, headers.get(want))
             built = {signature: job.result() for signature, job in jobs.items()}
     failed = [signature for signature, location in built.items() if location is None]
     if failed:
@@ -154,6 +162,7 @@ def _compile_str(module_name, src_code, location=None, include_dirs=None, lib_di
     signature = _signature(module_name, src_code, include_dirs, lib_dirs, libs, preargs)
     prebuilt = _PREBUILT.pop(signature, None) if py_module and hide_symbols and location else None
     if prebuilt is None:
+        include_dirs = precompiled_header.include_dirs_with_header(src_code, preargs, include_dirs, hide_symbols)
         return _ORIGINAL["compile_str"](module_name, src_code, location=location, include_dirs=include_dirs,
                                         lib_dirs=lib_dirs, libs=libs, preargs=preargs, py_module=py_module,
                                         hide_symbols=hide_symbols)

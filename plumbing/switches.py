@@ -1,5 +1,5 @@
 """The switches of the speed changes (docs/speed.md): on/off ones (BINARYNET_XNOR_CONV, BINARYNET_FAST_IM2COL,
-BINARYNET_FAST_SUM, BINARYNET_SIMD_LOOPS, BINARYNET_MERGED_UPDATES; on unless 0) and two-way choices (BINARYNET_CONV,
+BINARYNET_FAST_SUM, BINARYNET_SIMD_LOOPS, BINARYNET_MERGED_UPDATES, BINARYNET_PCH; on unless 0) and two-way choices (BINARYNET_CONV,
 BINARYNET_BN)."""
 import os
 

@@ -18,17 +18,20 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # compiles it, runs it, and reports the outputs, the g++ runs, and the cache: module hash -> sha256 of its mod.cpp.
 CHILD = r"""
 import hashlib, json, os, pickle, sys, threading
-from plumbing import compat, parallel_compile
+from plumbing import compat, parallel_compile, precompiled_header
 from plumbing.compat import T, np, theano
 from theano.gof import cmodule
 
 case = sys.argv[1]
-gxx, gxx_main = [], []
+gxx, gxx_main, headers = [], [], []
 popen = cmodule.output_subprocess_Popen
 def counting_popen(cmd, *args, **kwargs):
     modules = [arg for arg in cmd if arg.endswith("mod.cpp")]  # not Theano's compiler checks (a .c file)
     if cmd and cmd[0] == theano.config.cxx and modules:
         gxx.append(modules)
+        with open(modules[0]) as source:  # [starts with a header block, compiled with a precompiled header]
+            headers.append([precompiled_header.block_of(source.read()) is not None,
+                            any(arg.startswith("-I" + precompiled_header.root()) for arg in cmd)])
         if threading.current_thread() is threading.main_thread():
             gxx_main.append(gxx[-1])
     return popen(cmd, *args, **kwargs)
@@ -78,8 +81,8 @@ for name in os.listdir(theano.config.compiledir):
         key_data = pickle.load(file)
     with open(os.path.join(path, "mod.cpp"), "rb") as file:
         modules[key_data.module_hash] = hashlib.sha256(file.read()).hexdigest()
-report.update(gxx=len(gxx), gxx_main=len(gxx_main), gxx_files=gxx, stats=parallel_compile.STATS, modules=modules,
-              partial=partial, tmp=sorted(os.listdir(os.environ["TMPDIR"])))
+report.update(gxx=len(gxx), gxx_main=len(gxx_main), gxx_files=gxx, headers=headers, stats=parallel_compile.STATS,
+              modules=modules, partial=partial, tmp=sorted(os.listdir(os.environ["TMPDIR"])))
 print("REPORT " + json.dumps(report))
 """
 
@@ -132,6 +135,12 @@ def test_parallel_compile_runs_gxx_once_per_module_and_theano_uses_the_results(s
     assert parallel["gxx"] == serial["gxx"] >= len(serial["modules"])  # and Theano's own cutils and lazylinker
     assert parallel["gxx_main"] == serial["gxx"] - parallel["stats"]["used"]  # Theano ran no g++ for those
     assert not [name for name in parallel["tmp"] if name.startswith("binarynet-compile-")]
+
+
+def test_serial_compile_uses_precompiled_headers(serial_and_parallel):
+    _, serial, parallel = serial_and_parallel
+    assert [has for has, used in serial["headers"] if has] and all(has == used for has, used in serial["headers"])
+    assert not [used for has, used in parallel["headers"] if used and not has]
 
 
 def test_warm_cache_compiles_nothing(serial_and_parallel):
