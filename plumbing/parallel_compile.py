@@ -102,9 +102,9 @@ def _compile(args, header=None):
     `header`: the future of the module's precompiled header, used if it is ready (no waiting for it)."""
     location = tempfile.mkdtemp(prefix="binarynet-compile-")
     ready = header.result() if header is not None and header.done() else None
+    include_dirs = ([ready] if ready else []) + list(args["include_dirs"] or ())
     try:
-        _ORIGINAL["compile_str"](location=location, py_module=False,
-                                 **dict(args, include_dirs=([ready] if ready else []) + list(args["include_dirs"])))
+        _ORIGINAL["compile_str"](location=location, py_module=False, **dict(args, include_dirs=include_dirs))
     except Exception:
         shutil.rmtree(location, ignore_errors=True)
         return None

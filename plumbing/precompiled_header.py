@@ -143,7 +143,7 @@ def directory_for(block, flags):
             directory = os.path.join(root(), key)
             try:
                 ok = _current(directory) or _build(block, flags, directory)
-            except OSError:
+            except Exception:  # any failure only costs the speed-up: g++ then reads the headers themselves
                 ok = False
             _READY[key] = directory if ok else None
     return _READY[key]

@@ -107,6 +107,14 @@ def test_a_header_that_does_not_build_is_not_used(own_root, monkeypatch):
     assert precompiled_header.directory_for(block, flags) is None and calls == []  # not tried again
 
 
+def test_any_failure_while_building_only_costs_the_header(own_root, monkeypatch):
+    def broken(*args):
+        raise ValueError("unreadable dependency list")
+    monkeypatch.setattr(precompiled_header, "_build", broken)
+    source = precompiled_header.BLOCKS[1] + "int x;\n"
+    assert precompiled_header.include_dirs_with_header(source, [], ["/inc"]) == ["/inc"]
+
+
 def test_parallel_compile_uses_a_header_only_once_it_is_ready(monkeypatch):
     seen = []
     monkeypatch.setitem(parallel_compile._ORIGINAL, "compile_str", lambda **kwargs: seen.append(kwargs["include_dirs"]))
