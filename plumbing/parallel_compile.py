@@ -102,7 +102,7 @@ def _compile(args, header=None):
     `header`: the future of the module's precompiled header, used if it is ready (no waiting for it)."""
     location = tempfile.mkdtemp(prefix="binarynet-compile-")
     ready = header.result() if header is not None and header.done() else None
-    include_dirs = ([ready] if ready else []) + list(args["include_dirs"] or ())
+    include_dirs = precompiled_header.header_first(ready, args["include_dirs"])
     try:
         _ORIGINAL["compile_str"](location=location, py_module=False, **dict(args, include_dirs=include_dirs))
     except Exception:

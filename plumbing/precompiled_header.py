@@ -74,8 +74,8 @@ def _key(block, flags):
 def _read_dependencies(make_rule, own_source):
     """The files of a `g++ -MD` rule, without the target and our own block file."""
     text = make_rule.replace("\\\n", " ").split(":", 1)[1]
-    paths = text.replace("\\ ", "\0").split()
-    return [p.replace("\0", " ") for p in paths if p.replace("\0", " ") != own_source]
+    paths = [p.replace("\0", " ") for p in text.replace("\\ ", "\0").split()]
+    return [p for p in paths if p != own_source]
 
 
 def _stamp(paths):
@@ -109,8 +109,8 @@ def _build(block, flags, directory):
         with open(source, "w") as f:
             f.write(block)
         rule = os.path.join(work, "files.d")
-        done = subprocess.run([*flags, "-x", "c++-header", source, "-o", os.path.join(work, HEADER), "-MD", "-MF",
-                                       rule], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        command = [*flags, "-x", "c++-header", source, "-o", os.path.join(work, HEADER), "-MD", "-MF", rule]
+        done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         if done.returncode:
             return False
         with open(rule) as f:
@@ -159,8 +159,12 @@ def wanted(src_code, preargs, include_dirs, hide_symbols=True):
     return block, tuple(compile_flags(preargs, include_dirs, hide_symbols))
 
 
+def header_first(directory, include_dirs):
+    """`include_dirs` with `directory` (a precompiled header's, or None for none) searched first."""
+    return ([directory] if directory else []) + list(include_dirs or ())
+
+
 def include_dirs_with_header(src_code, preargs, include_dirs, hide_symbols=True):
     """`include_dirs` with the directory of the module's precompiled header first (built now if needed)."""
     want = wanted(src_code, preargs, include_dirs, hide_symbols)
-    directory = directory_for(*want) if want else None
-    return ([directory] if directory else []) + list(include_dirs or ())
+    return header_first(directory_for(*want) if want else None, include_dirs)
