@@ -244,7 +244,7 @@ import theano.tensor as T  # noqa: E402
 from theano.tensor.signal import pool  # noqa: E402
 
 from plumbing import branch_free, cache_keys, fast_im2col, fast_pool_grad, fast_sum, parallel_compile  # noqa: E402
-from plumbing import dnnl_conv, fast_pool, merged_updates, parallel_mrg, simd_loops, warm_start  # noqa: E402
+from plumbing import dnnl_conv, fast_pool, merged_updates, parallel_mrg, simd_loops, warm_start, graph_cache  # noqa: E402
 
 
 def _install_downsample_shim():
@@ -271,6 +271,7 @@ fast_pool.install()
 fast_pool_grad.install()
 parallel_compile.install()
 warm_start.install()
+graph_cache.install()
 merged_updates.install()
 simd_loops.install()
 DNNL_CONV = dnnl_conv.install()

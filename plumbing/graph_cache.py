@@ -1,0 +1,278 @@
+"""Warm start without Theano's graph optimizer: optimized graphs kept in the compile directory (docs/speed.md item 27).
+
+With every C module already compiled, most of `theano.function`'s time goes to the graph optimizer: about 5 of the 8-10
+s of a BinaryNet ConvNet's warm start on a Zen 3 core. Its result depends only on what it reads, so the first compile
+stores the optimized graph in `<compiledir>/optimized_graphs/<key>.pkl`, and a later one with the same key links that
+graph instead of optimizing again. The key is a SHA-256 over:
+
+- the graph as given to `theano.function`, node by node in topological order: each op pickled (its class and
+  parameters), the types and names of all variables, constants with their values, and the inputs' roles (shared or
+  not, update, borrow, mutable);
+- Theano's version and its whole configuration, the BINARYNET_* and OMP_NUM_THREADS environment variables, the
+  CPU's model and flags, the names of all registered graph optimizations, and the source of this package and of the
+  two method modules.
+
+The stored graph is a flat list of nodes (op, input references, output types), rebuilt with `Apply` and linked as
+Theano links an unpickled function: the same ops in the same graph, so the same C code and the same numbers
+(tests/test_graph_cache.py). A graph that does not pickle is simply not stored; a file that does not load is
+deleted and the graph optimized again. `BINARYNET_GRAPH_CACHE=0` switches it off.
+"""
+import functools
+import glob
+import hashlib
+import io
+import logging
+import os
+import pickle
+import re
+import tempfile
+
+import theano
+from theano import gof
+from theano.compile import function_module
+from theano.compile.sharedvalue import SharedVariable
+
+from plumbing import switches
+
+_ORIGINAL_INIT = function_module.FunctionMaker.__init__
+_LOG = logging.getLogger(__name__)
+HERE = os.path.dirname(os.path.abspath(__file__))
+FORMAT = 1  # bump when the stored layout changes
+
+
+class Uncacheable(Exception):
+    """A graph this cache does not store (an unpicklable op, a free variable that is not an input)."""
+
+
+def enabled():
+    return switches.switch_on("BINARYNET_GRAPH_CACHE")
+
+
+def directory():
+    return os.path.join(theano.config.compiledir, "optimized_graphs")
+
+
+@functools.lru_cache(maxsize=None)
+def _sources_digest():
+    """SHA-256 of this package's Python files and the method modules (where the graph optimizations live)."""
+    digest = hashlib.sha256()
+    top = os.path.dirname(HERE)
+    paths = sorted(glob.glob(os.path.join(HERE, "*.py"))) + \
+        [os.path.join(top, name) for name in ("binary_net.py", "binary_connect.py")]
+    for path in paths:
+        if os.path.exists(path):
+            digest.update(os.path.basename(path).encode() + b"\0")
+            with open(path, "rb") as source:
+                digest.update(source.read())
+    return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=None)
+def _cpu():
+    """The CPU's model name and flags (graph choices such as the convolution op may depend on them)."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            lines = [line for line in info if line.startswith(("model name", "flags", "Features"))]
+        return "".join(sorted(set(lines)))
+    except OSError:
+        import platform
+        return platform.processor() + platform.machine()
+
+
+def _configuration():
+    """Every Theano configuration value and every registered graph optimization, as text."""
+    values = []
+    for param in theano.configparser._config_var_list:
+        try:
+            value = functools.reduce(getattr, param.fullname.split("."), theano.config)
+        except Exception as error:  # a setting that cannot be read is part of the state too
+            value = f"<{type(error).__name__}>"
+        values.append(f"{param.fullname}={value!r}")
+    names, seen, pending = set(), set(), [theano.compile.optdb]
+    while pending:
+        db = pending.pop()
+        if id(db) in seen:
+            continue
+        seen.add(id(db))
+        for name, entries in db.__db__.items():
+            names.add(f"{type(db).__name__}:{name}:{len(entries)}")
+            pending.extend(entry for entry in entries if isinstance(entry, gof.optdb.DB))
+    environment = sorted(f"{k}={v}" for k, v in os.environ.items()
+                         if k.startswith("BINARYNET_") or k == "OMP_NUM_THREADS")
+    return "\n".join([theano.__version__, str(FORMAT), _sources_digest(), _cpu()] + values + sorted(names)
+                     + environment)
+
+
+def _variable_text(variable):
+    return f"{variable.type}|{variable.type.__class__.__qualname__}|{variable.name}"
+
+
+def graph_key(input_specs, output_specs, mode):
+    """The cache key of a function: a hex SHA-256, or None if the graph cannot be described (a free variable)."""
+    digest = hashlib.sha256(_configuration().encode())
+    # The mode as text, without the object addresses in it: its optimizer query, the optimizer sequence, the linker.
+    digest.update(re.sub(r" at 0x[0-9a-f]+", "", f"{mode}|{mode.optimizer}|{type(mode.linker).__name__}").encode())
+    variables = [spec.variable for spec in input_specs]
+    number = {variable: k for k, variable in enumerate(variables)}
+    for spec in input_specs:
+        digest.update(f"in|{_variable_text(spec.variable)}|{isinstance(spec.variable, SharedVariable)}|"
+                      f"{spec.mutable}|{spec.borrow}|{spec.strict}|{spec.allow_downcast}|{spec.implicit}|"
+                      f"{spec.update is not None}".encode())
+    updates = [spec.update for spec in input_specs if spec.update is not None]
+    ends = [spec.variable for spec in output_specs] + updates
+    op_bytes = {}
+    for node in gof.graph.io_toposort(variables, ends):
+        refs = []
+        for variable in node.inputs:
+            if variable not in number:
+                if not isinstance(variable, gof.Constant):
+                    return None
+                number[variable] = len(number)
+                data = variable.data
+                data = data.tobytes() + str((data.dtype, data.shape)).encode() if hasattr(data, "tobytes") \
+                    else pickle.dumps(data, protocol=4)
+                digest.update(b"const|" + _variable_text(variable).encode() + b"|" + data)
+            refs.append(str(number[variable]))
+        if id(node.op) not in op_bytes:
+            try:
+                op_bytes[id(node.op)] = pickle.dumps(node.op, protocol=4)
+            except Exception:
+                return None
+        digest.update(b"node|" + op_bytes[id(node.op)] + ",".join(refs).encode())
+        for variable in node.outputs:
+            number[variable] = len(number)
+            digest.update(b"out|" + _variable_text(variable).encode())
+    for spec in output_specs:
+        if spec.variable not in number:
+            return None
+        digest.update(f"result|{number[spec.variable]}|{spec.borrow}".encode())
+    for update in updates:
+        if update not in number:
+            return None
+        digest.update(f"update|{number[update]}".encode())
+    return digest.hexdigest()
+
+
+def flatten(fgraph):
+    """An optimized FunctionGraph as plain data: the nodes in topological order, each (op, input references,
+    [(type, name, tag) per output], tag); references are ("in", k), ("const", k) or ("node", k, j)."""
+    refs = {variable: ("in", k) for k, variable in enumerate(fgraph.inputs)}
+    constants, nodes = [], []
+
+    def ref(variable):
+        if variable not in refs:
+            if not isinstance(variable, gof.Constant):
+                raise Uncacheable(f"free variable {variable}")
+            refs[variable] = ("const", len(constants))
+            constants.append(variable.clone())  # a clone carries no link to this FunctionGraph
+        return refs[variable]
+
+    for k, node in enumerate(fgraph.toposort()):
+        inputs = [ref(variable) for variable in node.inputs]
+        for j, variable in enumerate(node.outputs):
+            refs[variable] = ("node", k, j)
+        nodes.append((node.op, inputs, [(v.type, v.name, v.tag) for v in node.outputs], node.tag))
+    outputs = [ref(variable) for variable in fgraph.outputs]
+    return dict(format=FORMAT, n_inputs=len(fgraph.inputs), constants=constants, nodes=nodes, outputs=outputs,
+                update_mapping=dict(fgraph.update_mapping or {}))
+
+
+def rebuild(flat, input_specs):
+    """A FunctionGraph from `flatten`'s data, on fresh clones of the current inputs (as Theano's std_fgraph makes)."""
+    if flat["format"] != FORMAT or flat["n_inputs"] != len(input_specs):
+        raise Uncacheable("stored graph of another layout")
+    inputs = [spec.variable.clone() for spec in input_specs]
+    made = []
+
+    def variable(ref):
+        if ref[0] == "in":
+            return inputs[ref[1]]
+        if ref[0] == "const":
+            return flat["constants"][ref[1]]
+        return made[ref[1]].outputs[ref[2]]
+
+    for op, refs, outputs, tag in flat["nodes"]:
+        results = []
+        for out_type, name, out_tag in outputs:
+            result = out_type.make_variable(name)
+            result.tag = out_tag
+            results.append(result)
+        node = gof.Apply(op, [variable(ref) for ref in refs], results)
+        node.tag = tag
+        made.append(node)
+    fgraph = gof.fg.FunctionGraph(inputs, [variable(ref) for ref in flat["outputs"]], clone=False,
+                                  update_mapping=flat["update_mapping"])
+    fgraph.attach_feature(gof.DestroyHandler())
+    return fgraph
+
+
+def _path(key):
+    return os.path.join(directory(), key + ".pkl")
+
+
+def load(key, input_specs):
+    """The stored graph for `key` rebuilt on the current inputs, or None (absent, or unreadable: then deleted)."""
+    path = _path(key)
+    try:
+        with open(path, "rb") as stored:
+            return rebuild(pickle.load(stored), input_specs)
+    except FileNotFoundError:
+        return None
+    except Exception as error:
+        _LOG.warning("optimized graph %s does not load (%s); it is deleted and the graph optimized again",
+                     path, error)
+        try:
+            os.remove(path)
+        except OSError:
+            pass
+        return None
+
+
+def store(key, fgraph):
+    """Write `fgraph` under `key` (temporary file, then rename); a graph that does not pickle is not stored."""
+    try:
+        buffer = io.BytesIO()
+        pickle.dump(flatten(fgraph), buffer, protocol=4)
+    except Exception as error:
+        _LOG.debug("optimized graph not stored: %s", error)
+        return False
+    os.makedirs(directory(), exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=directory(), suffix=".tmp")
+    with os.fdopen(handle, "wb") as out:
+        out.write(buffer.getvalue())
+    os.replace(temporary, _path(key))
+    return True
+
+
+def _as_list(values):
+    if values is None:
+        return []
+    return list(values) if isinstance(values, (list, tuple)) else [values]
+
+
+def maker_init(self, inputs, outputs, mode=None, accept_inplace=False, function_builder=function_module.Function,
+               profile=None, on_unused_input=None, fgraph=None, output_keys=None, name=None):
+    """FunctionMaker.__init__ that takes a stored optimized graph when there is one and stores it when there is not.
+
+    A given fgraph (an unpickled function), a profiled compile or the switch at 0 go to Theano's own code unchanged.
+    """
+    arguments = dict(mode=mode, accept_inplace=accept_inplace, function_builder=function_builder, profile=profile,
+                     on_unused_input=on_unused_input, output_keys=output_keys, name=name)
+    if fgraph is not None or profile or not enabled():
+        return _ORIGINAL_INIT(self, inputs, outputs, fgraph=fgraph, **arguments)
+    # Wrap as Theano does (a wrapped In/Out passes through Theano's wrapping unchanged), keeping single outputs single.
+    inputs = [self.wrap_in(i) for i in _as_list(inputs)]
+    if outputs is not None:
+        outputs = [self.wrap_out(o) for o in outputs] if isinstance(outputs, (list, tuple)) else self.wrap_out(outputs)
+    key = graph_key(inputs, _as_list(outputs), theano.compile.mode.get_mode(mode))
+    stored = load(key, inputs) if key else None
+    if stored is not None:
+        return _ORIGINAL_INIT(self, inputs, outputs, fgraph=stored, **arguments)
+    _ORIGINAL_INIT(self, inputs, outputs, **arguments)
+    if key:
+        store(key, self.fgraph)
+
+
+def install():
+    """Every theano.function afterwards uses the stored optimized graphs."""
+    function_module.FunctionMaker.__init__ = maker_init
