@@ -26,6 +26,7 @@ import os
 import pickle
 import re
 import tempfile
+from collections import OrderedDict
 
 import theano
 from theano import gof
@@ -79,6 +80,34 @@ def _cpu():
         return platform.processor() + platform.machine()
 
 
+def _attribute_text(value):
+    """An op class attribute as text that is the same in every process: functions by their qualified name (a test or
+    a patch that swaps a method changes it), plain values by repr, anything else by its type."""
+    function = getattr(value, "__func__", None) or getattr(value, "fget", None) or value
+    if callable(function) and hasattr(function, "__qualname__"):
+        return f"{getattr(function, '__module__', '')}.{function.__qualname__}"
+    if value is None or isinstance(value, (bool, int, float, str, tuple, frozenset)):
+        return re.sub(r" at 0x[0-9a-f]+", "", repr(value))
+    return type(value).__qualname__
+
+
+def _op_classes():
+    """Every op class now defined, with its own attributes (see _attribute_text), sorted by name."""
+    classes, pending = set(), [gof.Op]
+    while pending:
+        cls = pending.pop()
+        for sub in cls.__subclasses__():
+            if sub not in classes:
+                classes.add(sub)
+                pending.append(sub)
+    lines = []
+    for cls in classes:
+        attributes = ",".join(f"{name}={_attribute_text(value)}" for name, value in sorted(cls.__dict__.items())
+                              if name not in ("__doc__", "__dict__", "__weakref__", "__module__", "__qualname__"))
+        lines.append(f"{cls.__module__}.{cls.__qualname__}:{attributes}")
+    return sorted(lines)
+
+
 def _configuration():
     """Every Theano configuration value and every registered graph optimization, as text."""
     values = []
@@ -100,7 +129,7 @@ def _configuration():
     environment = sorted(f"{k}={v}" for k, v in os.environ.items()
                          if k.startswith("BINARYNET_") or k == "OMP_NUM_THREADS")
     return "\n".join([theano.__version__, str(FORMAT), _sources_digest(), _cpu()] + values + sorted(names)
-                     + environment)
+                     + environment + _op_classes())
 
 
 def _variable_text(variable):
@@ -203,7 +232,20 @@ def rebuild(flat, input_specs):
     fgraph = gof.fg.FunctionGraph(inputs, [variable(ref) for ref in flat["outputs"]], clone=False,
                                   update_mapping=flat["update_mapping"])
     fgraph.attach_feature(gof.DestroyHandler())
+    fgraph.attach_feature(StoredOrder(made))
     return fgraph
+
+
+class StoredOrder(gof.toolbox.Feature):
+    """Run the nodes in the order Theano's optimizer left them (each after the one stored before it). Without it
+    the same graph may be linked in another valid order, which can change the peak memory, never the numbers."""
+
+    def __init__(self, nodes):
+        self.nodes = nodes
+
+    def orderings(self, fgraph):
+        nodes = [node for node in self.nodes if node in fgraph.apply_nodes]  # none in a clone of the graph
+        return OrderedDict((after, [before]) for before, after in zip(nodes, nodes[1:]))
 
 
 def _path(key):
