@@ -80,32 +80,24 @@ def _cpu():
         return platform.processor() + platform.machine()
 
 
-def _attribute_text(value):
-    """An op class attribute as text that is the same in every process: functions by their qualified name (a test or
-    a patch that swaps a method changes it), plain values by repr, anything else by its type."""
-    function = getattr(value, "__func__", None) or getattr(value, "fget", None) or value
-    if callable(function) and hasattr(function, "__qualname__"):
-        return f"{getattr(function, '__module__', '')}.{function.__qualname__}"
-    if value is None or isinstance(value, (bool, int, float, str, tuple, frozenset)):
-        return re.sub(r" at 0x[0-9a-f]+", "", repr(value))
-    return type(value).__qualname__
+def _class_text(cls):
+    """An op class and its bases with their methods, named by qualified name: the same in every process, and changed
+    by a test or patch that swaps a method. (Plain attributes are left out: some are caches Theano fills lazily.)"""
+    parts = []
+    for base in cls.__mro__[:-1]:
+        methods = []
+        for name, value in sorted(base.__dict__.items()):
+            function = getattr(value, "__func__", None) or getattr(value, "fget", None) or value
+            if callable(function) and hasattr(function, "__qualname__"):
+                methods.append(f"{name}={getattr(function, '__module__', '')}.{function.__qualname__}")
+        parts.append(f"{base.__module__}.{base.__qualname__}({','.join(methods)})")
+    return ";".join(parts)
 
 
-def _op_classes():
-    """Every op class now defined, with its own attributes (see _attribute_text), sorted by name."""
-    classes, pending = set(), [gof.Op]
-    while pending:
-        cls = pending.pop()
-        for sub in cls.__subclasses__():
-            if sub not in classes:
-                classes.add(sub)
-                pending.append(sub)
-    lines = []
-    for cls in classes:
-        attributes = ",".join(f"{name}={_attribute_text(value)}" for name, value in sorted(cls.__dict__.items())
-                              if name not in ("__doc__", "__dict__", "__weakref__", "__module__", "__qualname__"))
-        lines.append(f"{cls.__module__}.{cls.__qualname__}:{attributes}")
-    return sorted(lines)
+def classes_text(ops):
+    """_class_text of every class of `ops` and of their scalar ops, sorted."""
+    classes = {type(op) for op in ops} | {type(op.scalar_op) for op in ops if hasattr(op, "scalar_op")}
+    return "\n".join(sorted(_class_text(cls) for cls in classes))
 
 
 def _configuration():
@@ -124,12 +116,13 @@ def _configuration():
             continue
         seen.add(id(db))
         for name, entries in db.__db__.items():
-            names.add(f"{type(db).__name__}:{name}:{len(entries)}")
+            if entries:  # Theano's lookups leave empty entries behind
+                names.add(f"{type(db).__name__}:{name}:{len(entries)}")
             pending.extend(entry for entry in entries if isinstance(entry, gof.optdb.DB))
     environment = sorted(f"{k}={v}" for k, v in os.environ.items()
                          if k.startswith("BINARYNET_") or k == "OMP_NUM_THREADS")
     return "\n".join([theano.__version__, str(FORMAT), _sources_digest(), _cpu()] + values + sorted(names)
-                     + environment + _op_classes())
+                     + environment)
 
 
 def _variable_text(variable):
@@ -150,7 +143,8 @@ def graph_key(input_specs, output_specs, mode):
     updates = [spec.update for spec in input_specs if spec.update is not None]
     ends = [spec.variable for spec in output_specs] + updates
     op_bytes = {}
-    for node in gof.graph.io_toposort(variables, ends):
+    nodes = gof.graph.io_toposort(variables, ends)
+    for node in nodes:
         refs = []
         for variable in node.inputs:
             if variable not in number:
@@ -171,6 +165,7 @@ def graph_key(input_specs, output_specs, mode):
         for variable in node.outputs:
             number[variable] = len(number)
             digest.update(b"out|" + _variable_text(variable).encode())
+    digest.update(classes_text([node.op for node in nodes]).encode())
     for spec in output_specs:
         if spec.variable not in number:
             return None
@@ -203,7 +198,7 @@ def flatten(fgraph):
         nodes.append((node.op, inputs, [(v.type, v.name, v.tag) for v in node.outputs], node.tag))
     outputs = [ref(variable) for variable in fgraph.outputs]
     return dict(format=FORMAT, n_inputs=len(fgraph.inputs), constants=constants, nodes=nodes, outputs=outputs,
-                update_mapping=dict(fgraph.update_mapping or {}))
+                update_mapping=dict(fgraph.update_mapping or {}), classes=classes_text([n[0] for n in nodes]))
 
 
 def rebuild(flat, input_specs):
@@ -253,11 +248,16 @@ def _path(key):
 
 
 def load(key, input_specs):
-    """The stored graph for `key` rebuilt on the current inputs, or None (absent, or unreadable: then deleted)."""
+    """The stored graph for `key` rebuilt on the current inputs, or None: absent, stored when a method of one of its
+    op classes was another (a test or a patch swapped it since), or unreadable (then deleted)."""
     path = _path(key)
     try:
         with open(path, "rb") as stored:
-            return rebuild(pickle.load(stored), input_specs)
+            flat = pickle.load(stored)
+        if flat["classes"] != classes_text([node[0] for node in flat["nodes"]]):
+            _LOG.debug("optimized graph %s has ops whose methods changed since; optimized again", path)
+            return None
+        return rebuild(flat, input_specs)
     except FileNotFoundError:
         return None
     except Exception as error:
