@@ -42,6 +42,8 @@ What it does (ORIGINALS.md §7, docs/environment.md):
   (plumbing/parallel_compile.py; BINARYNET_PARALLEL_COMPILE=0 switches it off).
 * The compile cache's fused elementwise ops build their inner graph only when used, and Theano's passed check of
   its -march flags is kept in the compile directory (plumbing/warm_start.py).
+* A warm start links the optimized graph stored by the first compile of the same graph instead of running Theano's
+  graph optimizer again, the same graph (plumbing/graph_cache.py; BINARYNET_GRAPH_CACHE=0 switches it off).
 * `no_creation_traces()`: a block in which Theano records no creation traces (binary_connect.compile_functions
   builds the gradients and compiles inside one; the same graph, a faster compile).
 * `round_half_away_from_zero`: Theano 1.0 rounds half to even by default; the originals relied on the

@@ -9,8 +9,10 @@ graph instead of optimizing again. The key is a SHA-256 over:
   parameters), the types and names of all variables, constants with their values, and the inputs' roles (shared or
   not, update, borrow, mutable);
 - Theano's version and its whole configuration, the BINARYNET_* and OMP_NUM_THREADS environment variables, the
-  CPU's model and flags, the names of all registered graph optimizations, and the source of this package and of the
-  two method modules.
+  CPU's model and flags, the names of all registered graph optimizations, and the Python source of this package,
+  of kernels/ and of the two method modules;
+- the methods of the graph's op classes as they are now (a test or a patch that swaps one gets another key), and,
+  when the stored graph is loaded, those of the classes of its optimized ops.
 
 The stored graph is a flat list of nodes (op, input references, output types), rebuilt with `Apply` and linked as
 Theano links an unpickled function: the same ops in the same graph, so the same C code and the same numbers
@@ -55,11 +57,12 @@ def directory():
 
 @functools.lru_cache(maxsize=None)
 def _sources_digest():
-    """SHA-256 of this package's Python files and the method modules (where the graph optimizations live)."""
+    """SHA-256 of this package's Python files, the kernels' and the method modules' (where graph optimizations and
+    ops live)."""
     digest = hashlib.sha256()
     top = os.path.dirname(HERE)
-    paths = sorted(glob.glob(os.path.join(HERE, "*.py"))) + \
-        [os.path.join(top, name) for name in ("binary_net.py", "binary_connect.py")]
+    paths = sorted(glob.glob(os.path.join(HERE, "*.py"))) + sorted(glob.glob(os.path.join(top, "kernels", "*.py"))) \
+        + [os.path.join(top, name) for name in ("binary_net.py", "binary_connect.py")]
     for path in paths:
         if os.path.exists(path):
             digest.update(os.path.basename(path).encode() + b"\0")

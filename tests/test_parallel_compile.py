@@ -72,7 +72,7 @@ except Exception as e:
 modules, partial = {}, []
 for name in os.listdir(theano.config.compiledir):
     path = os.path.join(theano.config.compiledir, name)
-    if not os.path.isdir(path) or name in ("lock_dir", "cutils_ext", "lazylinker_ext"):
+    if not os.path.isdir(path) or name in ("lock_dir", "cutils_ext", "lazylinker_ext", "optimized_graphs"):
         continue
     if not os.path.exists(os.path.join(path, "key.pkl")):
         partial.append(name)
