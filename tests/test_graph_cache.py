@@ -12,7 +12,7 @@ from plumbing import compat  # noqa: F401  (first: Theano's flags; it installs g
 from plumbing import graph_cache
 import lasagne  # noqa: E402
 from plumbing.compat import T, theano
-from theano.compile import function_module, profiling
+from theano.compile import profiling
 from theano.sandbox.rng_mrg import MRG_RandomStreams
 
 
@@ -140,10 +140,11 @@ def test_the_nodes_run_in_the_stored_order():
     x = T.vector("x")
     fgraph = theano.gof.fg.FunctionGraph([x], [T.exp(x) + T.log(x)])
     flat = graph_cache.flatten(fgraph)
-    assert sorted(str(node[0]) for node in flat["nodes"][:2]) == ["Elemwise{exp,no_inplace}", "Elemwise{log,no_inplace}"]
+    first_two = sorted(str(node[0]) for node in flat["nodes"][:2])
+    assert first_two == ["Elemwise{exp,no_inplace}", "Elemwise{log,no_inplace}"]
     swap = {("node", 0, 0): ("node", 1, 0), ("node", 1, 0): ("node", 0, 0)}
-    flat["nodes"] = [flat["nodes"][1], flat["nodes"][0],
-                     (*flat["nodes"][2][:1], [swap.get(ref, ref) for ref in flat["nodes"][2][1]], *flat["nodes"][2][2:])]
+    op, refs, outputs, tag = flat["nodes"][2]
+    flat["nodes"] = [flat["nodes"][1], flat["nodes"][0], (op, [swap.get(ref, ref) for ref in refs], outputs, tag)]
     for stored_flat in (graph_cache.flatten(fgraph), flat):
         rebuilt = graph_cache.rebuild(stored_flat, [theano.In(x)])
         assert [str(node.op) for node in rebuilt.toposort()] == [str(node[0]) for node in stored_flat["nodes"]]
