@@ -34,6 +34,7 @@ import theano
 from theano import gof
 from theano.compile import function_module
 from theano.compile.sharedvalue import SharedVariable
+from theano.misc.frozendict import frozendict
 
 from plumbing import switches
 
@@ -81,6 +82,23 @@ def _cpu():
     except OSError:
         import platform
         return platform.processor() + platform.machine()
+
+
+class _Pickler(pickle.Pickler):
+    """pickle.Pickler that writes a frozendict as its items only: a frozendict caches its hash in `_hash` the first
+    time it is hashed (an optimizer run does that to the ops it sees), which would change the op's bytes and so the
+    key of a later function sharing the op, and a cached hash of str keys is stale in another process."""
+
+    def reducer_override(self, obj):
+        if isinstance(obj, frozendict):
+            return frozendict, (dict(obj),)
+        return NotImplemented
+
+
+def _pickle(obj):
+    buffer = io.BytesIO()
+    _Pickler(buffer, protocol=4).dump(obj)
+    return buffer.getvalue()
 
 
 def _class_text(cls):
@@ -156,12 +174,12 @@ def graph_key(input_specs, output_specs, mode):
                 number[variable] = len(number)
                 data = variable.data
                 data = data.tobytes() + str((data.dtype, data.shape)).encode() if hasattr(data, "tobytes") \
-                    else pickle.dumps(data, protocol=4)
+                    else _pickle(data)
                 digest.update(b"const|" + _variable_text(variable).encode() + b"|" + data)
             refs.append(str(number[variable]))
         if id(node.op) not in op_bytes:
             try:
-                op_bytes[id(node.op)] = pickle.dumps(node.op, protocol=4)
+                op_bytes[id(node.op)] = _pickle(node.op)
             except Exception:
                 return None
         digest.update(b"node|" + op_bytes[id(node.op)] + ",".join(refs).encode())
@@ -276,15 +294,14 @@ def load(key, input_specs):
 def store(key, fgraph):
     """Write `fgraph` under `key` (temporary file, then rename); a graph that does not pickle is not stored."""
     try:
-        buffer = io.BytesIO()
-        pickle.dump(flatten(fgraph), buffer, protocol=4)
+        data = _pickle(flatten(fgraph))
     except Exception as error:
         _LOG.debug("optimized graph not stored: %s", error)
         return False
     os.makedirs(directory(), exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=directory(), suffix=".tmp")
     with os.fdopen(handle, "wb") as out:
-        out.write(buffer.getvalue())
+        out.write(data)
     os.replace(temporary, _path(key))
     return True
 

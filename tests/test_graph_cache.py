@@ -87,6 +87,19 @@ def test_the_key_is_the_same_for_the_same_graph_and_changes_with_what_the_optimi
     assert keys() != key  # a method of an op class swapped (as the tests of Theano's own C code do)
 
 
+def test_the_key_of_a_graph_does_not_change_when_another_compile_used_its_ops(stored):
+    """The validation function shares ops with the training function compiled before it; the optimizer hashes them
+    (an Elemwise's frozendict caches its hash then), which must not give the second function another key."""
+    exp, times = T.Elemwise(theano.scalar.exp), T.Elemwise(theano.scalar.mul)  # ops no other test has hashed
+    x = T.matrix("x")
+    out = times(exp(x), x)
+    mode = theano.compile.mode.get_mode(None)
+    key = graph_cache.graph_key([theano.In(x)], [theano.Out(out)], mode)
+    theano.function([x], exp(x) + 1)
+    assert len(stored()) == 1
+    assert graph_cache.graph_key([theano.In(x)], [theano.Out(out)], mode) == key
+
+
 def test_a_stored_file_that_does_not_load_is_deleted_and_the_graph_optimized_again(stored, caplog):
     training_step()
     [name] = stored()
