@@ -83,6 +83,8 @@ def test_the_key_is_the_same_for_the_same_graph_and_changes_with_what_the_optimi
     assert keys() != key  # a switch
     monkeypatch.delenv("BINARYNET_SIMD_LOOPS")
     assert keys() == key
+    monkeypatch.setenv("BINARYNET_GRAPH_CACHE", "1")
+    assert keys() == key  # but not this cache's own switch (set or not, the same graph)
     monkeypatch.setattr(theano.tensor.elemwise.Elemwise, "c_code_cache_version", lambda self: (1,))
     assert keys() != key  # a method of an op class swapped (as the tests of Theano's own C code do)
 
