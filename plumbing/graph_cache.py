@@ -8,9 +8,9 @@ graph instead of optimizing again. The key is a SHA-256 over:
 - the graph as given to `theano.function`, node by node in topological order: each op pickled (its class and
   parameters), the types and names of all variables, constants with their values, and the inputs' roles (shared or
   not, update, borrow, mutable);
-- Theano's version and its whole configuration, the BINARYNET_* (but BINARYNET_GRAPH_CACHE) and OMP_NUM_THREADS
-  environment variables, the CPU's model and flags, the names of all registered graph optimizations, and the Python
-  source of this package, of kernels/ and of the two method modules;
+- Theano's, NumPy's and Python's versions, Theano's whole configuration, the BINARYNET_* (but BINARYNET_GRAPH_CACHE)
+  and OMP_NUM_THREADS environment variables, the CPU's model and flags, the names of all registered graph
+  optimizations, and the Python source of this package, of kernels/ and of the two method modules;
 - the methods of the graph's op classes as they are now (a test or a patch that swaps one gets another key), and,
   when the stored graph is loaded, those of the classes of its optimized ops.
 
@@ -27,9 +27,11 @@ import logging
 import os
 import pickle
 import re
+import sys
 import tempfile
 from collections import OrderedDict
 
+import numpy
 import theano
 from theano import gof
 from theano.compile import function_module
@@ -142,7 +144,8 @@ def _configuration():
             pending.extend(entry for entry in entries if isinstance(entry, gof.optdb.DB))
     environment = sorted(f"{k}={v}" for k, v in os.environ.items()  # this cache's own switch is not part of it
                          if (k.startswith("BINARYNET_") or k == "OMP_NUM_THREADS") and k != "BINARYNET_GRAPH_CACHE")
-    return "\n".join([theano.__version__, str(FORMAT), _sources_digest(), _cpu()] + values + sorted(names)
+    versions = f"Theano {theano.__version__}, NumPy {numpy.__version__}, Python {sys.version}"  # constant folding
+    return "\n".join([versions, str(FORMAT), _sources_digest(), _cpu()] + values + sorted(names)
                      + environment)
 
 
