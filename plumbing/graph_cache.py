@@ -282,7 +282,7 @@ def load(key, input_specs):
             _LOG.debug("optimized graph %s has ops whose methods changed since; optimized again", path)
             return None
         return rebuild(flat, input_specs)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # not stored (or no folder to store in)
         return None
     except Exception as error:
         _LOG.warning("optimized graph %s does not load (%s); it is deleted and the graph optimized again",
@@ -295,18 +295,26 @@ def load(key, input_specs):
 
 
 def store(key, fgraph):
-    """Write `fgraph` under `key` (temporary file, then rename); a graph that does not pickle is not stored."""
+    """Write `fgraph` under `key` (temporary file, then rename); a graph that does not pickle, or a folder that cannot
+    be written, only means it is not stored."""
     try:
         data = _pickle(flatten(fgraph))
     except Exception as error:
         _LOG.debug("optimized graph not stored: %s", error)
         return False
-    os.makedirs(directory(), exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=directory(), suffix=".tmp")
-    with os.fdopen(handle, "wb") as out:
-        out.write(data)
-    os.replace(temporary, _path(key))
-    return True
+    temporary = None
+    try:
+        os.makedirs(directory(), exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=directory(), suffix=".tmp")
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+        os.replace(temporary, _path(key))
+        return True
+    except OSError as error:  # a full disk or a folder that cannot be written: the function is made all the same
+        _LOG.warning("optimized graph not stored in %s (%s); the next start optimizes it again", directory(), error)
+        if temporary and os.path.exists(temporary):
+            os.remove(temporary)
+        return False
 
 
 def _as_list(values):

@@ -134,6 +134,27 @@ def test_a_graph_that_does_not_pickle_is_not_stored(stored):
     assert stored() == []
 
 
+
+def test_a_folder_that_cannot_be_written_leaves_the_function_working(tmp_path, monkeypatch, caplog):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setattr(graph_cache, "directory", lambda: str(blocker / "graphs"))  # makedirs fails
+    monkeypatch.setenv("BINARYNET_GRAPH_CACHE", "1")
+    with caplog.at_level(logging.WARNING, logger=graph_cache.__name__):
+        fn, shared = training_step()
+    assert "not stored" in caplog.text
+    assert np.isfinite(np.frombuffer(run(fn, shared)[0], "float32")).all()
+    full = tmp_path / "full"  # a write that fails halfway (a full disk) leaves no temporary file behind
+    monkeypatch.setattr(graph_cache, "directory", lambda: str(full))
+
+    def no_space(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(graph_cache.os, "replace", no_space)
+    fn, shared = training_step()
+    assert list(full.iterdir()) == []
+    assert np.isfinite(np.frombuffer(run(fn, shared)[0], "float32")).all()
+
 def test_the_switch_and_a_profiled_compile_leave_it_to_theano(stored, monkeypatch):
     monkeypatch.setenv("BINARYNET_GRAPH_CACHE", "0")
     training_step()
