@@ -17,7 +17,8 @@ graph instead of optimizing again. The key is a SHA-256 over:
 The stored graph is a flat list of nodes (op, input references, output types), rebuilt with `Apply` and linked as
 Theano links an unpickled function: the same ops in the same graph, so the same C code and the same numbers
 (tests/test_graph_cache.py). A graph that does not pickle is simply not stored; a file that does not load is
-deleted and the graph optimized again. `BINARYNET_GRAPH_CACHE=0` switches it off.
+deleted and the graph optimized again; graphs not used for Theano's `cmodule.age_thresh_use` (24 days) are
+deleted as Theano deletes its modules. `BINARYNET_GRAPH_CACHE=0` switches it off.
 """
 import functools
 import glob
@@ -29,6 +30,7 @@ import pickle
 import re
 import sys
 import tempfile
+import time
 from collections import OrderedDict
 
 import numpy
@@ -281,7 +283,9 @@ def load(key, input_specs):
         if flat["classes"] != classes_text([node[0] for node in flat["nodes"]]):
             _LOG.debug("optimized graph %s has ops whose methods changed since; optimized again", path)
             return None
-        return rebuild(flat, input_specs)
+        fgraph = rebuild(flat, input_specs)
+        _touch(path)
+        return fgraph
     except (FileNotFoundError, NotADirectoryError):  # not stored (or no folder to store in)
         return None
     except Exception as error:
@@ -292,6 +296,26 @@ def load(key, input_specs):
         except OSError:
             pass
         return None
+
+
+def _touch(path):
+    """Mark a stored graph as used now (its modification time), for prune()."""
+    try:
+        os.utime(path)
+    except OSError:
+        pass
+
+
+def prune():
+    """Delete the stored graphs not used for Theano's cmodule.age_thresh_use (24 days by default), as Theano does
+    with its compiled modules: an edit of the project's source gives every graph a new key, so old ones pile up."""
+    oldest = time.time() - theano.config.cmodule.age_thresh_use
+    for path in glob.glob(os.path.join(directory(), "*.pkl")) + glob.glob(os.path.join(directory(), "*.tmp")):
+        try:
+            if os.path.getmtime(path) < oldest:
+                os.remove(path)
+        except OSError:  # another process removed it first
+            pass
 
 
 def store(key, fgraph):
@@ -309,6 +333,7 @@ def store(key, fgraph):
         with os.fdopen(handle, "wb") as out:
             out.write(data)
         os.replace(temporary, _path(key))
+        prune()
         return True
     except OSError as error:  # a full disk or a folder that cannot be written: the function is made all the same
         _LOG.warning("optimized graph not stored in %s (%s); the next start optimizes it again", directory(), error)

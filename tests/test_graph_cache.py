@@ -4,6 +4,7 @@ optimizer reads; a stored file that does not load is replaced, a graph that does
 import logging
 import os
 import pickle
+import time
 
 import numpy as np
 import pytest
@@ -154,6 +155,24 @@ def test_a_folder_that_cannot_be_written_leaves_the_function_working(tmp_path, m
     fn, shared = training_step()
     assert list(full.iterdir()) == []
     assert np.isfinite(np.frombuffer(run(fn, shared)[0], "float32")).all()
+
+
+def test_graphs_unused_for_theanos_age_limit_are_deleted_and_a_hit_counts_as_a_use(stored):
+    training_step()
+    [name] = stored()
+    path = os.path.join(graph_cache.directory(), name)
+    age = theano.config.cmodule.age_thresh_use
+    old = os.path.join(graph_cache.directory(), "0" * 64 + ".pkl")
+    with open(old, "wb") as out:
+        out.write(b"a graph of a key no longer made")
+    os.utime(old, (0, time.time() - age - 60))
+    os.utime(path, (0, time.time() - age + 3600))  # within the limit, by an hour
+    training_step()  # a hit: marks the graph as used now, stores nothing
+    assert stored() == sorted(["0" * 64 + ".pkl", name])
+    assert os.path.getmtime(path) > time.time() - 60
+    x = T.vector("x")
+    theano.function([x], x * 3)  # a store: deletes what was not used within the limit
+    assert "0" * 64 + ".pkl" not in stored() and name in stored() and len(stored()) == 2
 
 def test_the_switch_and_a_profiled_compile_leave_it_to_theano(stored, monkeypatch):
     monkeypatch.setenv("BINARYNET_GRAPH_CACHE", "0")
