@@ -156,7 +156,11 @@ def _variable_text(variable):
 
 
 def graph_key(input_specs, output_specs, mode):
-    """The cache key of a function: a hex SHA-256, or None if the graph cannot be described (a free variable)."""
+    """The cache key of a function: a hex SHA-256, or None if the graph cannot be described (a free variable) or the
+    optimizer is an object of the caller's rather than a query of Theano's registered optimizations (its text would
+    name only its class, not its settings)."""
+    if not isinstance(getattr(mode, "_optimizer", None), gof.Query):
+        return None
     digest = hashlib.sha256(_configuration().encode())
     # The mode as text, without the object addresses in it: its optimizer query, the optimizer sequence, the linker.
     digest.update(re.sub(r" at 0x[0-9a-f]+", "", f"{mode}|{mode.optimizer}|{type(mode.linker).__name__}").encode())

@@ -174,6 +174,18 @@ def test_graphs_unused_for_theanos_age_limit_are_deleted_and_a_hit_counts_as_a_u
     theano.function([x], x * 3)  # a store: deletes what was not used within the limit
     assert "0" * 64 + ".pkl" not in stored() and name in stored() and len(stored()) == 2
 
+
+def test_a_mode_with_an_optimizer_object_of_its_own_is_left_to_theano(stored):
+    """Only modes that query Theano's registered optimizations are keyed: an optimizer object's settings are not in
+    its text, so two of them would share a key."""
+    x = T.vector("x")
+    mode = theano.compile.Mode(linker="py", optimizer=theano.gof.opt.MergeOptimizer())
+    assert graph_cache.graph_key([theano.In(x)], [theano.Out(x * 2)], mode) is None
+    assert theano.function([x], x * 2, mode=mode)(np.array([1.0, 2.0], x.dtype)).tolist() == [2.0, 4.0]
+    assert stored() == []
+    theano.function([x], x * 2, mode=theano.compile.Mode(linker="py", optimizer="fast_run"))
+    assert len(stored()) == 1  # a named optimizer is a query: stored
+
 def test_the_switch_and_a_profiled_compile_leave_it_to_theano(stored, monkeypatch):
     monkeypatch.setenv("BINARYNET_GRAPH_CACHE", "0")
     training_step()
