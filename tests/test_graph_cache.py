@@ -135,7 +135,6 @@ def test_a_graph_that_does_not_pickle_is_not_stored(stored):
     assert stored() == []
 
 
-
 def test_a_folder_that_cannot_be_written_leaves_the_function_working(tmp_path, monkeypatch, caplog):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
@@ -185,6 +184,7 @@ def test_a_mode_with_an_optimizer_object_of_its_own_is_left_to_theano(stored):
     assert stored() == []
     theano.function([x], x * 2, mode=theano.compile.Mode(linker="py", optimizer="fast_run"))
     assert len(stored()) == 1  # a named optimizer is a query: stored
+
 
 def test_the_switch_and_a_profiled_compile_leave_it_to_theano(stored, monkeypatch):
     monkeypatch.setenv("BINARYNET_GRAPH_CACHE", "0")
