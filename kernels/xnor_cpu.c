@@ -601,7 +601,7 @@ AVX512 static void tile_avx512(const gemm_job *g, int64_t i, int64_t panel, cons
 
 static const kernel_t KERNEL_AVX512 = {24, 8, tile_avx512, pack_row_avx512, transpose64_avx512};
 
-/* --- AVX2: Harley-Seal over groups of 8 words, 1 row x 8 columns (2 vectors of 4 lanes); 16 registers -- */
+/* --- AVX2: Harley-Seal over groups of 8 words, 4 rows x 8 columns (2 vectors of 4 lanes); 16 registers -- */
 
 /* Carry-save adder: (a + b + c) = 2 * high + low, bit by bit. */
 #define CSA(high, low, a, b, c)                                                                              \
@@ -622,65 +622,89 @@ AVX2 INLINE __m256i popcount_lanes_avx2(__m256i x)
     return _mm256_sad_epu8(_mm256_add_epi8(lo, hi), _mm256_setzero_si256());
 }
 
-AVX2 static void tile_avx2(const gemm_job *g, int64_t i, int64_t panel, const char *pf, int64_t spread)
+/* Harley-Seal count of one row of A against one vector (4 columns) of a panel: popcount(a[w] xor column word w)
+ * summed over w, per lane.  The state (ones, twos, fours, eights) and the three constants stay in registers.
+ * Prefetching: the tile's groups of 8 words are numbered on from *group; after group q the lines of pf up to
+ * ceil(q * per_group / 2^16) have been prefetched (*line: the next one). */
+AVX2 INLINE __m256i count_vector_avx2(const uint64_t *a, const uint64_t *b, int64_t W, const char *pf,
+                                      int64_t per_group, int64_t *group, int64_t *line)
 {
-    enum { MR = 1, NV = 2, NB = 4 * NV };
-    const int64_t W = g->W;
-    const uint64_t *b = g->Bpan + panel * W * NB;
-    int rows = (int)MIN(MR, g->m - i), cols = (int)tile_cols(g, panel);
-    const uint64_t *a[MR];
-    for (int r = 0; r < MR; r++)
-        a[r] = g->A + (i + MIN(r, rows - 1)) * W;
-    __m256i ones[MR][NV], twos[MR][NV], fours[MR][NV], eights[MR][NV];
-    for (int r = 0; r < MR; r++)
-        for (int v = 0; v < NV; v++)
-            ones[r][v] = twos[r][v] = fours[r][v] = eights[r][v] = _mm256_setzero_si256();
-#define X(r, v, w) _mm256_xor_si256(_mm256_broadcastq_epi64(_mm_loadl_epi64((const __m128i *)(a[r] + (w)))), \
-                                    _mm256_load_si256((const __m256i *)(b + (w) * NB + 4 * (v))))
+    enum { NB = 8 };
+    __m256i ones = _mm256_setzero_si256(), twos = ones, fours = ones, eights = ones;
+#define X(w) _mm256_xor_si256(_mm256_broadcastq_epi64(_mm_loadl_epi64((const __m128i *)(a + (w)))), \
+                              _mm256_load_si256((const __m256i *)(b + (w) * NB)))
     int64_t w = 0;
     for (; w + 8 <= W; w += 8) {
         if (pf)
-            for (int q = 0; q < 16; q++)
-                _mm_prefetch(PF_LINE(pf, 2 * w + q, spread), _MM_HINT_T0);
-        for (int r = 0; r < MR; r++)
-            for (int v = 0; v < NV; v++) {
-                __m256i twosA, twosB, foursA, foursB, eight;
-                CSA(twosA, ones[r][v], ones[r][v], X(r, v, w), X(r, v, w + 1));
-                CSA(twosB, ones[r][v], ones[r][v], X(r, v, w + 2), X(r, v, w + 3));
-                CSA(foursA, twos[r][v], twos[r][v], twosA, twosB);
-                CSA(twosA, ones[r][v], ones[r][v], X(r, v, w + 4), X(r, v, w + 5));
-                CSA(twosB, ones[r][v], ones[r][v], X(r, v, w + 6), X(r, v, w + 7));
-                CSA(foursB, twos[r][v], twos[r][v], twosA, twosB);
-                CSA(eight, fours[r][v], fours[r][v], foursA, foursB);
-                eights[r][v] = _mm256_add_epi64(eights[r][v], popcount_lanes_avx2(eight));
-            }
+            for (int64_t end = (per_group * ++*group + 65535) >> 16; *line < end; ++*line)
+                _mm_prefetch(pf + 64 * *line, _MM_HINT_T0);
+        __m256i twosA, twosB, foursA, foursB, eight;
+        CSA(twosA, ones, ones, X(w), X(w + 1));
+        CSA(twosB, ones, ones, X(w + 2), X(w + 3));
+        CSA(foursA, twos, twos, twosA, twosB);
+        CSA(twosA, ones, ones, X(w + 4), X(w + 5));
+        CSA(twosB, ones, ones, X(w + 6), X(w + 7));
+        CSA(foursB, twos, twos, twosA, twosB);
+        CSA(eight, fours, fours, foursA, foursB);
+        eights = _mm256_add_epi64(eights, popcount_lanes_avx2(eight));
     }
     /* Total = 8 * eights + 4 * popcount(fours) + 2 * popcount(twos) + popcount(ones) (+ the last words). */
-    __m256i h[MR][NV];
-    for (int r = 0; r < MR; r++)
-        for (int v = 0; v < NV; v++) {
-            __m256i t = _mm256_slli_epi64(eights[r][v], 3);
-            t = _mm256_add_epi64(t, _mm256_slli_epi64(popcount_lanes_avx2(fours[r][v]), 2));
-            t = _mm256_add_epi64(t, _mm256_slli_epi64(popcount_lanes_avx2(twos[r][v]), 1));
-            t = _mm256_add_epi64(t, popcount_lanes_avx2(ones[r][v]));
-            for (int64_t u = w; u < W; u++)
-                t = _mm256_add_epi64(t, popcount_lanes_avx2(X(r, v, u)));
-            h[r][v] = t;
-        }
+    __m256i t = _mm256_slli_epi64(eights, 3);
+    t = _mm256_add_epi64(t, _mm256_slli_epi64(popcount_lanes_avx2(fours), 2));
+    t = _mm256_add_epi64(t, _mm256_slli_epi64(popcount_lanes_avx2(twos), 1));
+    t = _mm256_add_epi64(t, popcount_lanes_avx2(ones));
+    for (; w < W; w++)
+        t = _mm256_add_epi64(t, popcount_lanes_avx2(X(w)));
 #undef X
+    return t;
+}
+
+/* 4 rows x 8 columns, one row and one vector at a time: the 16 registers hold the state of one count without
+ * spilling, and 4 rows share the tile's fixed costs (call, prefetch cursor, packing between tiles).  The tile's
+ * prefetch lines, (spread * 2W) / 2^16 of them rounded up, are spread over the groups of 8 words of its counts. */
+AVX2 static void tile_avx2(const gemm_job *g, int64_t i, int64_t panel, const char *pf, int64_t spread)
+{
+    enum { MR = 4, NV = 2, NB = 4 * NV };
+    const int64_t W = g->W;
+    const uint64_t *b = g->Bpan + panel * W * NB;
+    int rows = (int)MIN(MR, g->m - i), cols = (int)tile_cols(g, panel);
+    int64_t groups = (int64_t)rows * NV * (W / 8), group = 0, line = 0;
+    int64_t lines = pf ? (spread * 2 * W + 65535) >> 16 : 0;
+    int64_t per_group = groups ? (lines << 16) / groups : 0;
+    const __m256i nn = _mm256_set1_epi64x(g->n);
     for (int r = 0; r < rows; r++) {
-        float *dst = g->C + (i + r) * g->k + panel * NB;
-        for (int v = 0; v < NV && 4 * v < cols; v++) {
-            int64_t lane[4];
-            _mm256_storeu_si256((__m256i *)lane, h[r][v]);
-            for (int c = 0; c < 4 && 4 * v + c < cols; c++)
-                dst[4 * v + c] = (float)(g->n - 2 * lane[c]);
+        const uint64_t *a = g->A + (i + r) * W;
+        __m256i d[NV];
+        for (int v = 0; v < NV; v++) {
+            __m256i h = count_vector_avx2(a, b + 4 * v, W, pf, per_group, &group, &line);
+            d[v] = _mm256_sub_epi64(nn, _mm256_add_epi64(h, h)); /* n - 2h */
         }
+        float *dst = g->C + (i + r) * g->k + panel * NB, part[NB];
+        if (g->n < ((int64_t)1 << 31)) {
+            /* the low 32 bits of the 8 lanes in column order (shuffle_ps takes lanes 0, 2 of each 128-bit half
+             * of both vectors; permute4x64 puts the halves in order), converted to float at once */
+            __m256i low = _mm256_castps_si256(_mm256_shuffle_ps(_mm256_castsi256_ps(d[0]),
+                                                                _mm256_castsi256_ps(d[1]), _MM_SHUFFLE(2, 0, 2, 0)));
+            _mm256_storeu_ps(part, _mm256_cvtepi32_ps(_mm256_permute4x64_epi64(low, _MM_SHUFFLE(3, 1, 2, 0))));
+        } else {
+            int64_t lane[NB];
+            _mm256_storeu_si256((__m256i *)lane, d[0]);
+            _mm256_storeu_si256((__m256i *)(lane + 4), d[1]);
+            for (int c = 0; c < NB; c++)
+                part[c] = (float)lane[c];
+        }
+        if (cols == NB)
+            _mm256_storeu_ps(dst, _mm256_loadu_ps(part));
+        else
+            memcpy(dst, part, (size_t)cols * sizeof(float));
     }
+    for (; line < lines; line++) /* the rest (all of them when W < 8: no group to spread them over) */
+        _mm_prefetch(pf + 64 * line, _MM_HINT_T0);
 }
 #undef CSA
 
-static const kernel_t KERNEL_AVX2 = {8, 1, tile_avx2, pack_row_avx2, transpose64};
+static const kernel_t KERNEL_AVX2 = {8, 4, tile_avx2, pack_row_avx2, transpose64};
+
 #endif /* XNOR_X86 */
 
 #ifdef XNOR_NEON
