@@ -2,7 +2,7 @@
 """The paper's kernel benchmark (ORIGINALS.md §4.6-4.7) on this machine's CPU, or on a GPU when one is there.
 
 For each size m x n x k, C = A . B on random +-1 float32 matrices (both operands random), timed after warm-up
-(median of --repeats calls):
+(median of --repeats calls; the kernels take turns, one call each per round):
   baseline      naive C GEMM: the paper's 16x16 tiled "unoptimized baseline" as scalar loops (kernels/xnor_cpu.c)
   BLAS (Theano) T.dot compiled by Theano, i.e. the sgemm Theano links (MKL via plumbing/compat.py)
   BLAS (NumPy)  numpy.dot, i.e. NumPy's own BLAS (OpenBLAS in the wheel)
@@ -199,19 +199,23 @@ def choose_device(requested):
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
-def median_seconds(fn, repeats, warmup, clock="wall"):
-    """(median, minimum) seconds of fn() over `repeats` calls after `warmup` calls, last result.  clock "cpu" is
-    the process's CPU time: on a shared machine it counts only the time the (single) thread had a core."""
-    result = None
-    for _ in range(warmup):
-        result = fn()
-    times = []
+def time_in_turns(fns, repeats, warmup, clock="wall"):
+    """[(median, minimum, last result)] seconds of each fn() over `repeats` calls, after `warmup` calls each.  The
+    calls take turns (each round calls every fn once), so a busy moment of a shared machine falls on all of them
+    alike instead of on whichever ran then.  clock "cpu" is the process's CPU time: on a shared machine it counts
+    only the time the (single) thread had a core."""
+    results = [None] * len(fns)
+    for i, fn in enumerate(fns):
+        for _ in range(warmup):
+            results[i] = fn()
+    times = [[] for _ in fns]
     now = CLOCKS[clock]
     for _ in range(repeats):
-        start = now()
-        result = fn()
-        times.append(now() - start)
-    return statistics.median(times), min(times), result
+        for i, fn in enumerate(fns):
+            start = now()
+            results[i] = fn()
+            times[i].append(now() - start)
+    return [(statistics.median(t), min(t), result) for t, result in zip(times, results)]
 
 
 def random_signs(rng, shape):
@@ -302,15 +306,17 @@ def run_cpu(sizes, thread_counts, args):
                     ("BLAS NumPy, " + numpy_blas_label().strip(), lambda: np.dot(A, B, out=outs[2])),
                     ("baseline (naive C)", lambda: cpu.baseline_gemm(A, B, threads=threads)),
                 ]
+                skip = f"skipped: larger than --baseline-max-size {args.baseline_max_size}^3"
+                timed = [(name, fn) for name, fn in contestants
+                         if not (name.startswith("baseline") and m * n * k > args.baseline_max_size ** 3)]
+                measured = dict(zip([name for name, _ in timed],
+                                    time_in_turns([fn for _, fn in timed], args.repeats, args.warmup, args.clock)))
                 reference = None
-                for name, fn in contestants:
+                for name, _ in contestants:
                     row = {"size": (m, n, k), "threads": threads, "kernel": name, "seconds": None,
-                           "agrees": None, "note": ""}
-                    if name.startswith("baseline") and m * n * k > args.baseline_max_size ** 3:
-                        row["note"] = f"skipped: larger than --baseline-max-size {args.baseline_max_size}^3"
-                    else:
-                        row["seconds"], row["min"], result = median_seconds(fn, args.repeats, args.warmup,
-                                                                            args.clock)
+                           "agrees": None, "note": "" if name in measured else skip}
+                    if name in measured:
+                        row["seconds"], row["min"], result = measured[name]
                         reference = result.copy() if reference is None else reference
                         row["agrees"] = bool(np.array_equal(result, reference))
                     if name.startswith("XNOR") and row["seconds"] is not None:

@@ -1,5 +1,6 @@
 """benchmark.py and benchmark_training.py: their argument checks (one line, exit status 2) and the networks the
-training benchmark builds (the scripts' own, at a reduced width). The timings themselves are not tested."""
+training benchmark builds (the scripts' own, at a reduced width), and the order the kernels are timed in. The timings
+themselves are not tested."""
 import argparse
 
 import pytest
@@ -19,6 +20,23 @@ def test_sizes_and_thread_counts():
             benchmark.parse_sizes(bad)
     with pytest.raises(benchmark.BenchmarkError, match="bad thread count '0'"):
         benchmark.parse_threads("0", all_cores=2)
+
+
+def test_kernels_take_turns():
+    """Warm-up calls first, then one call of every kernel per round; each kernel gets its own median, minimum and
+    last result (here the call counters, so the order is checked exactly)."""
+    calls = []
+
+    def kernel(name):
+        def call():
+            calls.append(name)
+            return len(calls)
+        return call
+
+    timed = benchmark.time_in_turns([kernel("a"), kernel("b"), kernel("c")], repeats=3, warmup=1)
+    assert calls == ["a", "b", "c"] + ["a", "b", "c"] * 3
+    assert [result for _, _, result in timed] == [10, 11, 12]
+    assert all(0 <= minimum <= median for median, minimum, _ in timed)
 
 
 @pytest.mark.parametrize("argv, fragment", [
