@@ -100,6 +100,9 @@ def build_parser():
                                                       "(default 1,all)")
     p.add_argument("--repeats", type=int, default=5, help="timed calls per kernel; the median is reported")
     p.add_argument("--warmup", type=int, default=1, help="untimed calls before timing (default 1)")
+    p.add_argument("--settle", type=float, default=0.2,
+                   help="CPU: seconds of pause after every timed call (default 0.2): OpenBLAS's idle threads spin "
+                        "for about 0.1 s after a call and would take cores from the next kernel")
     p.add_argument("--baseline-max-size", type=int, default=2048,
                    help="skip the slow CPU baseline when m*n*k exceeds this size cubed (default 2048)")
     p.add_argument("--isa", choices=["auto"] + sorted(ISAS), default="auto",
@@ -125,6 +128,8 @@ def build_parser():
 def check_args(args):
     if args.repeats < 1 or args.warmup < 0:
         raise BenchmarkError(f"--repeats must be >= 1 and --warmup >= 0 (got {args.repeats}, {args.warmup})")
+    if not 0 <= args.settle <= 60:
+        raise BenchmarkError(f"--settle must be between 0 and 60 seconds (got {args.settle})")
     if args.baseline_max_size < 0:
         raise BenchmarkError(f"--baseline-max-size must be >= 0, got {args.baseline_max_size}")
     if args.clock == "cpu" and args.threads.strip() != "1":
@@ -199,11 +204,12 @@ def choose_device(requested):
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
-def time_in_turns(fns, repeats, warmup, clock="wall"):
+def time_in_turns(fns, repeats, warmup, clock="wall", settle=0.0):
     """[(median, minimum, last result)] seconds of each fn() over `repeats` calls, after `warmup` calls each.  The
     calls take turns (each round calls every fn once), so a busy moment of a shared machine falls on all of them
-    alike instead of on whichever ran then.  clock "cpu" is the process's CPU time: on a shared machine it counts
-    only the time the (single) thread had a core."""
+    alike instead of on whichever ran then; after each timed call the machine gets `settle` seconds to let the
+    worker threads of that call go idle.  clock "cpu" is the process's CPU time: on a shared machine it counts only
+    the time the (single) thread had a core."""
     results = [None] * len(fns)
     for i, fn in enumerate(fns):
         for _ in range(warmup):
@@ -215,6 +221,7 @@ def time_in_turns(fns, repeats, warmup, clock="wall"):
             start = now()
             results[i] = fn()
             times[i].append(now() - start)
+            time.sleep(settle)
     return [(statistics.median(t), min(t), result) for t, result in zip(times, results)]
 
 
@@ -310,7 +317,8 @@ def run_cpu(sizes, thread_counts, args):
                 timed = [(name, fn) for name, fn in contestants
                          if not (name.startswith("baseline") and m * n * k > args.baseline_max_size ** 3)]
                 measured = dict(zip([name for name, _ in timed],
-                                    time_in_turns([fn for _, fn in timed], args.repeats, args.warmup, args.clock)))
+                                    time_in_turns([fn for _, fn in timed], args.repeats, args.warmup, args.clock,
+                                                  args.settle)))
                 reference = None
                 for name, _ in contestants:
                     row = {"size": (m, n, k), "threads": threads, "kernel": name, "seconds": None,

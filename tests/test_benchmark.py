@@ -42,6 +42,7 @@ def test_kernels_take_turns():
 @pytest.mark.parametrize("argv, fragment", [
     (["--device", "cpu", "--sizes", "8x8"], "error: bad size '8x8' in --sizes"),
     (["--device", "cpu", "--repeats", "0"], "error: --repeats must be >= 1"),
+    (["--device", "cpu", "--settle", "-1"], "error: --settle must be between 0 and 60 seconds"),
     (["--device", "cpu", "--plot", "chart.pdf"], "error: --plot takes a .png file name"),
 ])
 def test_benchmark_errors_are_one_line_with_status_2(argv, fragment, capsys):
