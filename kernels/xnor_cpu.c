@@ -481,8 +481,9 @@ static void transpose64(uint64_t a[64])
 typedef struct gemm_job gemm_job;
 /* At word step w a tile prefetches two of the next cache lines the packing between tiles reads: PF_LINE(pf, 2w,
  * spread) and PF_LINE(pf, 2w + 1, spread), where spread = 2^16 * lines / (2W) spreads the tile's `lines` (at most
- * 2W) evenly over its word steps (a burst of prefetches would queue behind the memory).  pf is NULL when there is
- * nothing to prefetch (no instructions then). */
+ * 2W) evenly over its word steps (a burst of prefetches would queue behind the memory).  The AVX2 tile, which has
+ * 4 rows' worth of word steps, prefetches each of its lines once instead.  pf is NULL when there is nothing to
+ * prefetch (no instructions then). */
 typedef void (*tile_fn)(const gemm_job *g, int64_t i, int64_t panel, const char *pf, int64_t spread);
 #define PF_LINE(pf, half_step, spread) ((pf) + 64 * (((int64_t)(half_step) * (spread)) >> 16))
 
