@@ -39,6 +39,21 @@ def test_kernels_take_turns():
     assert all(0 <= minimum <= median for median, minimum, _ in timed)
 
 
+def test_peak_rate_is_the_highest_of_its_trials(monkeypatch):
+    """A busy moment can only lower a measured instruction rate, so the limit is the highest measurement."""
+    from kernels import cpu
+    rates = iter([3.0, 7.0, 5.0])
+    seen = []
+
+    def measure(which, threads, seconds):
+        seen.append((which, threads, seconds))
+        return next(rates)
+
+    monkeypatch.setattr(cpu, "measure_rate", measure)
+    assert benchmark.peak_rate("add256", 2, trials=3, seconds=0.01) == 7.0
+    assert seen == [("add256", 2, 0.01)] * 3
+
+
 @pytest.mark.parametrize("argv, fragment", [
     (["--device", "cpu", "--sizes", "8x8"], "error: bad size '8x8' in --sizes"),
     (["--device", "cpu", "--repeats", "0"], "error: --repeats must be >= 1"),
