@@ -54,6 +54,14 @@ def test_peak_rate_is_the_highest_of_its_trials(monkeypatch):
     assert seen == [("add256", 2, 0.01)] * 3
 
 
+def test_each_thread_count_gets_its_highest_measured_limit():
+    rows = [{"threads": 1, "limits": {"issue": 5.0}}, {"threads": 1, "limits": {"issue": 9.0}},
+            {"threads": 2, "limits": {"issue": 12.0}}, {"threads": 1, "kernel": "BLAS"}]
+    assert benchmark.highest_limits(rows) == [
+        {"threads": 1, "limits": {"issue": 9.0}}, {"threads": 1, "limits": {"issue": 9.0}},
+        {"threads": 2, "limits": {"issue": 12.0}}, {"threads": 1, "kernel": "BLAS"}]
+
+
 @pytest.mark.parametrize("argv, fragment", [
     (["--device", "cpu", "--sizes", "8x8"], "error: bad size '8x8' in --sizes"),
     (["--device", "cpu", "--repeats", "0"], "error: --repeats must be >= 1"),
