@@ -479,13 +479,18 @@ static void transpose64(uint64_t a[64])
 /* Micro kernels.  Each computes C[i .. i + MR) x [panel columns] from MR packed rows of A and one panel.    */
 
 typedef struct gemm_job gemm_job;
-/* At word step w a tile prefetches two of the next cache lines the packing between tiles reads: PF_LINE(pf, 2w,
- * spread) and PF_LINE(pf, 2w + 1, spread), where spread = 2^16 * lines / (2W) spreads the tile's `lines` (at most
- * 2W) evenly over its word steps (a burst of prefetches would queue behind the memory).  The AVX2 tile, which has
- * 4 rows' worth of word steps, prefetches each of its lines once instead.  pf is NULL when there is nothing to
- * prefetch (no instructions then). */
-typedef void (*tile_fn)(const gemm_job *g, int64_t i, int64_t panel, const char *pf, int64_t spread);
+/* A tile is given `lines` (at most 2W) of the next cache lines the packing between tiles reads, from pf on, and
+ * prefetches them spread evenly over its work (a burst of prefetches would queue behind the memory): at word step w
+ * PF_LINE(pf, 2w, spread) and PF_LINE(pf, 2w + 1, spread), where spread = pf_spread(lines, W) = 2^16 * lines / (2W).
+ * The AVX2 tile, which has 4 rows' worth of word steps, prefetches each of its lines once instead.  pf is NULL when
+ * there is nothing to prefetch (no instructions then). */
+typedef void (*tile_fn)(const gemm_job *g, int64_t i, int64_t panel, const char *pf, int64_t lines);
 #define PF_LINE(pf, half_step, spread) ((pf) + 64 * (((int64_t)(half_step) * (spread)) >> 16))
+
+INLINE int64_t pf_spread(int64_t lines, int64_t W)
+{
+    return (lines << 16) / (2 * W);
+}
 
 typedef struct {
     int nb;              /* columns per panel of B */
@@ -529,10 +534,10 @@ INLINE int64_t tile_cols(const gemm_job *g, int64_t panel)
 #ifdef XNOR_X86
 __attribute__((target_clones("popcnt", "default")))
 #endif
-static void tile_portable(const gemm_job *g, int64_t i, int64_t panel, const char *pf, int64_t spread)
+static void tile_portable(const gemm_job *g, int64_t i, int64_t panel, const char *pf, int64_t lines)
 {
     enum { MR = 4, NB = 4 };
-    const int64_t W = g->W;
+    const int64_t W = g->W, spread = pf_spread(lines, W);
     const uint64_t *b = g->Bpan + panel * W * NB;
     int rows = (int)MIN(MR, g->m - i), cols = (int)tile_cols(g, panel);
     const uint64_t *a[MR];
@@ -558,10 +563,10 @@ static const kernel_t KERNEL_PORTABLE = {4, 4, tile_portable, pack_row_portable,
 #ifdef XNOR_X86
 /* --- AVX-512: 8 rows x 24 columns (3 vectors of 8 lanes), 24 accumulators ------------------------------ */
 
-AVX512 static void tile_avx512(const gemm_job *g, int64_t i, int64_t panel, const char *pf, int64_t spread)
+AVX512 static void tile_avx512(const gemm_job *g, int64_t i, int64_t panel, const char *pf, int64_t lines)
 {
     enum { MR = 8, NV = 3, NB = 8 * NV };
-    const int64_t W = g->W;
+    const int64_t W = g->W, spread = pf_spread(lines, W);
     const uint64_t *b = g->Bpan + panel * W * NB;
     int rows = (int)MIN(MR, g->m - i), cols = (int)tile_cols(g, panel);
     const uint64_t *a[MR];
@@ -662,15 +667,14 @@ AVX2 INLINE __m256i count_vector_avx2(const uint64_t *a, const uint64_t *b, int6
 
 /* 4 rows x 8 columns, one row and one vector at a time: the 16 registers hold the state of one count without
  * spilling, and 4 rows share the tile's fixed costs (call, prefetch cursor, packing between tiles).  The tile's
- * prefetch lines, (spread * 2W) / 2^16 of them rounded up, are spread over the groups of 8 words of its counts. */
-AVX2 static void tile_avx2(const gemm_job *g, int64_t i, int64_t panel, const char *pf, int64_t spread)
+ * prefetch lines are spread over the groups of 8 words of its counts. */
+AVX2 static void tile_avx2(const gemm_job *g, int64_t i, int64_t panel, const char *pf, int64_t lines)
 {
     enum { MR = 4, NV = 2, NB = 4 * NV };
     const int64_t W = g->W;
     const uint64_t *b = g->Bpan + panel * W * NB;
     int rows = (int)MIN(MR, g->m - i), cols = (int)tile_cols(g, panel);
     int64_t groups = (int64_t)rows * NV * (W / 8), group = 0, line = 0;
-    int64_t lines = pf ? (spread * 2 * W + 65535) >> 16 : 0;
     int64_t per_group = groups ? (lines << 16) / groups : 0;
     const __m256i nn = _mm256_set1_epi64x(g->n);
     for (int r = 0; r < rows; r++) {
@@ -711,10 +715,10 @@ static const kernel_t KERNEL_AVX2 = {8, 4, tile_avx2, pack_row_avx2, transpose64
 #ifdef XNOR_NEON
 /* --- NEON: 4 rows x 4 columns (2 vectors of 2 lanes); byte counts widened every 31 words --------------- */
 
-static void tile_neon(const gemm_job *g, int64_t i, int64_t panel, const char *pf, int64_t spread)
+static void tile_neon(const gemm_job *g, int64_t i, int64_t panel, const char *pf, int64_t lines)
 {
     enum { MR = 4, NV = 2, NB = 2 * NV, BYTE_STEPS = 31 }; /* 31 * 8 <= 255: byte counters cannot wrap */
-    const int64_t W = g->W;
+    const int64_t W = g->W, spread = pf_spread(lines, W);
     const uint64_t *b = g->Bpan + panel * W * NB;
     int rows = (int)MIN(MR, g->m - i), cols = (int)tile_cols(g, panel);
     const uint64_t *a[MR];
@@ -1045,7 +1049,7 @@ static void run_task(gemm_job *g, int64_t t, int64_t next, uint64_t *scratch)
             int64_t lines = 0;
             const char *pf = o.units ? next_prefetch(&o, 2 * g->W, o.units * MIN(tile + 2, tiles) / tiles, &lines)
                                      : NULL;
-            kern->tile(g, i, p, pf, (lines << 16) / (2 * g->W));
+            kern->tile(g, i, p, pf, lines);
             owed_until(&o, o.units * ++tile / tiles);
         }
     owed_until(&o, o.units);
