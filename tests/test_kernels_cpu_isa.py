@@ -204,6 +204,26 @@ def test_all_agree_and_all_differ(path):
 
 
 @pytest.mark.parametrize("path", HOST_PATHS)
+def test_inner_dimension_past_two_to_the_31(path):
+    """n = 2^31 + 64: n - 2h no longer fits in 32 bits (the AVX2 tile then converts in scalar code).
+
+    Row 0 of A has 8 ones (word 5 = 0xFF), row 1 none; columns 1 and 6 of B are all ones, the others all zeros.
+    Mismatches h: 8 (row 0, zero column), n - 8 (row 0, ones column), 0 and n (row 1). C = float32(n - 2h):
+    n - 16, -(n - 16), n and -n, all rounded to float32 (spacing 256 at 2^31). About 3 GiB is touched: the zero
+    words are never written, so they stay unmapped pages; the panels of B are written in full."""
+    n = 2 ** 31 + 64
+    words = n // 64
+    Ap = np.zeros((2, words), dtype=np.uint64)
+    Ap[0, 5] = 0xFF
+    Bp = np.zeros((8, words), dtype=np.uint64)
+    Bp[[1, 6]] = np.uint64(0xFFFFFFFFFFFFFFFF)
+    ones_column = np.isin(np.arange(8), [1, 6])
+    expected = np.array([np.where(ones_column, -(n - 16), n - 16), np.where(ones_column, -n, n)]).astype(np.float32)
+    assert expected[0, 0] == np.float32(2 ** 31) and expected[1, 1] == np.float32(-2 ** 31)
+    assert np.array_equal(cpu.xnor_gemm_packed(Ap, Bp, n, threads=2, path=path), expected)
+
+
+@pytest.mark.parametrize("path", HOST_PATHS)
 def test_single_mismatch_at_each_position(path):
     """Column j of B differs from A's only row in element j: C[0, j] = n - 2 (every bit position once)."""
     n = 600
