@@ -213,8 +213,9 @@ def test_inner_dimension_past_two_to_the_31(path):
     Mismatches h: 8 (row 0, zero column), n - 8 (row 0, ones column), 0 and n (row 1). C = float32(n - 2h):
     n - 16, -(n - 16), n and -n, all rounded to float32 (spacing 256 at 2^31). About 3 GiB is touched: the zero
     words are never written, so they stay unmapped pages; the panels of B are written in full."""
-    if memory_gib() < 4:
-        pytest.skip(f"needs 4 GiB of available memory, {memory_gib():.1f} GiB available (a container's limit?)")
+    available = memory_gib()
+    if available < 4:
+        pytest.skip(f"needs 4 GiB of available memory, {available:.1f} GiB available (a small VM or container?)")
     n = 2 ** 31 + 64
     words = n // 64
     Ap = np.zeros((2, words), dtype=np.uint64)
